@@ -1,0 +1,42 @@
+"""Write a bundle folder atomically: files + manifest.json (sizes, sha256, everything the runtime needs)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgemm.runtime.bundle import FORMAT, MANIFEST, file_entry
+
+
+def write_manifest(folder: Path, kind: str, body: dict) -> dict:
+    """Hash every file in ``folder`` and write ``manifest.json``; return the manifest."""
+    files = {p.name: file_entry(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = {"format": FORMAT, "kind": kind, **body, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@contextmanager
+def staging(out: Path):
+    """Build into a scratch folder beside ``out``; replace ``out`` only when the block succeeds.
+
+    An interrupted or failed export leaves any existing bundle untouched.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield scratch
+        old = out.with_name(f".{out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if out.exists():
+            out.rename(old)
+        scratch.rename(out)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch)

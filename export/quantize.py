@@ -1,0 +1,98 @@
+"""int8 weight quantization of exported graphs, verified by structure and size.
+
+Recipe: onnxruntime dynamic quantization of every MatMul whose weight is an initializer (int8 weights,
+per-tensor scale; activations quantized to uint8 at run time). Convolutions stay fp32. A weight that is
+shared with a Gather (the tied embedding of the Whisper decoder) is quantized once: the Gather is
+re-pointed at the int8 matrix followed by a DequantizeLinear, so no fp32 copy remains.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnx
+from onnx import helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+log = logging.getLogger(__name__)
+
+RECIPE = {
+    "method": "onnxruntime.quantization.quantize_dynamic",
+    "op_types": ["MatMul"],
+    "weight_type": "int8",
+    "activations": "uint8, dynamic per tensor",
+    "per_channel": False,
+    "tied_embedding": "Gather on the int8 matrix + DequantizeLinear",
+}
+
+
+class QuantizationError(RuntimeError):
+    """The quantized graph is not what the recipe promises."""
+
+
+def _float_matmul_weights(model: onnx.ModelProto) -> list[str]:
+    """Names of MatMul weights still stored as float initializers."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return [
+        n.input[1]
+        for n in model.graph.node
+        if n.op_type == "MatMul"
+        and n.input[1] in inits
+        and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
+        and len(inits[n.input[1]].dims) == 2
+    ]
+
+
+def _share_quantized_embedding(model: onnx.ModelProto) -> None:
+    """Point Gathers of a float matrix at its int8 twin (``<name>_quantized``) and drop the float copy."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in list(model.graph.node):
+        if node.op_type != "Gather" or f"{node.input[0]}_quantized" not in inits:
+            continue
+        name = node.input[0]
+        gathered = f"{node.output[0]}_int8"
+        dequant = helper.make_node(
+            "DequantizeLinear",
+            [gathered, f"{name}_scale", f"{name}_zero_point"],
+            [node.output[0]],
+            name=f"{node.name}_dequantize",
+        )
+        node.input[0] = f"{name}_quantized"
+        node.output[0] = gathered
+        position = list(model.graph.node).index(node)
+        model.graph.node.insert(position + 1, dequant)
+        log.debug("embedding %s now gathers from its int8 copy", name)
+    still_used = {i for n in model.graph.node for i in n.input}
+    for init in list(model.graph.initializer):
+        if init.name not in still_used:
+            model.graph.initializer.remove(init)
+
+
+def quantize_int8(src: Path, dst: Path) -> dict:
+    """Quantize ``src`` into ``dst``; return a report (sizes, ratio). Raises if any MatMul stayed float."""
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=["MatMul"],
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+    )
+    model = onnx.load(str(dst))
+    _share_quantized_embedding(model)
+    onnx.save(model, str(dst))
+    left = _float_matmul_weights(model)
+    if left:
+        raise QuantizationError(f"{dst.name}: {len(left)} MatMul weights stayed float: {left[:5]}")
+    size_in, size_out = os.path.getsize(src), os.path.getsize(dst)
+    quantized = sum(1 for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul"))
+    if quantized == 0 or size_out > 0.45 * size_in:
+        raise QuantizationError(f"{dst.name}: {quantized} quantized MatMuls, {size_out} vs {size_in} bytes")
+    return {"bytes_fp32": size_in, "bytes_int8": size_out, "quantized_matmuls": quantized}
+
+
+def float_weight_bytes(path: Path) -> int:
+    """Bytes of float initializers left in a graph (for reports)."""
+    model = onnx.load(str(path))
+    return sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)

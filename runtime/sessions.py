@@ -1,0 +1,28 @@
+"""The one place that creates onnxruntime sessions, with explicit options."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from edgemm.runtime.errors import BundleError
+
+
+def default_threads() -> int:
+    """Physical-ish core count, capped: small boards gain nothing from oversubscription."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def create_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for damaged graphs
+        raise BundleError(f"cannot load {path.name}: {str(e).splitlines()[0]}") from None

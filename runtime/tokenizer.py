@@ -1,0 +1,47 @@
+"""Whisper's tokenizer: text <-> ids with the ``tokenizers`` library, special ids from the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    eot: int
+    sot: int
+    translate: int
+    transcribe: int
+    sot_prev: int
+    no_speech: int
+    no_timestamps: int
+    timestamp_begin: int
+    languages: dict  # language code -> token id (empty for English-only models)
+
+    @classmethod
+    def from_manifest(cls, tokens: dict) -> SpecialTokens:
+        return cls(**{k: tokens[k] for k in cls.__dataclass_fields__})
+
+
+class WhisperTokenizer:
+    def __init__(self, path: Path, special: SpecialTokens):
+        self._tok = Tokenizer.from_file(str(path))
+        self.special = special
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        """Text of the ordinary tokens in ``ids`` (special and timestamp tokens are dropped)."""
+        return self._tok.decode([int(i) for i in ids if i < self.special.eot])
+
+    def sot_sequence(self, language: str | None, task: str, timestamps: bool) -> list[int]:
+        s = self.special
+        seq = [s.sot]
+        if s.languages:
+            seq += [s.languages[language or "en"], s.translate if task == "translate" else s.transcribe]
+        if not timestamps:
+            seq.append(s.no_timestamps)
+        return seq
