@@ -4,21 +4,42 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
+from edgemm.export.ct2 import CT2FormatError
 from edgemm.export.quantize import QuantizationError
 from edgemm.export.speech import ExportError, export_speech
 from edgemm.export.whisper_source import SourceError
-from edgemm.export.ct2 import CT2FormatError
+from edgemm.models import presets
+from edgemm.runtime.bundle import models_dir
 from edgemm.runtime.errors import EdgemmError
 
 log = logging.getLogger(__name__)
 
 
+def _resolve(args) -> tuple[str, str, Path]:
+    """Source, quantization and output folder from --preset and/or the explicit flags."""
+    source, quant, out = args.source, args.quant, args.out
+    if args.preset:
+        table = presets()[args.component]["presets"]
+        if args.preset not in table:
+            raise EdgemmError(f"unknown {args.component} preset {args.preset!r}; presets: {', '.join(table)}")
+        preset = table[args.preset]
+        source, quant = source or preset["source"], quant or preset["quant"]
+        out = out or models_dir() / args.preset
+    if not source or not out:
+        raise EdgemmError("give --preset NAME, or --source SRC and --out DIR")
+    return source, quant or "int8", out
+
+
 def run_export(args) -> int:
+    source, quant, out = _resolve(args)
     try:
-        manifest = export_speech(args.source, args.quant, args.out, measure=not args.no_fidelity)
+        manifest = export_speech(source, quant, out, measure=not args.no_fidelity)
     except (SourceError, CT2FormatError, ExportError, QuantizationError) as e:
         raise EdgemmError(str(e)) from None
     fidelity = manifest.get("fidelity", {})
-    log.info("wrote %s (%s); fidelity: %s", args.out, args.quant, json.dumps({k: v for k, v in fidelity.items() if k != "clip_files"}))
+    log.info(
+        "wrote %s (%s); fidelity: %s", out, quant, json.dumps({k: v for k, v in fidelity.items() if k != "clip_files"})
+    )
     return 0

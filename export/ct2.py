@@ -52,7 +52,9 @@ def read_model_bin(*parts: str | Path) -> tuple[str, dict[str, np.ndarray]]:
     r = _Reader(io.BytesIO(data), len(data))
     version = r.unpack("I")
     if version not in _SUPPORTED_VERSIONS:
-        raise CT2FormatError(f"unsupported CTranslate2 binary version {version} (expected one of {_SUPPORTED_VERSIONS})")
+        raise CT2FormatError(
+            f"unsupported CTranslate2 binary version {version} (expected one of {_SUPPORTED_VERSIONS})"
+        )
     spec = r.string()
     r.unpack("I")  # spec revision
     variables: dict[str, np.ndarray] = {}

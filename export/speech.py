@@ -9,9 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
-from tqdm import tqdm
-
 from edgemm.export.bundle import staging, write_manifest
 from edgemm.export.quantize import RECIPE, quantize_int8
 from edgemm.export.whisper_onnx import export_whisper
@@ -21,6 +18,8 @@ from edgemm.runtime.audio import load_audio
 from edgemm.runtime.bundle import open_bundle
 from edgemm.runtime.clips import dev_clips
 from edgemm.runtime.features import LogMel, pad_or_trim
+from tokenizers import Tokenizer
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +70,29 @@ def silero_vad_model() -> Path | None:
     return path if path.exists() else None
 
 
-def reference_greedy(model, mel: np.ndarray, prompt: list[int], eot: int, max_new_tokens: int,
-                     suppress: list[int] | None = None) -> list[int]:
+def reference_greedy(
+    model, mel: np.ndarray, prompt: list[int], eot: int, max_new_tokens: int, suppress: list[int] | None = None
+) -> list[int]:
     """transformers' own greedy generation (GenerationMixin, without Whisper's long-form wrapper)."""
     from transformers import GenerationConfig
     from transformers.generation.utils import GenerationMixin
 
-    config = GenerationConfig(decoder_start_token_id=prompt[0], eos_token_id=eot, pad_token_id=eot,
-                              max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=suppress)
+    config = GenerationConfig(
+        decoder_start_token_id=prompt[0],
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        suppress_tokens=suppress,
+    )
     with torch.no_grad():
-        out = GenerationMixin.generate(model, input_features=torch.from_numpy(mel), generation_config=config,
-                                       decoder_input_ids=torch.tensor([prompt]))
-    tokens = out[0, len(prompt):].tolist()
+        out = GenerationMixin.generate(
+            model,
+            input_features=torch.from_numpy(mel),
+            generation_config=config,
+            decoder_input_ids=torch.tensor([prompt]),
+        )
+    tokens = out[0, len(prompt) :].tolist()
     return tokens[: tokens.index(eot) + 1] if eot in tokens else tokens
 
 
@@ -108,8 +118,9 @@ def check_parity(ck: WhisperCheckpoint, folder: Path, tokens: dict, n_mels: int)
     step, max_diff = np.array([prompt]), 0.0
     ours = []
     for _ in range(len(ref_tokens)):
-        logits, past_k, past_v = dec.run(None, {"input_ids": step, "past_k": past_k, "past_v": past_v,
-                                                "cross_k": cross_k, "cross_v": cross_v})
+        logits, past_k, past_v = dec.run(
+            None, {"input_ids": step, "past_k": past_k, "past_v": past_v, "cross_k": cross_k, "cross_v": cross_v}
+        )
         with torch.no_grad():
             ref_logits = model(encoder_outputs=(hidden,), decoder_input_ids=torch.tensor([ids])).logits[0, -1]
         max_diff = max(max_diff, float(np.abs(logits[0, -1] - ref_logits.numpy()).max()))
@@ -119,7 +130,9 @@ def check_parity(ck: WhisperCheckpoint, folder: Path, tokens: dict, n_mels: int)
         if ours[-1] == tokens["eot"]:
             break
     if ours != ref_tokens[: len(ours)] or max_diff > 1e-2:
-        raise ExportError(f"ONNX decoder differs from PyTorch: max logit diff {max_diff:.3g}, tokens {ours} vs {ref_tokens}")
+        raise ExportError(
+            f"ONNX decoder differs from PyTorch: max logit diff {max_diff:.3g}, tokens {ours} vs {ref_tokens}"
+        )
     return {"max_abs_logit_diff": max_diff, "greedy_tokens_identical": len(ours)}
 
 
@@ -147,9 +160,22 @@ def _bundle_body(ck: WhisperCheckpoint, source: str, quant: str, tokens: dict, v
         "source": source,
         "model": {
             "architecture": "whisper",
-            **{k: getattr(c, k) for k in ("vocab_size", "d_model", "num_mel_bins", "encoder_layers", "decoder_layers",
-                                          "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim",
-                                          "decoder_ffn_dim", "max_source_positions", "max_target_positions")},
+            **{
+                k: getattr(c, k)
+                for k in (
+                    "vocab_size",
+                    "d_model",
+                    "num_mel_bins",
+                    "encoder_layers",
+                    "decoder_layers",
+                    "encoder_attention_heads",
+                    "decoder_attention_heads",
+                    "encoder_ffn_dim",
+                    "decoder_ffn_dim",
+                    "max_source_positions",
+                    "max_target_positions",
+                )
+            },
             "multilingual": bool(tokens["languages"]),
         },
         "graphs": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"},

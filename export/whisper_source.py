@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
-
 from edgemm.export.ct2 import read_model_bin, whisper_dims, whisper_state_dict
+from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-
 from edgemm.runtime.errors import AudioError
 
 log = logging.getLogger(__name__)

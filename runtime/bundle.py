@@ -16,7 +16,6 @@ from edgemm.runtime.errors import BundleError
 
 MANIFEST = "manifest.json"
 FORMAT = "edgemm-bundle/1"
-_DEFAULT_PRESETS = {"speech": "whisper-tiny.en-int8"}
 
 
 def models_dir() -> Path:
@@ -53,7 +52,10 @@ class Bundle:
 
 
 def default_bundle(kind: str) -> Path:
-    return models_dir() / _DEFAULT_PRESETS[kind]
+    """The folder of the default preset of ``kind`` (models/presets.json)."""
+    from edgemm.models import presets
+
+    return models_dir() / presets()[kind]["default"]
 
 
 def open_bundle(path: str | Path | None, kind: str, verify: bool = True) -> Bundle:

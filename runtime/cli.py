@@ -28,7 +28,9 @@ def cmd_transcribe(args) -> int:
     from edgemm.runtime.transcribe import TranscribeOptions, Transcriber
 
     transcriber = Transcriber.load(args.model, threads=args.threads)
-    decoding = DecodingOptions(task=args.task, language=args.language, beam_size=args.beam, timestamps=not args.no_timestamps)
+    decoding = DecodingOptions(
+        task=args.task, language=args.language, beam_size=args.beam, timestamps=not args.no_timestamps
+    )
     result = transcriber.transcribe(args.audio, options=TranscribeOptions(decoding=decoding, vad=not args.no_vad))
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
@@ -44,7 +46,9 @@ def cmd_export(args) -> int:
     try:
         from edgemm.export.cli import run_export
     except ImportError as e:
-        raise EdgemmError(f"exporting needs the export extra ({e.name} is missing): pip install 'edgemm[export]'") from None
+        raise EdgemmError(
+            f"exporting needs the export extra ({e.name} is missing): pip install 'edgemm[export]'"
+        ) from None
     return run_export(args)
 
 
@@ -75,9 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="build a model bundle (needs the export extra)", formatter_class=fmt)
     p.add_argument("component", choices=["speech"], help="which model to export")
-    p.add_argument("--source", required=True, help="packaged:NAME, a CTranslate2 or transformers folder, or a hub id")
-    p.add_argument("--quant", choices=["fp32", "int8"], default="int8")
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to write (replaced only on success)")
+    p.add_argument(
+        "--preset", help="a preset from models/presets.json (gives source and quant; out: $EDGEMM_MODELS/NAME)"
+    )
+    p.add_argument("--source", help="packaged:NAME, a CTranslate2 or transformers folder, or a hub id")
+    p.add_argument("--quant", choices=["fp32", "int8"], default=None, help="default: int8, or the preset's")
+    p.add_argument("--out", type=Path, help="bundle folder to write (replaced only on success)")
     p.add_argument("--no-fidelity", action="store_true", help="skip the WER measurement on the development clips")
     p.set_defaults(func=cmd_export)
 
@@ -94,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         logging.getLogger("edgemm").setLevel(logging.INFO)
         logging.getLogger().handlers[0].setFormatter(logging.Formatter("%(message)s"))

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-
 from edgemm.runtime.audio import load_audio
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.decoding import DecodingOptions, DecodingResult, WindowDecoder, verify_options
@@ -76,7 +75,9 @@ class Transcriber:
         self.tokenizer = WhisperTokenizer(bundle.file(m["tokenizer"]), SpecialTokens.from_manifest(m["tokens"]))
         self.decoder = WindowDecoder(self.model, self.tokenizer, m["tokens"]["suppress"], m["tokens"]["suppress_begin"])
         f = m["features"]
-        self.log_mel = LogMel(n_mels=f["n_mels"], sample_rate=f["sample_rate"], n_fft=f["n_fft"], hop_length=f["hop_length"])
+        self.log_mel = LogMel(
+            n_mels=f["n_mels"], sample_rate=f["sample_rate"], n_fft=f["n_fft"], hop_length=f["hop_length"]
+        )
         self.sample_rate, self.hop = f["sample_rate"], f["hop_length"]
         self.window_samples = f["chunk_seconds"] * self.sample_rate
         self.window_frames = self.window_samples // self.hop
@@ -105,7 +106,9 @@ class Transcriber:
 
     def _encode(self, samples: np.ndarray, seek: int):
         start = seek * self.hop
-        return self.model.encode(self.log_mel(pad_or_trim(samples[start : start + self.window_samples], self.window_samples)))
+        return self.model.encode(
+            self.log_mel(pad_or_trim(samples[start : start + self.window_samples], self.window_samples))
+        )
 
     def _windows(self, samples, regions, options: TranscribeOptions):
         content_frames = len(samples) // self.hop
@@ -149,7 +152,11 @@ class Transcriber:
             too_unsure = result.avg_logprob < options.logprob_threshold
             if result.no_speech_prob > options.no_speech_threshold or not (too_repetitive or too_unsure):
                 break
-            log.debug("retrying window at a higher temperature (ratio %.2f, logprob %.2f)", compression_ratio(text), result.avg_logprob)
+            log.debug(
+                "retrying window at a higher temperature (ratio %.2f, logprob %.2f)",
+                compression_ratio(text),
+                result.avg_logprob,
+            )
         return result
 
     def _split(self, result: DecodingResult, offset: float, size: int, end_of_audio: float):
