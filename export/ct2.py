@@ -149,4 +149,4 @@ def whisper_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray
         sd.update(_attention(cross, f"{hf}.encoder_attn", v, "linear_1", "linear_2", kv_only=True))
         sd.update(_norm(f"{cross}/layer_norm", f"{hf}.encoder_attn_layer_norm", v))
         sd.update(_ffn(f"{ct2}/ffn", hf, v))
-    return {k: np.asarray(a, dtype=np.float32) for k, a in sd.items()}
+    return {k: np.array(a, dtype=np.float32) for k, a in sd.items()}  # writable copies

@@ -76,7 +76,7 @@ def load_ct2(folders: list[Path], source: str) -> WhisperCheckpoint:
     config = WhisperConfig(**whisper_dims(variables), pad_token_id=50256)
     config.tie_word_embeddings = True
     model = WhisperForConditionalGeneration(config).eval()
-    state = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in whisper_state_dict(variables).items()}
+    state = {k: torch.from_numpy(a) for k, a in whisper_state_dict(variables).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SourceError(f"{source}: CTranslate2 mapping left missing={missing} unexpected={unexpected}")
@@ -87,9 +87,9 @@ def load_ct2(folders: list[Path], source: str) -> WhisperCheckpoint:
     return WhisperCheckpoint(
         model=model,
         tokenizer_file=tokenizer,
-        suppress_tokens=list(meta.get("suppress_ids", [])),
-        begin_suppress_tokens=list(meta.get("suppress_ids_begin", [])),
-        alignment_heads=meta.get("alignment_heads", []),
+        suppress_tokens=list(meta.get("suppress_ids") or []),
+        begin_suppress_tokens=list(meta.get("suppress_ids_begin") or []),
+        alignment_heads=meta.get("alignment_heads") or [],
         source=source,
     )
 

