@@ -25,6 +25,8 @@ from edgemm.runtime.vad import SileroVAD
 log = logging.getLogger(__name__)
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# A window whose loudest sample is below -60 dBFS holds no speech; Whisper would still "hear" words there.
+SILENCE_PEAK = 10 ** (-60 / 20)
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,10 @@ class Transcriber:
                 break
             size = min(self.window_frames, content_frames - seek)
             offset = seek / (self.sample_rate / self.hop)
+            if np.abs(samples[seek * self.hop : (seek + size) * self.hop]).max() < SILENCE_PEAK:
+                log.debug("%.1f s: silent window", offset)
+                seek += size
+                continue
             cross = self._encode(samples, seek)
             if language is None and self.tokenizer.special.languages:
                 language, _ = self.decoder.detect_language(cross)

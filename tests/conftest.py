@@ -28,7 +28,9 @@ def clips():
 def speech_bundle() -> Path:
     path = default_bundle("speech")
     if not (path / "manifest.json").exists():
-        pytest.skip(f"default speech bundle missing at {path}: run `make setup` (EDGEMM_MODELS={os.environ.get('EDGEMM_MODELS')})")
+        pytest.skip(
+            f"default speech bundle missing at {path}: run `make setup` (EDGEMM_MODELS={os.environ.get('EDGEMM_MODELS')})"
+        )
     return path
 
 

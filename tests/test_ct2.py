@@ -21,7 +21,9 @@ def converted(tmp_path_factory):
     folder = tiny_whisper_folder(root)
     WhisperTokenizerFast(tokenizer_file=str(folder / "tokenizer.json")).save_pretrained(folder)
     out = root / "ct2"
-    ctranslate2.converters.TransformersConverter(str(folder), copy_files=["tokenizer.json"]).convert(str(out), quantization="float32")
+    ctranslate2.converters.TransformersConverter(str(folder), copy_files=["tokenizer.json"]).convert(
+        str(out), quantization="float32"
+    )
     return folder, out
 
 

@@ -32,10 +32,14 @@ def test_greedy_tokens_identical_to_transformers(tiny_random, speech_clip):
     mel = _mel(speech_clip)
     t, ours = _runtime_greedy(fp32, mel)
     s = t.tokenizer.special
-    suppress = sorted(set(t.decoder.suppress.tolist()) | set(range(s.no_timestamps, t.bundle.manifest["model"]["vocab_size"])))
+    suppress = sorted(
+        set(t.decoder.suppress.tolist()) | set(range(s.no_timestamps, t.bundle.manifest["model"]["vocab_size"]))
+    )
     model = WhisperForConditionalGeneration.from_pretrained(folder).eval()
     model.generation_config.begin_suppress_tokens = t.decoder.suppress_begin.tolist()
-    reference = reference_greedy(model, mel[None], t.tokenizer.sot_sequence(None, "transcribe", False), s.eot, N_TOKENS, suppress)
+    reference = reference_greedy(
+        model, mel[None], t.tokenizer.sot_sequence(None, "transcribe", False), s.eot, N_TOKENS, suppress
+    )
     reference = [tok for tok in reference if tok != s.eot]
     assert len(ours) >= 8, "random model ended too early for a meaningful comparison"
     assert ours == reference

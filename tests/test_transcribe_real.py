@@ -1,0 +1,106 @@
+"""Real weights: the packaged tiny.en int8 bundle on real recordings, silence, noise and long audio."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgemm.runtime.decoding import DecodingOptions
+from edgemm.runtime.transcribe import TranscribeOptions, Transcriber
+from edgemm.runtime.wer import wer
+
+pytestmark = pytest.mark.slow
+MAX_WER = 0.10
+MAX_INT8_LOSS = 0.02
+SINGLE_CLIP_WER = 0.3  # one 8-word clip: tiny.en hears "ill disposed" as "old-sposed"
+
+
+def _wer(transcriber, clips, options=None):
+    hyps = [transcriber.transcribe(c.path, options=options).text for c in clips]
+    return wer([c.text for c in clips], hyps)
+
+
+def test_int8_wer_on_real_clips(transcriber, fp32_bundle, clips):
+    int8 = _wer(transcriber, clips)
+    fp32 = _wer(Transcriber.load(fp32_bundle), clips)
+    print(f"WER int8 {int8:.4f} fp32 {fp32:.4f} on {len(clips)} clips")
+    assert int8 <= MAX_WER
+    assert int8 <= fp32 + MAX_INT8_LOSS
+
+
+def test_manifest_records_fidelity(speech_bundle):
+    manifest = json.loads((speech_bundle / "manifest.json").read_text())
+    fidelity = manifest["fidelity"]
+    assert fidelity["clips"] == 11 and fidelity["wer_int8"] <= MAX_WER
+    assert fidelity["parity_fp32_vs_pytorch"]["max_abs_logit_diff"] < 1e-2
+    assert manifest["quantization"]["scheme"] == "int8"
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+
+
+def test_beam_search(transcriber, clips):
+    beam = TranscribeOptions(decoding=DecodingOptions(beam_size=4))
+    assert _wer(transcriber, clips[:5], beam) <= MAX_WER
+
+
+def test_segments_have_timestamps(transcriber, speech_clip):
+    samples, reference = speech_clip
+    result = transcriber.transcribe(samples)
+    assert wer([reference], [result.text]) <= SINGLE_CLIP_WER
+    assert result.segments and result.segments[0].start < 1.0
+    assert 0 < result.segments[-1].end <= len(samples) / 16000 + 0.02
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise"])
+@pytest.mark.parametrize("vad", [True, False])
+def test_silence_and_noise_give_empty_text(transcriber, rng, kind, vad):
+    samples = np.zeros(160000, np.float32) if kind == "silence" else rng.normal(0, 0.1, 160000).astype(np.float32)
+    result = transcriber.transcribe(samples, options=TranscribeOptions(vad=vad))
+    assert result.text == "", f"{kind} (vad={vad}) gave {result.text!r}"
+
+
+def test_long_audio_windows_keep_true_times(transcriber, clips):
+    """Three clips placed at known offsets in 95 s of audio: each is found, at its time."""
+    from edgemm.runtime.audio import load_audio
+
+    placed = [(5.0, clips[0]), (41.0, clips[2]), (80.0, clips[5])]
+    samples = np.zeros(95 * 16000, np.float32)
+    for at, clip in placed:
+        audio = load_audio(clip.path)
+        samples[int(at * 16000) : int(at * 16000) + len(audio)] = audio
+    result = transcriber.transcribe(samples)
+    for at, clip in placed:
+        near = [s for s in result.segments if at - 1.5 <= s.start <= at + len(load_audio(clip.path)) / 16000]
+        assert near, f"nothing transcribed near {at} s: {[(s.start, s.text) for s in result.segments]}"
+        assert wer([clip.text], [" ".join(s.text for s in near)]) <= 0.35
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts)
+
+
+def test_ten_minute_file(transcriber, clips, tmp_path):
+    """10 minutes, speech only at the end: correct text at the right time, quickly (VAD skips the rest)."""
+    import soundfile as sf
+
+    from edgemm.runtime.audio import load_audio
+
+    speech = load_audio(clips[1].path)
+    samples = np.concatenate([np.zeros(600 * 16000 - len(speech) - 16000, np.float32), speech, np.zeros(16000, "f4")])
+    sf.write(tmp_path / "long.flac", samples, 16000)
+    result = transcriber.transcribe(tmp_path / "long.flac")
+    assert abs(result.duration - 600) < 0.01
+    assert wer([clips[1].text], [result.text]) <= SINGLE_CLIP_WER
+    assert result.segments[0].start > 590
+
+
+def test_cli_json(speech_bundle, clips):
+    out = subprocess.run(
+        [sys.executable, "-m", "edgemm.runtime.cli", "transcribe", str(clips[-1].path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert wer([clips[-1].text], [result["text"]]) <= MAX_WER
+    assert result["segments"] and {"start", "end", "text"} <= set(result["segments"][0])
