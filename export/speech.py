@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
 from edgemm.export.bundle import staging, write_manifest
 from edgemm.export.quantize import RECIPE, quantize_int8
 from edgemm.export.whisper_onnx import export_whisper
@@ -18,8 +21,6 @@ from edgemm.runtime.audio import load_audio
 from edgemm.runtime.bundle import open_bundle
 from edgemm.runtime.clips import dev_clips
 from edgemm.runtime.features import LogMel, pad_or_trim
-from tokenizers import Tokenizer
-from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from edgemm.export.ct2 import read_model_bin, whisper_dims, whisper_state_dict
 from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from edgemm.export.ct2 import read_model_bin, whisper_dims, whisper_state_dict
 
 log = logging.getLogger(__name__)
 

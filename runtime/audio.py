@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
 from edgemm.runtime.errors import AudioError
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from edgemm.runtime.errors import OptionsError
 from edgemm.runtime.speech import WhisperONNX
 from edgemm.runtime.tokenizer import WhisperTokenizer

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from edgemm.runtime.bundle import Bundle
 from edgemm.runtime.sessions import create_session
 

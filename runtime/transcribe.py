@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
 from edgemm.runtime.audio import load_audio
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.decoding import DecodingOptions, DecodingResult, WindowDecoder, verify_options

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from edgemm.runtime.sessions import create_session
 
 SAMPLE_RATE = 16000

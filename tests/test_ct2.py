@@ -14,8 +14,9 @@ torch = pytest.importorskip("torch")
 def converted(tmp_path_factory):
     """A tiny random Whisper, converted to CTranslate2 by ctranslate2's own converter (float32)."""
     ctranslate2 = pytest.importorskip("ctranslate2")
-    from tests.conftest import tiny_whisper_folder
     from transformers import WhisperTokenizerFast
+
+    from tests.conftest import tiny_whisper_folder
 
     root = tmp_path_factory.mktemp("ct2")
     folder = tiny_whisper_folder(root)
