@@ -30,8 +30,8 @@ class CT2FormatError(ValueError):
 
 
 class _Reader:
-    def __init__(self, stream: io.BufferedIOBase, size: int):
-        self.stream, self.size = stream, size
+    def __init__(self, stream: io.BufferedIOBase):
+        self.stream = stream
 
     def read(self, n: int) -> bytes:
         data = self.stream.read(n)
@@ -49,7 +49,7 @@ class _Reader:
 def read_model_bin(*parts: str | Path) -> tuple[str, dict[str, np.ndarray]]:
     """Return ``(spec_name, {name: array})`` with aliases resolved to the same array."""
     data = b"".join(Path(p).read_bytes() for p in parts)
-    r = _Reader(io.BytesIO(data), len(data))
+    r = _Reader(io.BytesIO(data))
     version = r.unpack("I")
     if version not in _SUPPORTED_VERSIONS:
         raise CT2FormatError(

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,3 @@ def quantize_int8(src: Path, dst: Path) -> dict:
             f"({matmul_bytes} bytes of MatMul weights)"
         )
     return {"bytes_fp32": size_in, "bytes_int8": size_out, "quantized_matmuls": quantized}
-
-
-def float_weight_bytes(path: Path) -> int:
-    """Bytes of float initializers left in a graph (for reports)."""
-    model = onnx.load(str(path))
-    return sum(
-        numpy_helper.to_array(i).nbytes for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
-    )
