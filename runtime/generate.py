@@ -1,0 +1,259 @@
+"""Token generation: sampling options, stop conditions and streaming text that never splits a UTF-8 character."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from edgemm.runtime.errors import OptionsError
+from edgemm.runtime.llm import KVCache, LanguageModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the prompt or the answer
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # stop strings (not included in the answer)
+
+    def verify(self) -> GenerationOptions:
+        if self.max_new_tokens < 1:
+            raise OptionsError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
+        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
+            raise OptionsError(f"temperature must be >= 0, not {self.temperature}")
+        if self.top_k < 0:
+            raise OptionsError(f"top_k must be >= 0, not {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise OptionsError(f"top_p must be in (0, 1], not {self.top_p}")
+        if not (self.repetition_penalty > 0 and np.isfinite(self.repetition_penalty)):
+            raise OptionsError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
+        if any(not s for s in self.stop):
+            raise OptionsError("stop strings must not be empty")
+        return self
+
+
+class Sampler:
+    """Picks the next token from logits: repetition penalty, then greedy or temperature / top-k / top-p sampling."""
+
+    def __init__(self, options: GenerationOptions):
+        self.o = options
+        self.rng = np.random.default_rng(options.seed)
+
+    def __call__(self, logits: np.ndarray, seen: np.ndarray) -> int:
+        o = self.o
+        if o.repetition_penalty != 1.0 and seen.size:
+            logits = logits.copy()
+            ids = np.unique(seen)
+            picked = logits[ids]
+            logits[ids] = np.where(picked > 0, picked / o.repetition_penalty, picked * o.repetition_penalty)
+        if o.temperature == 0:
+            return int(np.argmax(logits))
+        x = logits.astype(np.float64) / o.temperature
+        if o.top_k and o.top_k < x.size:
+            kth = np.partition(x, -o.top_k)[-o.top_k]
+            x = np.where(x < kth, -np.inf, x)
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        if o.top_p < 1.0:
+            order = np.argsort(-p)
+            cumulative = np.cumsum(p[order])
+            keep = order[: int(np.searchsorted(cumulative, o.top_p)) + 1]  # smallest set with mass >= top_p
+            mask = np.zeros_like(p)
+            mask[keep] = p[keep]
+            p = mask / mask.sum()
+        return int(self.rng.choice(p.size, p=p))
+
+
+class StreamDecoder:
+    """Incremental detokenization: emits text only once its bytes form whole characters.
+
+    Byte-level BPE tokens can end inside a multi-byte character; the decoder then returns U+FFFD. Text is held back
+    until the character is complete, and each call decodes only a short window of recent tokens.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the window used as left context
+        self.read = 0  # tokens already turned into emitted text
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left (an incomplete character at the very end shows as U+FFFD)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]
+
+
+class StopMatcher:
+    """Holds back text that could be the start of a stop string; reports when one is complete."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self.pending += text
+        for s in self.stops:
+            at = self.pending.find(s)
+            if at >= 0:
+                self.stopped = True
+                out, self.pending = self.pending[:at], ""
+                return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    prefilled_tokens: int = 0  # prompt tokens actually run (the rest came from the cache)
+    new_tokens: int = 0
+    first_token_s: float = 0.0  # prefill + first sampled token
+    decode_s: float = 0.0  # every later token
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "prefilled_tokens": self.prefilled_tokens,
+            "new_tokens": self.new_tokens,
+            "first_token_s": round(self.first_token_s, 4),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 1),
+        }
+
+
+class Generation:
+    """An answer being generated: iterate it for text pieces as they are ready.
+
+    After iteration (or ``close()``), ``text``, ``tokens``, ``finish_reason`` ("eos", "stop", "length",
+    "context", "interrupted") and ``stats`` describe the answer. The KV cache then holds the prompt and every
+    generated token that was run.
+    """
+
+    def __init__(
+        self, lm: LanguageModel, cache: KVCache, prompt: list[int], options: GenerationOptions, on_finish=None
+    ):
+        self.lm, self.cache, self.prompt = lm, cache, list(prompt)
+        self.options = options.verify()
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.stats = GenerationStats(prompt_tokens=len(prompt))
+        self._on_finish = on_finish
+        self._steps = self._run()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._steps)
+
+    def close(self) -> None:
+        self._steps.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def result(self) -> str:
+        """Run to the end and return the whole answer."""
+        for _ in self:
+            pass
+        return self.text
+
+    def _prefill(self) -> np.ndarray:
+        cache, lm = self.cache, self.lm
+        # Reuse the longest cached prefix (earlier turns of a chat); run only the rest.
+        common = 0
+        for a, b in zip(cache.tokens, self.prompt, strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(self.prompt) - 1)  # at least one token must run to get logits
+        cache.truncate(common)
+        self.stats.prefilled_tokens = len(self.prompt) - common
+        return lm.prefill_tokens(self.prompt[common:], cache)
+
+    def _run(self):
+        lm, o = self.lm, self.options
+        sampler, stream, stops = Sampler(o), StreamDecoder(lm.tokenizer), StopMatcher(o.stop)
+        seen = np.array(self.prompt, np.int64)
+        start = time.perf_counter()
+        try:
+            logits = self._prefill()
+            while True:
+                token = sampler(logits, seen)
+                if not self.tokens:
+                    self.stats.first_token_s = time.perf_counter() - start
+                    start = time.perf_counter()
+                if token in lm.eos_ids:
+                    self.finish_reason = "eos"
+                    break
+                self.tokens.append(token)
+                self.stats.new_tokens = len(self.tokens)
+                seen = np.append(seen, token)
+                piece = stops.feed(stream.push(token))
+                if piece:
+                    self.text += piece
+                    yield piece
+                if stops.stopped:
+                    self.finish_reason = "stop"
+                    break
+                if len(self.tokens) >= o.max_new_tokens:
+                    self.finish_reason = "length"
+                    break
+                if self.cache.length + 1 > lm.context:
+                    self.finish_reason = "context"
+                    log.info("the answer reached the end of the context window (%d tokens)", lm.context)
+                    break
+                logits = lm.prefill_tokens([token], self.cache)
+            if not stops.stopped:
+                tail = stops.feed(stream.flush()) + stops.flush()
+                if tail:
+                    self.text += tail
+                    yield tail
+        except GeneratorExit:
+            self.finish_reason = self.finish_reason or "interrupted"
+            raise
+        finally:
+            self.stats.decode_s = time.perf_counter() - start
+            if self.finish_reason is None:
+                self.finish_reason = "interrupted"
+            if self._on_finish is not None:
+                self._on_finish(self)

@@ -1,0 +1,161 @@
+"""The language model of an ``llm`` bundle: token embedding + decoder graphs and a KV cache that grows in place.
+
+The decoder's present KV outputs are bound (onnxruntime I/O binding) to the same buffers as its past inputs, so
+GroupQueryAttention appends new keys/values in place: no per-token copy of the cache. The buffers grow by doubling
+when a sequence outgrows them, up to the context window.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from edgemm.runtime.bundle import Bundle, open_bundle
+from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.sessions import create_session
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 2048  # tokens; the KV cache for SmolLM2-135M at 2048 is 94 MB
+FIRST_CAPACITY = 256
+
+
+class ContextError(EdgemmError):
+    """A prompt does not fit in the context window."""
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    max_positions: int
+
+    @classmethod
+    def from_manifest(cls, model: dict) -> LLMConfig:
+        return cls(**{k: int(model[k]) for k in cls.__dataclass_fields__})
+
+
+class KVCache:
+    """Per-layer key/value buffers [1, kv_heads, capacity, head_dim] and the number of positions filled."""
+
+    def __init__(self, cfg: LLMConfig, limit: int):
+        self.cfg, self.limit = cfg, limit
+        self.length = 0
+        self.tokens: list[int] = []  # token ids whose keys/values are in the cache (empty for spliced embeddings)
+        self.capacity = 0
+        self.arrays: list[np.ndarray] = []  # own the memory that the OrtValues below point at
+        self.buffers: list[ort.OrtValue] = []
+
+    def reserve(self, needed: int) -> bool:
+        """Make room for ``needed`` positions; True if the buffers were replaced (bindings must be refreshed)."""
+        if needed <= self.capacity:
+            return False
+        if needed > self.limit:
+            raise ContextError(f"{needed} tokens do not fit in the context window of {self.limit}")
+        capacity = min(self.limit, max(FIRST_CAPACITY, self.capacity * 2, needed))
+        shape = (1, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
+        arrays = [np.zeros(shape, np.float32) for _ in range(2 * self.cfg.num_layers)]
+        for new, old in zip(arrays, self.arrays, strict=False):
+            new[:, :, : self.length] = old[:, :, : self.length]
+        self.arrays, self.capacity = arrays, capacity
+        self.buffers = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        return True
+
+    def truncate(self, length: int) -> None:
+        """Forget positions from ``length`` on (their memory is simply overwritten later)."""
+        self.length = min(self.length, length)
+        del self.tokens[self.length :]
+
+    def reset(self) -> None:
+        self.truncate(0)
+
+
+class LanguageModel:
+    """Embedding + decoder sessions, the tokenizer and special tokens of one ``llm`` bundle."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = None, context: int | None = None):
+        m = bundle.manifest
+        self.bundle = bundle
+        self.config = LLMConfig.from_manifest(m["model"])
+        graphs = m["graphs"]
+        self.embed_session = create_session(bundle.file(graphs["embed"]), threads=1)
+        self.decoder = create_session(bundle.file(graphs["decoder"]), threads, spinning=True)
+        self.tokenizer = Tokenizer.from_file(str(bundle.file(m["tokenizer"])))
+        self.chat_template = bundle.file(m["chat_template"]).read_text()
+        self.special = m["special_tokens"]
+        self.eos_ids = set(self.special["eos_token_ids"])
+        self.context = min(context or DEFAULT_CONTEXT, self.config.max_positions)
+        if self.context < 16:
+            raise EdgemmError(f"context window {self.context} is too small")
+        self._binding = self.decoder.io_binding()
+        self._bound_cache: KVCache | None = None
+        self._mask = np.ones((1, self.context), np.int64)
+        # OrtValues made from numpy arrays do not own them: keep the arrays alive beside them.
+        self._logits_array = np.zeros((1, 1, self.config.vocab_size), np.float32)
+        self._logits = ort.OrtValue.ortvalue_from_numpy(self._logits_array)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, threads: int | None = None, context: int | None = None):
+        return cls(open_bundle(path, "llm"), threads=threads, context=context)
+
+    @property
+    def name(self) -> str:
+        return self.bundle.manifest.get("name") or self.bundle.path.name
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config, self.context)
+
+    def embed(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, np.int64).reshape(1, -1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise EdgemmError(f"token id out of range 0..{self.config.vocab_size - 1}")
+        return self.embed_session.run(None, {"input_ids": ids})[0]
+
+    def forward(self, embeds: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Run ``embeds`` [1, n, D] after the cache; return logits [n, V] (all positions) or [V] (the last)."""
+        n = embeds.shape[1]
+        if n == 0:
+            raise EdgemmError("nothing to run: no input tokens")
+        total = cache.length + n
+        if total > self.context:
+            raise ContextError(f"{total} tokens do not fit in the context window of {self.context}")
+        io = self._binding
+        if cache.reserve(total) or self._bound_cache is not cache:
+            for i in range(self.config.num_layers):
+                for k, kv in enumerate(("key", "value")):
+                    buffer = cache.buffers[2 * i + k]
+                    io.bind_ortvalue_input(f"past.{i}.{kv}", buffer)
+                    io.bind_ortvalue_output(f"present.{i}.{kv}", buffer)
+            self._bound_cache = cache
+        inputs = {
+            "inputs_embeds": np.ascontiguousarray(embeds, np.float32),
+            "attention_mask": self._mask[:, :total],
+            "logits_to_keep": np.array(0 if all_logits else 1, np.int64),
+        }
+        for name, array in inputs.items():
+            io.bind_cpu_input(name, array)
+        out, logits = self._logits_array, self._logits
+        if all_logits:
+            out = np.empty((1, n, self.config.vocab_size), np.float32)
+            logits = ort.OrtValue.ortvalue_from_numpy(out)
+        io.bind_ortvalue_output("logits", logits)
+        try:
+            self.decoder.run_with_iobinding(io)
+        except Exception as e:  # onnxruntime's own exception types
+            raise EdgemmError(f"decoder failed: {str(e).splitlines()[0]}") from None
+        cache.length = total
+        return out[0] if all_logits else out[0, -1].copy()
+
+    def prefill_tokens(self, ids: list[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Append ``ids`` to the cache (reusing what the cache already holds of them is the caller's job)."""
+        logits = self.forward(self.embed(ids), cache, all_logits)
+        cache.tokens.extend(int(i) for i in ids)
+        return logits

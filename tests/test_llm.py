@@ -1,0 +1,199 @@
+"""LLM export and runtime on tiny random Llama / Qwen2 models: parity with transformers, cache reuse, streaming."""
+
+import numpy as np
+import onnx
+import pytest
+
+from edgemm.export import nbits
+from edgemm.runtime.chat import Chat
+from edgemm.runtime.generate import Generation, GenerationOptions, Sampler, StopMatcher, StreamDecoder
+from edgemm.runtime.llm import LanguageModel
+
+torch = pytest.importorskip("torch")
+
+
+def _reference_greedy(folder, prompt: list[int], n: int) -> list[int]:
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    config = GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]), generation_config=config, attention_mask=torch.ones(1, len(prompt))
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_greedy_tokens_match_transformers(tiny_llms, family):
+    folder, bundles = tiny_llms[family]
+    lm = LanguageModel.load(bundles["fp32"])
+    lm.eos_ids = set()  # run all 32 tokens, as generate does without an eos token
+    prompt = Chat(lm).encode([{"role": "user", "content": "What is the capital of France?"}])
+    gen = Generation(lm, lm.new_cache(), prompt, GenerationOptions(max_new_tokens=32))
+    gen.result()
+    assert gen.tokens == _reference_greedy(folder, prompt, 32)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_logits_match_transformers(tiny_llms, family):
+    from transformers import AutoModelForCausalLM
+
+    folder, bundles = tiny_llms[family]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = list(range(5, 60))
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    lm = LanguageModel.load(bundles["fp32"])
+    cache = lm.new_cache()
+    # Two chunks: the second runs after a cache of 40 positions (chunked prefill through the KV cache).
+    got = np.concatenate(
+        [lm.prefill_tokens(ids[:40], cache, all_logits=True), lm.prefill_tokens(ids[40:], cache, True)]
+    )
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_chat_cache_reuse_equals_fresh_prefill(tiny_llms, family):
+    lm = LanguageModel.load(tiny_llms[family][1]["fp32"])
+    options = GenerationOptions(max_new_tokens=12)
+    chat = Chat(lm, options=options)
+    chat.send("Hello there, who are you?").result()
+    second = chat.send("What is the capital of France?")
+    second.result()
+    assert 0 < second.stats.prefilled_tokens < second.stats.prompt_tokens  # earlier turn came from the cache
+
+    fresh = Chat(lm, options=options)
+    fresh.turns = list(chat.turns[:1])
+    again = fresh.send("What is the capital of France?")
+    again.result()
+    assert again.stats.prefilled_tokens == again.stats.prompt_tokens
+    assert again.tokens == second.tokens
+
+
+def test_cache_grows_past_first_capacity(tiny_llms):
+    """A sequence longer than the first KV buffer (256) continues exactly after the buffers are reallocated."""
+    lm = LanguageModel.load(tiny_llms["llama"][1]["fp32"])
+    ids = [int(i) for i in np.random.default_rng(0).integers(3, lm.config.vocab_size, 300)]
+    whole = lm.prefill_tokens(ids, lm.new_cache(), all_logits=True)
+    cache = lm.new_cache()
+    lm.prefill_tokens(ids[:250], cache)
+    steps = [lm.prefill_tokens([t], cache) for t in ids[250:]]
+    np.testing.assert_allclose(np.stack(steps), whole[250:], atol=1e-4)
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_graphs_have_no_float_weights(tiny_llms, quant):
+    bundle = tiny_llms["llama"][1][quant]
+    graph = onnx.load(bundle / "decoder.onnx").graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulNBits") == 4 * 2 + 1  # qkv, o, gate_up, down per layer + lm_head
+    assert "GroupQueryAttention" in ops and "SkipSimplifiedLayerNormalization" in ops
+    inits = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "MatMul":  # only the small 4-bit offset corrections stay float
+            assert node.input[1].endswith(".offsets")
+    bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert bits == ({8} if quant == "int8" else {4, 8})
+    assert "lm_head.qweight" in inits
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_tokens_agree_with_fp32(tiny_llms, quant):
+    from edgemm.export.llm import agreement, greedy_answers
+
+    reference = greedy_answers(LanguageModel.load(tiny_llms["llama"][1]["fp32"]), n_tokens=16)
+    result = agreement(LanguageModel.load(tiny_llms["llama"][1][quant]), reference)
+    assert result["token_agreement"] >= (0.9 if quant == "int8" else 0.8)
+
+
+def test_q8_0_blocks_are_reproduced_exactly():
+    rng = np.random.default_rng(0)
+    d = rng.random((64, 4, 1)).astype(np.float32) * 0.01
+    q = rng.integers(-127, 128, (64, 4, 32))
+    q[:, :, 0] = 127  # llama.cpp scales each block so its largest magnitude is 127
+    w = (d * q).reshape(64, 128).astype(np.float32)
+    packed = nbits.quantize(w, 8)
+    np.testing.assert_allclose(packed.dequantize(), w, rtol=1e-6, atol=1e-9)
+
+
+def test_q4_1_blocks_keep_their_grid_and_mean():
+    rng = np.random.default_rng(0)
+    d = rng.random((64, 4, 1)) * 0.01 + 1e-3
+    m = -rng.random((64, 4, 1)) * 15 * d  # blocks that contain 0, as nearly all weight blocks do
+    q = rng.integers(0, 16, (64, 4, 32))
+    q[:, :, 0], q[:, :, 1] = 0, 15  # a Q4_1 block spans its min and max
+    w = (d * q + m).reshape(64, 128).astype(np.float32)
+    packed = nbits.quantize(w, 4)
+    error = (w - packed.dequantize()).reshape(64, 4, 32)
+    # every value moves by the same block offset (m rounded to a multiple of d), which the graph adds back
+    np.testing.assert_allclose(error, np.broadcast_to(packed.offsets[..., None], error.shape), atol=1e-6)
+    assert np.abs(packed.offsets).max() <= d.max() / 2 + 1e-6
+
+
+def test_stream_decoder_never_splits_characters(tiny_llms):
+    lm = LanguageModel.load(tiny_llms["llama"][1]["fp32"])
+    text = "Grüße aus Köln 🌊🐈 — 東京 ok"
+    ids = lm.tokenizer.encode(text, add_special_tokens=False).ids
+    assert len(ids) > len(text.encode()) // 2  # the tiny vocabulary splits multi-byte characters into bytes
+    stream = StreamDecoder(lm.tokenizer)
+    pieces = [stream.push(i) for i in ids] + [stream.flush()]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == text
+
+
+def test_stop_strings_are_held_back_and_cut():
+    m = StopMatcher(["\nUser:", "###"])
+    out = [m.feed(p) for p in ["Hello", " wor", "ld\nUs", "er: more"]]
+    assert "".join(out) == "Hello world" and m.stopped
+    m = StopMatcher(["###"])
+    assert m.feed("a#") == "a" and m.feed("b") == "#b" and not m.stopped
+
+
+def test_sampler_options():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    seen = np.array([], np.int64)
+    assert Sampler(GenerationOptions())(logits, seen) == 0
+    assert Sampler(GenerationOptions(temperature=1.0, top_k=1, seed=3))(logits, seen) == 0
+    assert Sampler(GenerationOptions(temperature=1.0, top_p=0.4, seed=3))(logits, seen) == 0
+    draws = [Sampler(GenerationOptions(temperature=1.0, seed=s))(logits, seen) for s in range(200)]
+    assert set(draws) == {0, 1, 2, 3} and abs(draws.count(0) / 200 - 0.5) < 0.12
+    again = [Sampler(GenerationOptions(temperature=1.0, seed=s))(logits, seen) for s in range(200)]
+    assert draws == again  # seeded
+    # repetition penalty pushes a seen token below the next one
+    assert Sampler(GenerationOptions(repetition_penalty=2.0))(np.array([2.0, 1.5]), np.array([0])) == 1
+
+
+def test_generation_stops_on_stop_string_and_max_tokens(tiny_llms):
+    lm = LanguageModel.load(tiny_llms["llama"][1]["fp32"])
+    lm.eos_ids = set()
+    gen = Chat(lm, options=GenerationOptions(max_new_tokens=5)).send("Hello")
+    gen.result()
+    assert gen.finish_reason == "length" and len(gen.tokens) == 5
+    full = Chat(lm, options=GenerationOptions(max_new_tokens=40)).send("Hello").result()
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    if stop:
+        gen = Chat(lm, options=GenerationOptions(max_new_tokens=40, stop=[stop])).send("Hello")
+        text = gen.result()
+        assert gen.finish_reason == "stop" and stop not in text and full.startswith(text)
+
+
+def test_streaming_pieces_join_to_the_answer(tiny_llms):
+    lm = LanguageModel.load(tiny_llms["qwen2"][1]["fp32"])
+    gen = Chat(lm, options=GenerationOptions(max_new_tokens=20)).send("Hello")
+    pieces = list(gen)
+    assert "".join(pieces) == gen.text
+    assert gen.text == lm.tokenizer.decode(gen.tokens, skip_special_tokens=True)
+
+
+def test_interrupted_answer_is_remembered(tiny_llms):
+    lm = LanguageModel.load(tiny_llms["llama"][1]["fp32"])
+    lm.eos_ids = set()
+    chat = Chat(lm, options=GenerationOptions(max_new_tokens=30))
+    gen = chat.send("Hello")
+    next(gen), next(gen)
+    gen.close()  # what Ctrl-C does in `edgemm chat`
+    assert gen.finish_reason == "interrupted"
+    assert chat.turns == [("Hello", gen.text)]
+    chat.send("And then?").result()  # the conversation goes on
+    assert len(chat.turns) == 2

@@ -1,0 +1,122 @@
+"""Bad prompts, options and bundles for the LLM: one clear error, or correct handling; never a traceback."""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edgemm.runtime.chat import Chat, PromptError, clean_text
+from edgemm.runtime.errors import BundleError, OptionsError
+from edgemm.runtime.generate import GenerationOptions
+from edgemm.runtime.llm import ContextError, LanguageModel
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "edgemm.runtime.cli", *(a if isinstance(a, bytes) else str(a) for a in args)],
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_llms):
+    return tiny_llms["llama"][1]["fp32"]
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t ", "\x00\x01\x1b"])
+def test_empty_prompt(text):
+    with pytest.raises(PromptError, match="empty"):
+        clean_text(text)
+
+
+def test_invalid_utf8():
+    with pytest.raises(PromptError, match="not valid UTF-8"):
+        clean_text(b"caf\xe9 au lait")
+    with pytest.raises(PromptError, match="not valid UTF-8"):
+        clean_text("caf\udce9")  # what Python makes of undecodable bytes on the command line
+
+
+def test_control_characters_are_removed():
+    assert clean_text("a\x00b\x07c\x1b[31m\nd\te") == "abc[31m\nd\te"
+    assert clean_text("caf\xc3\xa9".encode("latin-1")) == "café"
+
+
+def test_prompt_longer_than_context(tiny_lm):
+    lm = LanguageModel.load(tiny_lm, context=64)
+    with pytest.raises(ContextError, match="context window is 64"):
+        Chat(lm).send("fox " * 200)
+
+
+def test_long_chat_drops_oldest_turns_once(tiny_lm, caplog):
+    lm = LanguageModel.load(tiny_lm, context=128)
+    lm.eos_ids = set()
+    chat = Chat(lm, options=GenerationOptions(max_new_tokens=12))
+    with caplog.at_level(logging.WARNING):
+        for i in range(12):
+            gen = chat.send(f"Turn {i}: the quick brown fox")
+            gen.result()
+            assert chat.cache.length <= 128
+    assert 0 < len(chat.turns) < 12
+    assert sum("dropping the oldest turns" in r.message for r in caplog.records) == 1
+
+
+def test_answer_stops_at_the_context_window(tiny_lm):
+    lm = LanguageModel.load(tiny_lm, context=48)
+    lm.eos_ids = set()
+    gen = Chat(lm, system="", options=GenerationOptions(max_new_tokens=500)).send("Hello")
+    gen.result()
+    assert gen.finish_reason == "context" and gen.cache.length == 48
+
+
+@pytest.mark.parametrize(
+    "options", [dict(max_new_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(stop=[""])]
+)
+def test_bad_options(options):
+    with pytest.raises(OptionsError):
+        GenerationOptions(**options).verify()
+
+
+def test_tampered_bundle(tiny_lm, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_lm, copy)
+    data = bytearray((copy / "decoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "decoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        LanguageModel.load(copy)
+    out = _cli("ask", "hi", "--model", copy)
+    assert out.returncode == 2
+    assert out.stderr.decode().startswith("edgemm: error:") and b"Traceback" not in out.stderr
+
+
+def test_cli_errors_are_one_line(tiny_lm, tmp_path):
+    for args in (["ask", ""], ["ask", b"\xff\xfe"], ["ask", "hi", "--top-p", "2"], ["ask", "hi", "--model", tmp_path]):
+        out = _cli(*args, "--model", tiny_lm) if args[-1] != tmp_path else _cli(*args)
+        err = out.stderr.decode()
+        assert out.returncode == 2, err
+        assert err.startswith("edgemm: error:") and err.count("\n") == 1, err
+
+
+def test_cli_ask_json(tiny_lm):
+    out = _cli("ask", "What is the capital of France?", "--json", "--max-tokens", "8", "--model", tiny_lm)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert isinstance(result["answer"], str) and result["new_tokens"] <= 8
+
+
+def test_cli_chat_session(tiny_lm):
+    """/reset, /exit and end of input work; the conversation streams answers."""
+    script = "Hello\n/reset\nWho are you?\n/exit\nnever read\n"
+    out = subprocess.run(
+        [sys.executable, "-m", "edgemm.runtime.cli", "chat", "--max-tokens", "6", "--model", str(tiny_lm)],
+        input=script.encode(),
+        capture_output=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert b"conversation cleared" in out.stderr
+    assert out.stdout.count(b"> ") >= 3
