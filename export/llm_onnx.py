@@ -12,8 +12,8 @@ Two graphs:
 Per layer: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization (norm + residual add in one kernel), one
 packed q|k|v projection, GroupQueryAttention (rotary embedding, causal mask, grouped KV heads and the KV-cache append
 in one kernel), o_proj, a packed gate|up projection, SiLU, down_proj. Linear layers are MatMul (fp32) or MatMulNBits
-(4- or 8-bit blocks, int8 activations inside the kernel: accuracy_level 4; 4-bit ones add a per-block offset
-correction, see nbits). lm_head is untied from the embedding.
+(4- or 8-bit blocks, int8 activations inside the kernel: accuracy_level 4; 4-bit ones carry a per-block offset
+correction in extra columns, see ``_Graph.linear``). lm_head is untied from the embedding.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class _Graph:
 
     nodes: list = field(default_factory=list)
     inits: list = field(default_factory=list)
+    names: set = field(default_factory=set)  # initializer names
     count: int = 0
 
     def node(self, op: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs) -> list[str]:
@@ -82,6 +83,7 @@ class _Graph:
 
     def const(self, name: str, array: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.names.add(name)
         return name
 
     def linear(self, x: str, w: np.ndarray, name: str, bits: int | None, bias: np.ndarray | None = None) -> str:
@@ -90,21 +92,27 @@ class _Graph:
             (y,) = self.node("MatMul", [x, self.const(f"{name}.weight", w.T.astype(np.float32))])
         else:
             p = nbits.quantize(w, bits, BLOCK)
+            if p.offsets is not None and p.k % BLOCK == 0:
+                # 4-bit: add back each block's mean error (see nbits) inside the same kernel. The input gains the
+                # sums of its blocks of 32, the weight gains matching columns holding the offsets:
+                # [x, blocksum(x)] @ [W_q, offsets].T = x @ W_q.T + blocksum(x) @ offsets.T
+                blocks = p.k // BLOCK
+                width = -(-blocks // BLOCK) * BLOCK  # the sums padded to whole blocks
+                if f"blocksum.{p.k}" not in self.names:
+                    indicator = np.zeros((p.k, width), np.float32)
+                    indicator[np.arange(p.k), np.arange(p.k) // BLOCK] = 1.0
+                    self.const(f"blocksum.{p.k}", indicator)
+                (sums,) = self.node("MatMul", [x, f"blocksum.{p.k}"])
+                (x,) = self.node("Concat", [x, sums], axis=-1)
+                offsets = np.zeros((p.n, width), np.float32)
+                offsets[:, :blocks] = p.offsets
+                p = nbits.quantize(np.concatenate([w, offsets], axis=1), bits, BLOCK)
             inputs = [x, self.const(f"{name}.qweight", p.codes), self.const(f"{name}.scales", p.scales)]
             if p.zero_points is not None:
                 inputs.append(self.const(f"{name}.zero_points", p.zero_points))
             (y,) = self.node(
                 "MatMulNBits", inputs, domain=MS, K=p.k, N=p.n, bits=bits, block_size=BLOCK, accuracy_level=4
             )
-            if p.offsets is not None and p.k % BLOCK == 0:
-                # Add back each block's mean error: y += blocksum(x) @ offsets.T (see nbits).
-                shape = self.const(f"{name}.block_shape", np.array([0, 0, p.k // BLOCK, BLOCK], np.int64))
-                (xb,) = self.node("Reshape", [x, shape])
-                (sums,) = self.node(
-                    "ReduceSum", [xb, self.const(f"{name}.last_axis", np.array([-1], np.int64))], keepdims=0
-                )
-                (fix,) = self.node("MatMul", [sums, self.const(f"{name}.offsets", np.ascontiguousarray(p.offsets.T))])
-                (y,) = self.node("Add", [y, fix])
         if bias is not None:
             (y,) = self.node("Add", [y, self.const(f"{name}.bias", bias.astype(np.float32))])
         return y

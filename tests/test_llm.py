@@ -91,8 +91,10 @@ def test_quantized_graphs_have_no_float_weights(tiny_llms, quant):
     assert "GroupQueryAttention" in ops and "SkipSimplifiedLayerNormalization" in ops
     inits = {i.name: i for i in graph.initializer}
     for node in graph.node:
-        if node.op_type == "MatMul":  # only the small 4-bit offset corrections stay float
-            assert node.input[1].endswith(".offsets")
+        if node.op_type == "MatMul":  # only the 0/1 block-sum matrices of the 4-bit offset correction
+            assert node.input[1].startswith("blocksum.") and set(
+                np.unique(onnx.numpy_helper.to_array(inits[node.input[1]]))
+            ) == {0, 1}
     bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == ({8} if quant == "int8" else {4, 8})
     assert "lm_head.qweight" in inits
