@@ -13,7 +13,11 @@ from edgemm.runtime.bundle import FORMAT, MANIFEST, file_entry
 
 def write_manifest(folder: Path, kind: str, body: dict) -> dict:
     """Hash every file in ``folder`` and write ``manifest.json``; return the manifest."""
-    files = {p.name: file_entry(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name != MANIFEST:
+            p.chmod(0o644)  # some writers (onnx external data) create files readable by their owner only
+            files[p.name] = file_entry(p)
     manifest = {"format": FORMAT, "kind": kind, **body, "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

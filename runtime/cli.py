@@ -162,6 +162,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.target == "llm":
+        from edgemm.runtime.bench_llm import run_bench_llm
+
+        return run_bench_llm(args)
     from edgemm.runtime.bench import run_bench
 
     return run_bench(args)
@@ -213,9 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="speed and memory against peers", formatter_class=fmt)
-    p.add_argument("target", choices=["asr"])
-    p.add_argument("--model", type=Path, default=None, help="speech bundle (default preset)")
-    p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="CTranslate2 model for the peer")
+    p.add_argument("target", choices=["asr", "llm"])
+    p.add_argument("--model", type=Path, default=None, help="our bundle (default: the speech or llm preset)")
+    p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
+    p.add_argument("--peer-python", type=Path, default=None, help="llm: python of the peers' venv (.venv-peers)")
+    p.add_argument("--ogenai-model", type=Path, default=None, help="llm: onnxruntime-genai model folder")
+    p.add_argument("--gguf", type=Path, default=None, help="llm: GGUF file for llama.cpp (default: the packaged one)")
     p.add_argument("--runs", type=_positive_int, default=5, help="timed runs per clip (median reported)")
     p.add_argument("--threads", type=_positive_int, default=2)
     p.add_argument("--json", action="store_true", help="print the results as JSON")

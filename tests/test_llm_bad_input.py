@@ -3,6 +3,7 @@
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -120,3 +121,25 @@ def test_cli_chat_session(tiny_lm):
     assert out.returncode == 0, out.stderr
     assert b"conversation cleared" in out.stderr
     assert out.stdout.count(b"> ") >= 3
+
+
+def test_ctrl_c_stops_only_the_answer(tiny_lm):
+    """SIGINT during an answer ends that answer; the chat goes on and exits normally."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgemm.runtime.cli", "chat", "--max-tokens", "100000", "--model", str(tiny_lm)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        proc.stdin.write(b"Tell me a long story\n")
+        proc.stdin.flush()
+        proc.stdout.read(40)  # the answer is streaming
+        proc.send_signal(signal.SIGINT)
+        proc.stdin.write(b"/exit\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert b"[stopped]" in out and b"Traceback" not in err
