@@ -70,6 +70,10 @@ def _gguf_info(path: Path) -> tuple[dict[str, int], dict]:
     counts: dict[str, int] = {}
     for t in reader.tensors:
         counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    arch = reader.fields.get("general.architecture")
+    if arch is None or arch.contents() not in FAMILIES:
+        found = arch.contents() if arch is not None else "none"
+        raise SourceError(f"{path}: GGUF architecture {found!r} is not supported ({', '.join(FAMILIES)})")
     fields = {}
     for key in ("model", "bos_token_id", "eos_token_id"):
         field = reader.fields.get(f"tokenizer.ggml.{key}")
@@ -110,9 +114,17 @@ def load_llm(source: str) -> LLMCheckpoint:
     gguf_types, byte_level = None, False
     packaged = resolve_packaged(source.removeprefix("packaged:"))[0] if source.startswith("packaged:") else None
     gguf_path = _gguf_file(str(packaged) if packaged else source)
+    local = Path(source).expanduser()
+    if packaged is None and not local.exists() and (local.suffix == ".gguf" or source.startswith(("/", ".", "~"))):
+        raise SourceError(f"{source}: no such file or folder")
     try:
         if gguf_path is not None:
-            gguf_types, fields = _gguf_info(gguf_path)
+            try:
+                gguf_types, fields = _gguf_info(gguf_path)
+            except (ValueError, KeyError, IndexError) as e:  # what the gguf reader raises for damaged files
+                if isinstance(e, SourceError):
+                    raise
+                raise SourceError(f"{gguf_path}: not a readable GGUF file ({e})") from None
             model, tokenizer = _from_gguf(gguf_path)
             _fix_gguf_tokens(model, tokenizer, fields)
             byte_level = fields.get("model") == "gpt2"
@@ -121,7 +133,15 @@ def load_llm(source: str) -> LLMCheckpoint:
         else:
             model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as e:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        RuntimeError,
+    ) as e:  # missing files, no network, bad repo id, damaged data
+        if isinstance(e, SourceError):
+            raise
         raise SourceError(f"cannot load {source!r}: {str(e).splitlines()[0]}") from None
     if model.config.model_type not in FAMILIES:
         raise SourceError(f"{source}: model type {model.config.model_type!r} is not supported ({', '.join(FAMILIES)})")

@@ -143,3 +143,17 @@ def test_ctrl_c_stops_only_the_answer(tiny_lm):
         proc.kill()
     assert proc.returncode == 0, err
     assert b"[stopped]" in out and b"Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["missing", "not-gguf", "truncated"])
+def test_export_refuses_bad_sources(tmp_path, kind):
+    pytest.importorskip("torch")
+    source = tmp_path / "model.gguf"
+    if kind == "not-gguf":
+        source.write_bytes(b"not a model at all")
+    elif kind == "truncated":
+        source.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(40))
+    out = _cli("export", "llm", "--source", source, "--out", tmp_path / "out")
+    err = out.stderr.decode()
+    assert out.returncode == 2 and err.startswith("edgemm: error:") and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
