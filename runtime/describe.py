@@ -1,0 +1,101 @@
+"""The offline image path: an ImageNet classifier and an optional OCR turn a photo into a short grounded text that
+the language model answers from.
+
+The description says only what the two models reported (labels with their confidence, text read in the image) and
+the prompt tells the model to answer from it alone, and to say so when it does not tell.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgemm.runtime.classify import ImageClassifier, Label
+from edgemm.runtime.image import load_image
+
+log = logging.getLogger(__name__)
+
+MIN_SCORE = 0.05  # labels below this probability are not mentioned
+MAX_LABELS = 3
+MIN_OCR_CONFIDENCE = 0.5
+# ImageNet-1k orders its classes by WordNet: 0 (tench) to 397 (puffer) are the animals, 398 (abacus) on are not.
+# Saying "no animal" outright keeps a small language model from inventing one.
+ANIMAL_CLASSES = range(0, 398)
+
+
+@dataclass
+class ImageFacts:
+    labels: list[Label]
+    text: list[str] = field(default_factory=list)  # lines read by OCR, in reading order
+    ocr: bool = False  # whether OCR ran
+
+    def describe(self) -> str:
+        """E.g. 'The photo shows an animal: tiger cat or tabby. There is no text in the photo.'"""
+        kept = [lab for lab in self.labels if lab.score >= MIN_SCORE][:MAX_LABELS] or self.labels[:1]
+        animals = [lab.name.split(",")[0] for lab in kept if lab.index in ANIMAL_CLASSES]
+        things = [lab.name.split(",")[0] for lab in kept if lab.index not in ANIMAL_CLASSES]
+        parts = [f"an animal: {' or '.join(animals)}"] if animals else []
+        if things:
+            parts.append(f"{'an object' if animals else 'no animal; objects'}: {' or '.join(things)}")
+        text = "The photo shows " + "; ".join(parts) + "."
+        if self.text:
+            text += f' Text in the photo: "{" ".join(self.text)}".'
+        elif self.ocr:
+            text += " There is no text in the photo."
+        return text
+
+    def to_dict(self) -> dict:
+        return {"labels": [{"name": lab.name, "score": round(lab.score, 4)} for lab in self.labels], "text": self.text}
+
+
+class TextReader:
+    """PP-OCR through rapidocr-onnxruntime (the ``ocr`` extra)."""
+
+    def __init__(self):
+        from rapidocr_onnxruntime import RapidOCR
+
+        self.engine = RapidOCR()
+
+    @staticmethod
+    def available() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("rapidocr_onnxruntime") is not None
+
+    def read(self, image) -> list[str]:
+        result, _ = self.engine(np.asarray(load_image(image)))
+        return [text for _box, text, confidence in (result or []) if float(confidence) >= MIN_OCR_CONFIDENCE]
+
+
+class SceneDescriber:
+    def __init__(self, classifier: ImageClassifier, reader: TextReader | None = None):
+        self.classifier, self.reader = classifier, reader
+
+    @classmethod
+    def load(cls, path=None, threads: int | None = None, ocr: bool = True) -> SceneDescriber:
+        reader = None
+        if ocr and TextReader.available():
+            reader = TextReader()
+        elif ocr:
+            log.info("OCR is not installed (pip install 'edgemm[ocr]'): text in images is not read")
+        return cls(ImageClassifier.load(path, threads=threads), reader)
+
+    def facts(self, image) -> ImageFacts:
+        image = load_image(image)
+        labels = self.classifier.classify(image, k=5)
+        text = self.reader.read(image) if self.reader else []
+        return ImageFacts(labels, text, ocr=self.reader is not None)
+
+
+def grounded_question(question: str, facts: list[ImageFacts]) -> str:
+    """The user turn for the language model: what the models found, then the question."""
+    if len(facts) == 1:
+        found = f"Photo description: {facts[0].describe()}"
+    else:
+        found = "\n".join(f"Photo {i + 1} description: {f.describe()}" for i, f in enumerate(facts))
+    return (
+        f"{found}\nQuestion about the {'photo' if len(facts) == 1 else 'photos'}: {question}\n"
+        "Answer in one short sentence using only the description."
+    )

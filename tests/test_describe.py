@@ -1,0 +1,63 @@
+"""The offline image path on real photos: labels + OCR -> a grounded description -> the LLM's answer."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgemm.runtime.bundle import default_bundle
+from edgemm.runtime.describe import SceneDescriber, TextReader, grounded_question
+
+skdata = pytest.importorskip("skimage.data")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def describer():
+    path = default_bundle("vision")
+    if not (path / "manifest.json").exists():
+        pytest.skip(f"default vision bundle missing at {path}: run `make setup`")
+    return SceneDescriber.load(path)
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "edgemm.runtime.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_description_says_only_what_was_found(describer):
+    cat, coffee = describer.facts(skdata.chelsea()), describer.facts(skdata.coffee())
+    assert "an animal:" in cat.describe() and "cat" in cat.describe()
+    assert "no animal" in coffee.describe() and "espresso" in coffee.describe()
+    prompt = grounded_question("What is this?", [cat, coffee])
+    assert "Photo 1 description" in prompt and "Photo 2 description" in prompt
+
+
+def test_ocr_reads_the_page():
+    if not TextReader.available():
+        pytest.skip("OCR extra not installed (pip install 'edgemm[ocr]')")
+    page = np.stack([skdata.page()] * 3, axis=-1)
+    text = " ".join(TextReader().read(page)).lower()
+    for word in ("markers", "coins", "background", "histogram"):
+        assert word in text, text
+
+
+def test_ask_about_a_cat_photo(describer, llm_bundle, tmp_path):
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(skdata.chelsea()).save(path)
+    out = _cli("ask", "--image", path, "What animal is this?", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert "cat" in result["answer"].lower(), result
+    assert any("cat" in label["name"] for label in result["images"][0]["labels"][:3])
+
+
+def test_ask_with_a_bad_image(tmp_path):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = _cli("ask", "--image", path, "What is this?")
+    assert out.returncode == 2 and out.stderr.startswith("edgemm: error:") and "Traceback" not in out.stderr
