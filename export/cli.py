@@ -17,6 +17,8 @@ from edgemm.export.packaged import SourceError
 from edgemm.export.quantize import QuantizationError
 from edgemm.export.speech import QUANTS as SPEECH_QUANTS
 from edgemm.export.speech import ExportError, export_speech
+from edgemm.export.vlm import QUANTS as VLM_QUANTS
+from edgemm.export.vlm import export_vlm
 from edgemm.models import presets
 from edgemm.runtime.bundle import models_dir
 from edgemm.runtime.errors import EdgemmError
@@ -42,9 +44,9 @@ def _resolve(args) -> tuple[str, str, Path]:
     return source, quant, out
 
 
-DEFAULT_QUANT = {"speech": "int8", "llm": "int4", "vision": "int8"}
-QUANTS = {"speech": SPEECH_QUANTS, "llm": LLM_QUANTS, "vision": VISION_QUANTS}
-EXPORTERS = {"speech": export_speech, "llm": export_llm, "vision": export_vision}
+DEFAULT_QUANT = {"speech": "int8", "llm": "int4", "vision": "int8", "vlm": "int4"}
+QUANTS = {"speech": SPEECH_QUANTS, "llm": LLM_QUANTS, "vision": VISION_QUANTS, "vlm": VLM_QUANTS}
+EXPORTERS = {"speech": export_speech, "llm": export_llm, "vision": export_vision, "vlm": export_vlm}
 
 
 def run_export(args) -> int:

@@ -146,8 +146,8 @@ def export_llm(source: str, quant: str, out: Path, measure: bool = True) -> dict
     if quant not in QUANTS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTS)}, not {quant!r}")
     ck = load_llm(source)
-    cfg = decoder_config(ck.model)
-    weights = decoder_weights(ck.model, cfg)
+    cfg = decoder_config(ck.model.config)
+    weights = decoder_weights(ck.model.model, ck.model.lm_head, cfg)
     body = {
         "name": out.name,
         "source": source,

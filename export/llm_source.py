@@ -151,8 +151,8 @@ def load_llm(source: str) -> LLMCheckpoint:
     return LLMCheckpoint(model, tokenizer, source, gguf_types=gguf_types, byte_level=byte_level)
 
 
-def decoder_config(model) -> DecoderConfig:
-    c = model.config
+def decoder_config(c) -> DecoderConfig:
+    """From a Llama / Qwen2 text config."""
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     if getattr(c, "use_sliding_window", False):
         raise SourceError("sliding-window attention is not supported")
@@ -175,9 +175,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def decoder_weights(model, cfg: DecoderConfig) -> DecoderWeights:
-    """Weights in Hugging Face layout, lm_head untied, and the model's own rotary tables (any rope scaling)."""
-    base = model.model
+def decoder_weights(base, lm_head, cfg: DecoderConfig) -> DecoderWeights:
+    """Weights of a LlamaModel / Qwen2Model ``base`` and its ``lm_head`` in Hugging Face layout (lm_head untied),
+    with the model's own rotary tables (any rope scaling)."""
     layers = []
     for layer in base.layers:
         a, m = layer.self_attn, layer.mlp
@@ -204,7 +204,7 @@ def decoder_weights(model, cfg: DecoderConfig) -> DecoderWeights:
     half = cfg.head_dim // 2
     return DecoderWeights(
         embed=_np(base.embed_tokens.weight),
-        lm_head=_np(model.lm_head.weight),
+        lm_head=_np(lm_head.weight),
         final_norm=_np(base.norm.weight),
         layers=layers,
         cos=_np(cos[0, :, :half]),

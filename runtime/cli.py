@@ -62,12 +62,39 @@ def _system(args) -> str:
     return DEFAULT_SYSTEM if args.system is None else args.system
 
 
+def _bundle_kind(path: Path) -> str | None:
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text()).get("kind")
+    except (OSError, ValueError):
+        return None  # open_bundle reports it properly
+
+
+def _ask_vlm(args, question: str, options) -> int:
+    """A native vision-language bundle: the images go through its own vision graph."""
+    from edgemm.runtime.vlm import VisionLanguageModel
+
+    vlm = VisionLanguageModel.load(args.model, threads=args.threads, context=args.context)
+    generation = vlm.ask(question, list(args.image or []), options)
+    if args.json:
+        answer = generation.result()
+        result = {"answer": answer.strip(), "finish_reason": generation.finish_reason, "model": vlm.lm.name}
+        print(json.dumps({**result, **generation.stats.to_dict()}, ensure_ascii=False))
+        return 0
+    with generation:
+        for piece in generation:
+            print(piece, end="", flush=True)
+    print()
+    return 0
+
+
 def cmd_ask(args) -> int:
     from edgemm.runtime.chat import ask, clean_text
     from edgemm.runtime.llm import LanguageModel
 
     options = _generation_options(args)
     question = clean_text(args.question)
+    if args.model and _bundle_kind(args.model) == "vlm":
+        return _ask_vlm(args, question, options)
     images = []
     if args.image:
         from edgemm.runtime.describe import SceneDescriber, grounded_question
@@ -206,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("export", help="build a model bundle (needs the export extra)", formatter_class=fmt)
-    p.add_argument("component", choices=["speech", "llm", "vision"], help="which model to export")
+    p.add_argument("component", choices=["speech", "llm", "vision", "vlm"], help="which model to export")
     p.add_argument(
         "--preset", help="a preset from models/presets.json (gives source and quant; out: $EDGEMM_MODELS/NAME)"
     )

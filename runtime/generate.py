@@ -165,9 +165,16 @@ class Generation:
     """
 
     def __init__(
-        self, lm: LanguageModel, cache: KVCache, prompt: list[int], options: GenerationOptions, on_finish=None
+        self,
+        lm: LanguageModel,
+        cache: KVCache,
+        prompt: list[int],
+        options: GenerationOptions,
+        on_finish=None,
+        embeds=None,
     ):
         self.lm, self.cache, self.prompt = lm, cache, list(prompt)
+        self.embeds = embeds  # prompt embeddings with image features spliced in (then the cache is not reused)
         self.options = options.verify()
         self.tokens: list[int] = []
         self.text = ""
@@ -199,6 +206,12 @@ class Generation:
 
     def _prefill(self) -> np.ndarray:
         cache, lm = self.cache, self.lm
+        if self.embeds is not None:
+            cache.reset()
+            self.stats.prefilled_tokens = len(self.prompt)
+            logits = lm.forward(self.embeds, cache)
+            cache.tokens.extend([-1] * len(self.prompt))  # positions hold image features: never matched for reuse
+            return logits
         # Reuse the longest cached prefix (earlier turns of a chat); run only the rest.
         common = 0
         for a, b in zip(cache.tokens, self.prompt, strict=False):

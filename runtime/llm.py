@@ -104,7 +104,7 @@ class LanguageModel:
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int | None = None, context: int | None = None):
-        return cls(open_bundle(path, "llm"), threads=threads, context=context)
+        return cls(open_bundle(path, "llm"), threads=threads, context=context)  # (a "vlm" bundle works too)
 
     @property
     def name(self) -> str:

@@ -116,14 +116,12 @@ CHATML = (
 )
 
 
-def tiny_llm_folder(root: Path, family: str) -> Path:
-    """A random Llama or Qwen2 (real architecture, tiny sizes) with a small byte-level BPE tokenizer and a ChatML
-    template, saved as a transformers folder."""
-    torch = pytest.importorskip("torch")
+def tiny_tokenizer(extra_specials: tuple[str, ...] = ()):
+    """A small byte-level BPE tokenizer (transformers fast tokenizer) with ChatML specials and template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra_specials]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -136,6 +134,16 @@ def tiny_llm_folder(root: Path, family: str) -> Path:
         tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
     fast.chat_template = CHATML
+    return fast
+
+
+def tiny_llm_folder(root: Path, family: str) -> Path:
+    """A random Llama or Qwen2 (real architecture, tiny sizes) with a small byte-level BPE tokenizer and a ChatML
+    template, saved as a transformers folder."""
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    fast = tiny_tokenizer()
     common = dict(
         vocab_size=fast.vocab_size,
         hidden_size=64,

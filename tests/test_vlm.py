@@ -1,0 +1,123 @@
+"""LLaVA-family export and runtime on a tiny random model: pixel values and greedy tokens match transformers."""
+
+import numpy as np
+import pytest
+
+from edgemm.runtime.generate import GenerationOptions
+from edgemm.runtime.vlm import VisionLanguageModel, preprocess
+from tests.conftest import tiny_tokenizer
+
+torch = pytest.importorskip("torch")
+
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image>' }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    from edgemm.export.vlm import export_vlm
+
+    root = tmp_path_factory.mktemp("tiny-llava")
+    tokenizer = tiny_tokenizer(extra_specials=("<image>",))
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=image_id, projector_hidden_act="gelu"
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+    folder = root / "hf"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    bundle = root / "bundle"
+    export_vlm(str(folder), "fp32", bundle, measure=False)
+    return model, processor, bundle
+
+
+def _photos():
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (90, 70, 3), dtype=np.uint8), rng.integers(0, 256, (40, 120, 3), dtype=np.uint8)]
+
+
+def test_pixel_values_match_the_processor(tiny_llava):
+    _, processor, bundle = tiny_llava
+    vlm = VisionLanguageModel.load(bundle)
+    for image in _photos():
+        ref = processor.image_processor(image, return_tensors="np")["pixel_values"]
+        np.testing.assert_allclose(preprocess(image, vlm.image["processor"]), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_images", [1, 2])
+def test_greedy_tokens_match_transformers(tiny_llava, n_images):
+    from transformers import GenerationConfig
+
+    model, processor, bundle = tiny_llava
+    images = _photos()[:n_images]
+    content = [{"type": "image"}] * n_images + [{"type": "text", "text": "What is in the picture?"}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(images=images, text=prompt, return_tensors="pt")
+    inputs.pop("token_type_ids", None)
+    config = GenerationConfig(max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        ref = model.generate(**inputs, generation_config=config)[0, inputs["input_ids"].shape[1] :].tolist()
+
+    vlm = VisionLanguageModel.load(bundle)
+    vlm.lm.eos_ids = set()
+    gen = vlm.ask("What is in the picture?", images, GenerationOptions(max_new_tokens=32))
+    gen.result()
+    assert gen.prompt == inputs["input_ids"][0].tolist()
+    assert gen.tokens == ref
+
+
+def test_cli_ask_with_a_vlm_bundle(tiny_llava, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _, _, bundle = tiny_llava
+    photo = tmp_path / "a.png"
+    Image.fromarray(_photos()[0]).save(photo)
+    run = [sys.executable, "-m", "edgemm.runtime.cli", "ask", "--model", str(bundle), "--max-tokens", "4"]
+    out = subprocess.run([*run, "--image", str(photo), "What?", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["new_tokens"] <= 4
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    out = subprocess.run([*run, "--image", str(bad), "What?"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.startswith("edgemm: error:") and "Traceback" not in out.stderr
