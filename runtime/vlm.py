@@ -1,8 +1,9 @@
-"""Native vision-language models (LLaVA family): image processor in numpy/Pillow, vision graph, features spliced
-into the token embeddings, then generation with the KV cache as for text."""
+"""Native vision-language models (LLaVA family, SmolVLM / Idefics3): the image processors in numpy/Pillow, the
+vision graph, features spliced into the token embeddings, then generation with the KV cache as for text."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,68 @@ from edgemm.runtime.image import load_image
 from edgemm.runtime.llm import LanguageModel
 from edgemm.runtime.sessions import create_session
 
+MAX_IMAGE_SIDE = 4096  # Idefics3's processor never resizes past this
 
-def preprocess(image, p: dict) -> np.ndarray:
-    """CLIP-style processing, as transformers' CLIPImageProcessor does it: shorter side to ``resize_shorter``
-    (Pillow, the checkpoint's filter), centre crop, rescale, normalize -> [1, 3, H, W] float32."""
+
+def _normalize(image: Image.Image, p: dict) -> np.ndarray:
+    x = np.asarray(image, np.float32) * np.float32(p["rescale"])
+    x = (x - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1), np.float32)
+
+
+def _idefics3_size(h: int, w: int, longest: int) -> tuple[int, int]:
+    """Longest edge to ``longest`` (up or down), the other even; then capped at MAX_IMAGE_SIDE."""
+    ratio = w / h
+    if w >= h:
+        w, h = longest, int(longest / ratio)
+        h += h % 2
+    else:
+        h, w = longest, int(longest * ratio)
+        w += w % 2
+    if w >= h and w > MAX_IMAGE_SIDE:
+        w, h = MAX_IMAGE_SIDE, int(MAX_IMAGE_SIDE / ratio)
+    elif h > w and h > MAX_IMAGE_SIDE:
+        h, w = MAX_IMAGE_SIDE, int(MAX_IMAGE_SIDE * ratio)
+    return max(h, 1), max(w, 1)
+
+
+def preprocess_idefics3(image: Image.Image, p: dict) -> tuple[np.ndarray, tuple[int, int]]:
+    """As transformers' Idefics3ImageProcessor: resize, round up to whole tiles, split into tiles (row by row) plus
+    the whole image at tile size -> ([tiles, 3, T, T], (rows, cols)); (0, 0) when the image is one tile."""
+    resample, tile = Image.Resampling(p["resample"]), p["tile"]
+    if p["longest_edge"]:
+        h, w = _idefics3_size(image.height, image.width, p["longest_edge"])
+        image = image.resize((w, h), resample)
+    if not p["split"]:
+        return np.stack([_normalize(image.resize((tile, tile), resample), p)]), (0, 0)
+    w, h = image.size
+    ratio = w / h
+    if w >= h:
+        w = math.ceil(w / tile) * tile
+        h = math.ceil(int(w / ratio) / tile) * tile
+    else:
+        h = math.ceil(h / tile) * tile
+        w = math.ceil(int(h * ratio) / tile) * tile
+    image = image.resize((w, h), resample)
+    if h <= tile and w <= tile:
+        return np.stack([_normalize(image, p)]), (0, 0)
+    rows, cols = math.ceil(h / tile), math.ceil(w / tile)
+    tiles = [image.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(cols)]
+    tiles.append(image.resize((tile, tile), resample))
+    return np.stack([_normalize(t, p) for t in tiles]), (rows, cols)
+
+
+def preprocess(image, p: dict) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The checkpoint's image processing -> (pixel values [n, 3, H, W], tile grid or None)."""
     image = load_image(image)
+    if p["type"] == "idefics3":
+        return preprocess_idefics3(image, p)
+    return preprocess_clip(image, p)[None], None
+
+
+def preprocess_clip(image: Image.Image, p: dict) -> np.ndarray:
+    """As transformers' CLIPImageProcessor: shorter side to ``resize_shorter`` (Pillow, the checkpoint's filter),
+    centre crop, rescale, normalize -> [3, H, W] float32."""
     if p["resize_shorter"]:
         w, h = image.size
         short, long = (w, h) if w <= h else (h, w)
@@ -36,9 +94,20 @@ def preprocess(image, p: dict) -> np.ndarray:
             image, (w, h) = canvas, canvas.size
         top, left = (h - ch) // 2, (w - cw) // 2
         image = image.crop((left, top, left + cw, top + ch))
-    x = np.asarray(image, np.float32) * np.float32(p["rescale"])
-    x = (x - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)
+    return _normalize(image, p)
+
+
+def idefics3_prompt(grid: tuple[int, int], image: dict) -> str:
+    """The text that stands for one image, as Idefics3's processor writes it."""
+    fake, token, n = image["fake_token"], image["token"], image["tokens_per_image"]
+    rows, cols = grid
+    whole = f"{fake}{image['global_token']}{token * n}{fake}"
+    if rows == 0 and cols == 0:
+        return whole
+    text = ""
+    for r in range(rows):
+        text += "".join(f"{fake}<row_{r + 1}_col_{c + 1}>{token * n}" for c in range(cols)) + "\n"
+    return f"{text}\n{whole}"
 
 
 class VisionLanguageModel:
@@ -55,20 +124,28 @@ class VisionLanguageModel:
     def image_features(self, pixels: np.ndarray) -> np.ndarray:
         return self.vision.run(None, {"pixel_values": pixels})[0]
 
-    def prompt_ids(self, question: str, n_images: int) -> list[int]:
-        """The chat prompt with every image token expanded to one token per image feature."""
+    def prompt_ids(self, question: str, grids: list) -> list[int]:
+        """The chat prompt with every image token expanded as the checkpoint's processor does."""
+        n_images = len(grids)
         content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
         text = self.template.render([{"role": "user", "content": content}], add_generation_prompt=True)
         token = self.image["token"]
         if text.count(token) != n_images:
             raise EdgemmError(f"the chat template placed {text.count(token)} image tokens for {n_images} images")
-        text = text.replace(token, token * self.image["tokens_per_image"])
+        if self.image["processor"]["type"] == "idefics3":
+            pieces = text.split(token)
+            text = pieces[0] + "".join(
+                idefics3_prompt(g, self.image) + rest for g, rest in zip(grids, pieces[1:], strict=True)
+            )
+        else:
+            text = text.replace(token, token * self.image["tokens_per_image"])
         return self.lm.tokenizer.encode(text, add_special_tokens=False).ids
 
     def ask(self, question: str, images: list, options: GenerationOptions | None = None) -> Generation:
         question = clean_text(question)
-        pixels = np.concatenate([preprocess(image, self.image["processor"]) for image in images]) if images else None
-        ids = self.prompt_ids(question, len(images))
+        processed = [preprocess(image, self.image["processor"]) for image in images]
+        pixels = np.concatenate([p for p, _ in processed]) if processed else None
+        ids = self.prompt_ids(question, [grid for _, grid in processed])
         embeds = self.lm.embed(ids)
         if pixels is not None:
             features = self.image_features(pixels).reshape(-1, embeds.shape[-1])

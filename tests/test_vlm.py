@@ -78,7 +78,7 @@ def test_pixel_values_match_the_processor(tiny_llava):
     vlm = VisionLanguageModel.load(bundle)
     for image in _photos():
         ref = processor.image_processor(image, return_tensors="np")["pixel_values"]
-        np.testing.assert_allclose(preprocess(image, vlm.image["processor"]), ref, atol=1e-5)
+        np.testing.assert_allclose(preprocess(image, vlm.image["processor"])[0], ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("n_images", [1, 2])
@@ -121,3 +121,95 @@ def test_cli_ask_with_a_vlm_bundle(tiny_llava, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     out = subprocess.run([*run, "--image", str(bad), "What?"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.startswith("edgemm: error:") and "Traceback" not in out.stderr
+
+
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif item['type'] == 'text' %}{{ ' ' + item['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_idefics3(tmp_path_factory):
+    """A random SmolVLM-shaped Idefics3 (SigLIP tower on 64 px tiles, pixel shuffle, Llama) and its processor."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        LlamaConfig,
+    )
+
+    from edgemm.export.vlm import export_vlm
+
+    root = tmp_path_factory.mktemp("tiny-idefics3")
+    grid = [f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2)]
+    tokenizer = tiny_tokenizer(("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *grid))
+    vision = Idefics3VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = Idefics3Config(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(size={"longest_edge": 128}, max_image_size={"longest_edge": 64}),
+        tokenizer=tokenizer,
+        image_seq_len=4,
+        chat_template=IDEFICS3_TEMPLATE,
+    )
+    folder = root / "hf"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    bundle = root / "bundle"
+    export_vlm(str(folder), "fp32", bundle, measure=False)
+    return model, processor, bundle
+
+
+def test_idefics3_pixel_values_match_the_processor(tiny_idefics3):
+    _, processor, bundle = tiny_idefics3
+    vlm = VisionLanguageModel.load(bundle)
+    for image in _photos():
+        ref = processor.image_processor(image, return_tensors="np")["pixel_values"][0]
+        ours, grid = preprocess(image, vlm.image["processor"])
+        assert ours.shape == ref.shape and grid is not None
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_images", [1, 2])
+def test_idefics3_greedy_tokens_match_transformers(tiny_idefics3, n_images):
+    from transformers import GenerationConfig
+
+    model, processor, bundle = tiny_idefics3
+    images = _photos()[:n_images]
+    content = [{"type": "image"}] * n_images + [{"type": "text", "text": "What is in the picture?"}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(images=[images], text=prompt, return_tensors="pt")
+    inputs.pop("token_type_ids", None)
+    config = GenerationConfig(max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        ref = model.generate(**inputs, generation_config=config)[0, inputs["input_ids"].shape[1] :].tolist()
+
+    vlm = VisionLanguageModel.load(bundle)
+    vlm.lm.eos_ids = set()
+    gen = vlm.ask("What is in the picture?", images, GenerationOptions(max_new_tokens=32))
+    gen.result()
+    assert gen.prompt == inputs["input_ids"][0].tolist()
+    assert gen.tokens == ref
