@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,8 @@ def cmd_ask(args) -> int:
 
     options = _generation_options(args)
     question = clean_text(args.question)
+    if args.image and not args.model and os.environ.get("EDGEMM_VLM"):
+        args.model = Path(os.environ["EDGEMM_VLM"])  # a native vision-language bundle set as the default
     if args.model and _bundle_kind(args.model) == "vlm":
         return _ask_vlm(args, question, options)
     images = []

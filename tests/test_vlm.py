@@ -117,6 +117,27 @@ def test_cli_ask_with_a_vlm_bundle(tiny_llava, tmp_path):
     out = subprocess.run([*run, "--image", str(photo), "What?", "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["new_tokens"] <= 4
+    # set as the default for image questions
+    env = {**__import__("os").environ, "EDGEMM_VLM": str(bundle)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgemm.runtime.cli",
+            "ask",
+            "--image",
+            str(photo),
+            "What?",
+            "--json",
+            "--max-tokens",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert out.returncode == 0 and json.loads(out.stdout)["model"] == bundle.name, out.stderr
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     out = subprocess.run([*run, "--image", str(bad), "What?"], capture_output=True, text=True, timeout=300)
