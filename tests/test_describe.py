@@ -61,3 +61,12 @@ def test_ask_with_a_bad_image(tmp_path):
     path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = _cli("ask", "--image", path, "What is this?")
     assert out.returncode == 2 and out.stderr.startswith("edgemm: error:") and "Traceback" not in out.stderr
+
+
+def test_answer_does_not_invent_an_animal(describer, llm_bundle, tmp_path):
+    path = tmp_path / "coffee.png"
+    Image.fromarray(skdata.coffee()).save(path)
+    out = _cli("ask", "--image", path, "What animal is this?")
+    assert out.returncode == 0, out.stderr
+    answer = out.stdout.lower()
+    assert "no animal" in answer and not any(a in answer.split() for a in ("cat", "dog", "bird", "horse")), answer
