@@ -15,8 +15,13 @@ def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def create_session(path: Path, threads: int | None = None, spinning: bool = False) -> ort.InferenceSession:
+def create_session(
+    path: Path, threads: int | None = None, spinning: bool = False, arena: bool = True
+) -> ort.InferenceSession:
+    """A CPU session. ``arena=False`` suits graphs whose input shapes vary from call to call (OCR): the memory
+    arena would keep growing to the largest shape seen."""
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
