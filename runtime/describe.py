@@ -94,8 +94,14 @@ class SceneDescriber:
     def facts(self, image) -> ImageFacts:
         image = load_image(image)
         labels = self.classifier.classify(image, k=5)
-        text = self.reader.read(image) if self.reader else []
-        return ImageFacts(labels, text, ocr=self.reader is not None)
+        text, ocr = [], self.reader is not None
+        if self.reader:
+            try:
+                text = self.reader.read(image)
+            except Exception as e:  # OCR is best effort: rapidocr raises its own types on extreme shapes
+                log.warning("could not read text in the image (%s: %s)", type(e).__name__, e)
+                ocr = False  # then the description does not claim there is no text
+        return ImageFacts(labels, text, ocr=ocr)
 
 
 def grounded_question(question: str, facts: list[ImageFacts]) -> str:

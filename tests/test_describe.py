@@ -70,3 +70,9 @@ def test_answer_does_not_invent_an_animal(describer, llm_bundle, tmp_path):
     assert out.returncode == 0, out.stderr
     answer = out.stdout.lower()
     assert "no animal" in answer and not any(a in answer.split() for a in ("cat", "dog", "bird", "horse")), answer
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3000, 20), (20, 3000)])
+def test_extreme_image_shapes(describer, size):
+    facts = describer.facts(Image.new("RGB", size, (200, 30, 30)))
+    assert facts.labels and "The photo shows" in facts.describe()
