@@ -70,22 +70,27 @@ def _bundle_kind(path: Path) -> str | None:
         return None  # open_bundle reports it properly
 
 
-def _ask_vlm(args, question: str, options) -> int:
-    """A native vision-language bundle: the images go through its own vision graph."""
-    from edgemm.runtime.vlm import VisionLanguageModel
+def _spoken_question(args) -> str:
+    """The question from ``--audio``: the default speech bundle's transcript."""
+    from edgemm.runtime.transcribe import Transcriber
 
-    vlm = VisionLanguageModel.load(args.model, threads=args.threads, context=args.context)
-    generation = vlm.ask(question, list(args.image or []), options)
-    if args.json:
-        answer = generation.result()
-        result = {"answer": answer.strip(), "finish_reason": generation.finish_reason, "model": vlm.lm.name}
-        print(json.dumps({**result, **generation.stats.to_dict()}, ensure_ascii=False))
-        return 0
-    with generation:
-        for piece in generation:
-            print(piece, end="", flush=True)
-    print()
-    return 0
+    transcript = Transcriber.load(args.speech_model, threads=args.threads).transcribe(args.audio).text.strip()
+    if not transcript:
+        raise EdgemmError(f"{args.audio}: no speech found")
+    log.debug("transcript: %s", transcript)
+    return transcript
+
+
+def _speak(text: str, out: Path) -> float:
+    """Write ``text`` spoken to ``out`` (WAV); returns its seconds."""
+    import soundfile as sf
+
+    from edgemm.runtime.tts import Synthesizer
+
+    speech = Synthesizer().synthesize(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(out, speech.samples, speech.sample_rate, subtype="PCM_16")
+    return speech.seconds
 
 
 def cmd_ask(args) -> int:
@@ -93,32 +98,46 @@ def cmd_ask(args) -> int:
     from edgemm.runtime.llm import LanguageModel
 
     options = _generation_options(args)
-    question = clean_text(args.question)
+    if (args.question is None) == (args.audio is None):
+        raise EdgemmError("give a question, or --audio FILE with a spoken one (not both)")
+    transcript = _spoken_question(args) if args.audio else None
+    question = clean_text(transcript or args.question)
     if args.image and not args.model and os.environ.get("EDGEMM_VLM"):
         args.model = Path(os.environ["EDGEMM_VLM"])  # a native vision-language bundle set as the default
-    if args.model and _bundle_kind(args.model) == "vlm":
-        return _ask_vlm(args, question, options)
     images = []
-    if args.image:
-        from edgemm.runtime.describe import SceneDescriber, grounded_question
+    if args.model and _bundle_kind(args.model) == "vlm":
+        from edgemm.runtime.vlm import VisionLanguageModel
 
-        describer = SceneDescriber.load(args.vision_model, threads=args.threads, ocr=not args.no_ocr)
-        images = [describer.facts(path) for path in args.image]
-        question = grounded_question(question, images)
-        log.debug("%s", question)
-    lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
-    generation = ask(lm, question, options, system=_system(args))
+        vlm = VisionLanguageModel.load(args.model, threads=args.threads, context=args.context)
+        generation, name = vlm.ask(question, list(args.image or []), options), vlm.lm.name
+    else:
+        if args.image:
+            from edgemm.runtime.describe import SceneDescriber, grounded_question
+
+            describer = SceneDescriber.load(args.vision_model, threads=args.threads, ocr=not args.no_ocr)
+            images = [describer.facts(path) for path in args.image]
+            question = grounded_question(question, images)
+            log.debug("%s", question)
+        lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
+        generation, name = ask(lm, question, options, system=_system(args)), lm.name
     if args.json:
-        answer = generation.result()
-        result = {"answer": answer.strip(), "finish_reason": generation.finish_reason, "model": lm.name}
+        answer = generation.result().strip()
+    else:
+        with generation:
+            for piece in generation:
+                print(piece, end="", flush=True)
+        print()
+        answer = generation.text.strip()
+    spoken = _speak(answer, args.speak) if args.speak else None
+    if args.json:
+        result = {"answer": answer, "finish_reason": generation.finish_reason, "model": name}
+        if transcript is not None:
+            result["transcript"] = transcript
         if images:
             result["images"] = [{"path": str(p), **f.to_dict()} for p, f in zip(args.image, images, strict=True)]
+        if spoken is not None:
+            result["speech"] = {"path": str(args.speak), "seconds": round(spoken, 2)}
         print(json.dumps({**result, **generation.stats.to_dict()}, ensure_ascii=False))
-        return 0
-    with generation:
-        for piece in generation:
-            print(piece, end="", flush=True)
-    print()
     log.debug("%s", generation.stats.to_dict())
     return 0
 
@@ -227,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("ask", help="answer one question (streams the answer)", formatter_class=fmt)
-    p.add_argument("question", help="the question")
+    p.add_argument("question", nargs="?", help="the question (or --audio)")
+    p.add_argument("--audio", type=Path, help="a recording of the question (transcribed with the speech bundle)")
+    p.add_argument("--speech-model", type=Path, default=None, help="speech bundle for --audio (default preset)")
+    p.add_argument("--speak", type=Path, metavar="WAV", help="also write the answer, spoken, to this WAV (tts extra)")
     p.add_argument("--image", type=Path, action="append", help="a photo the question is about (repeatable)")
     p.add_argument("--vision-model", type=Path, default=None, help="vision bundle (default: the built default)")
     p.add_argument("--no-ocr", action="store_true", help="do not read text in the images")

