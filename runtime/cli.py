@@ -202,6 +202,87 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
 
 
+def cmd_say(args) -> int:
+    from edgemm.runtime.chat import clean_text
+
+    seconds = _speak(clean_text(args.text), args.out)
+    log.info("wrote %s (%.1f s)", args.out, seconds)
+    return 0
+
+
+def _open_devices(args):
+    """Microphone, speaker, camera from the flags; a missing one is reported once and left out (text instead)."""
+    from edgemm.device import DeviceError, open_camera, open_microphone, open_speaker
+
+    def attempt(what, opener, *a, **kw):
+        try:
+            return opener(*a, **kw)
+        except DeviceError as e:
+            print(f"edgemm: {what}: {e}", file=sys.stderr)
+            return None
+
+    mic = attempt("microphone", open_microphone, args.mic, realtime=args.realtime)
+    speaker = None if args.no_tts else attempt("speaker", open_speaker, args.speaker)
+    camera = attempt("camera", open_camera, args.camera) if args.camera is not None or args.camera_mode else None
+    return mic, speaker, camera
+
+
+def cmd_listen(args) -> int:
+    from edgemm.runtime.assistant import Assistant, EndpointOptions
+    from edgemm.runtime.describe import SceneDescriber
+    from edgemm.runtime.llm import LanguageModel
+    from edgemm.runtime.transcribe import Transcriber
+
+    mic, speaker, camera = _open_devices(args)
+    synthesizer = None
+    if speaker is not None:
+        from edgemm.runtime import tts
+
+        if tts.available():
+            synthesizer = tts.Synthesizer(threads=args.threads)
+        else:
+            print("edgemm: spoken answers need the tts extra (pip install 'edgemm[tts]'): text only", file=sys.stderr)
+    describer = SceneDescriber.load(args.vision_model, threads=args.threads) if camera is not None else None
+    lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
+    transcriber = Transcriber.load(args.speech_model, threads=args.threads)
+    endpoint = EndpointOptions(max_utterance_s=args.max_utterance)
+    assistant = Assistant(transcriber, lm, describer, synthesizer, speaker, camera, args.camera_mode, endpoint=endpoint)
+    assistant.on_transcript = lambda text: print(f"you: {text}\nassistant: ", end="", flush=True)
+    assistant.on_text = lambda piece: print(piece, end="", flush=True)
+    try:
+        if mic is None:
+            return _listen_typed(assistant)
+        print("listening (Ctrl-C quits)", file=sys.stderr)
+        for turn in assistant.run(mic):
+            print()
+            if args.verbose:
+                latency = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in turn.latency.items())
+                print(f"  [from end of speech: {latency}]", file=sys.stderr)
+    finally:
+        for device in (mic, speaker, camera):
+            if device is not None:
+                device.close()
+    return 0
+
+
+def _listen_typed(assistant) -> int:
+    """No microphone: typed questions, same assistant (camera and speaker still used when present)."""
+    import numpy as np
+
+    from edgemm.runtime.assistant import Turn, Utterance
+
+    print("no microphone: type questions instead (Ctrl-D quits)", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            return 0
+        if line:
+            turn = Turn(line)
+            assistant.respond(turn, Utterance(np.zeros(0, np.float32), 0.0, 0.0))
+            print()
+
+
 def cmd_export(args) -> int:
     try:
         from edgemm.export.cli import run_export
@@ -261,6 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_flags(p)
     p.set_defaults(func=cmd_chat)
 
+    p = sub.add_parser("listen", help="the voice (+ camera) assistant", formatter_class=fmt)
+    p.add_argument("--mic", default=None, help="input device (index or name) or an audio file (default: system mic)")
+    p.add_argument("--speaker", default=None, help="output device or a WAV file to write (default: system speaker)")
+    p.add_argument("--camera", default=None, help="camera index, /dev/videoN, an image, a folder of images or a video")
+    p.add_argument("--camera-mode", action="store_true", help="look at every question (not only scene questions)")
+    p.add_argument("--no-tts", action="store_true", help="answer in text only")
+    p.add_argument("--realtime", action="store_true", help="pace an audio-file microphone at real time")
+    p.add_argument("--max-utterance", type=float, default=15.0, help="seconds after which an utterance is cut")
+    p.add_argument("--model", type=Path, default=None, help="llm bundle (default preset)")
+    p.add_argument("--speech-model", type=Path, default=None, help="speech bundle (default preset)")
+    p.add_argument("--vision-model", type=Path, default=None, help="vision bundle (default preset)")
+    p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
+    p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("say", help="speak a text into a WAV file (tts extra)", formatter_class=fmt)
+    p.add_argument("text")
+    p.add_argument("--out", type=Path, required=True, help="WAV file to write")
+    p.set_defaults(func=cmd_say)
+
     p = sub.add_parser("export", help="build a model bundle (needs the export extra)", formatter_class=fmt)
     p.add_argument("component", choices=["speech", "llm", "vision", "vlm"], help="which model to export")
     p.add_argument(
@@ -293,11 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # Other libraries log warnings only; -v shows edgemm's own details.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("edgemm").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
-        logging.getLogger("edgemm").setLevel(logging.INFO)
         logging.getLogger().handlers[0].setFormatter(logging.Formatter("%(message)s"))
     try:
         return args.func(args)

