@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # Questions about what the camera sees ("what is this", "what do you see", "read the sign", ...).
 SCENE = re.compile(
     r"\b(this|that|these|those|here|picture|photo|image|see|seeing|look|looking|camera|front of|holding|sign|read|"
-    r"wearing|colou?r|animal)\b",
+    r"wearing)\b",
     re.IGNORECASE,
 )
 NO_CAMERA = "I cannot see anything: no camera is connected."

@@ -302,6 +302,10 @@ def cmd_bench(args) -> int:
         from edgemm.runtime.bench_vision import run_bench_vision
 
         return run_bench_vision(args)
+    if args.target == "assistant":
+        from edgemm.runtime.bench_assistant import run_bench_assistant
+
+        return run_bench_assistant(args)
     from edgemm.runtime.bench import run_bench
 
     return run_bench(args)
@@ -379,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="speed and memory against peers", formatter_class=fmt)
-    p.add_argument("target", choices=["asr", "llm", "vision"])
+    p.add_argument("target", choices=["asr", "llm", "vision", "assistant"])
     p.add_argument("--model", type=Path, default=None, help="our bundle (default: the speech or llm preset)")
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
     p.add_argument("--peer-python", type=Path, default=None, help="llm: python of the peers' venv (.venv-peers)")

@@ -63,7 +63,7 @@ class TextReader:
         # 49 ms): recreate them with our options (rapidocr-onnxruntime 1.4.4 layout; left as they are otherwise).
         try:
             for part in (self.engine.text_det.infer, self.engine.text_cls.infer, self.engine.text_rec.session):
-                part.session = create_session(Path(part.session._model_path), threads, arena=False)
+                part.session = create_session(Path(part.session._model_path), threads)
         except AttributeError:
             log.debug("unknown rapidocr layout: its onnxruntime sessions keep their own options")
 

@@ -16,10 +16,11 @@ def default_threads() -> int:
 
 
 def create_session(
-    path: Path, threads: int | None = None, spinning: bool = False, arena: bool = True
+    path: Path, threads: int | None = None, spinning: bool = False, arena: bool = False
 ) -> ort.InferenceSession:
-    """A CPU session. ``arena=False`` suits graphs whose input shapes vary from call to call (OCR): the memory
-    arena would keep growing to the largest shape seen."""
+    """A CPU session. onnxruntime's memory arena is off by default: each session's arena keeps the largest
+    activations it ever held (Whisper's 30 s window, OCR on a big photo), and the whole assistant peaked at 970
+    instead of 750 MB with arenas on, for ~10% slower speech decoding and no measurable LLM difference."""
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = threads or default_threads()

