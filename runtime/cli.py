@@ -218,7 +218,7 @@ def _open_devices(args):
         try:
             return opener(*a, **kw)
         except DeviceError as e:
-            print(f"edgemm: {what}: {e}", file=sys.stderr)
+            print(f"edgemm: {e}" if what in str(e) else f"edgemm: {what}: {e}", file=sys.stderr)
             return None
 
     mic = attempt("microphone", open_microphone, args.mic, realtime=args.realtime)
@@ -233,6 +233,11 @@ def cmd_listen(args) -> int:
     from edgemm.runtime.llm import LanguageModel
     from edgemm.runtime.transcribe import Transcriber
 
+    if args.list_devices:
+        from edgemm.device import list_audio_devices
+
+        print(list_audio_devices())
+        return 0
     mic, speaker, camera = _open_devices(args)
     synthesizer = None
     if speaker is not None:
@@ -352,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", default=None, help="camera index, /dev/videoN, an image, a folder of images or a video")
     p.add_argument("--camera-mode", action="store_true", help="look at every question (not only scene questions)")
     p.add_argument("--no-tts", action="store_true", help="answer in text only")
+    p.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
     p.add_argument("--realtime", action="store_true", help="pace an audio-file microphone at real time")
     p.add_argument("--max-utterance", type=float, default=15.0, help="seconds after which an utterance is cut")
     p.add_argument("--model", type=Path, default=None, help="llm bundle (default preset)")
