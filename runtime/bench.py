@@ -176,14 +176,24 @@ def _ct2_folder(spec: str) -> str:
         raise EdgemmError(str(e)) from None
 
 
-def _versions() -> dict:
+def package_versions(*names: str) -> dict:
+    """Installed versions of ``names`` (None for a missing one), for the benchmark reports."""
     out = {}
-    for name in ("onnxruntime", "ctranslate2", "faster-whisper", "numpy"):
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Table lines: the first column left-aligned, the others right-aligned, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+        for row in rows
+    ]
 
 
 def _table(report: dict) -> str:
@@ -204,12 +214,7 @@ def _table(report: dict) -> str:
                 f"{r['peak_rss_mb']:.0f}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
-        for row in rows
-    ]
-    return "\n".join([head, *lines])
+    return "\n".join([head, *aligned(rows)])
 
 
 def run_bench(args) -> int:
@@ -235,7 +240,7 @@ def run_bench(args) -> int:
         "clips": len(clips),
         "audio_s": sum(durations),
         "clip": {"name": clips[pick].path.name, "duration_s": durations[pick]},
-        "versions": _versions(),
+        "versions": package_versions("onnxruntime", "ctranslate2", "faster-whisper", "numpy"),
         "engines": engines,
     }
     print(json.dumps(report) if args.json else _table(report))

@@ -208,6 +208,7 @@ def onnx_weight_bytes(path: Path, skip) -> int | None:
     return total
 
 
+# The two helpers below repeat edgemm.runtime.bench's: the peers' workers run this file in a venv without edgemm.
 def _package_versions(*names: str) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -381,6 +382,8 @@ def _agreement(a: list[int], b: list[int]) -> float:
 
 
 def _table(report: dict) -> str:
+    from edgemm.runtime.bench import aligned  # the table is printed on edgemm's side only
+
     bw = report["bandwidth_gb_s"]
     threads = report["threads"]
     head = [
@@ -407,11 +410,7 @@ def _table(report: dict) -> str:
                 f"{100 * r['agreement_with_ours']:.1f}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
-        for row in rows
-    ]
+    lines = aligned(rows)
     lines += [f"{NAMES[e]}: skipped: {why}" for e, why in report["skipped"].items()]
     lines += report["notes"]
     versions = []

@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgemm.runtime.bench import aligned, package_versions, peak_rss_mb
+
 log = logging.getLogger("edgemm.runtime.bench_vision")
 
 OFFLINE, VLM = "offline", "vlm"
@@ -179,29 +181,6 @@ def _require_bundle(kind: str, path: str | None) -> None:
         raise WorkerError(f"no {kind} bundle at {folder}{hint}")
 
 
-def _package_versions(*names: str) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def peak_rss_mb() -> float | None:
-    """This process's peak RSS (``VmHWM``: unlike ``ru_maxrss`` it does not inherit the parent's across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # KiB
-    except OSError:
-        pass
-    return None
-
-
 def forced_tokens(tokenizer, n: int = DECODE_TOKENS) -> list[int]:
     """``n`` ids of DECODE_TEXT (repeated as needed) in the engine's own tokenizer."""
     ids = tokenizer.encode(DECODE_TEXT, add_special_tokens=False).ids
@@ -252,7 +231,7 @@ def measure(engine: str, model: str | None, vision: str | None, threads: int, ru
         "decode_tokens": len(forced),
         "answer": answer,
         "models": eng.describe(),
-        "versions": _package_versions("edgemm", "onnxruntime", "numpy", "pillow", "rapidocr-onnxruntime"),
+        "versions": package_versions("edgemm", "onnxruntime", "numpy", "pillow", "rapidocr-onnxruntime"),
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -358,11 +337,7 @@ def _table(report: dict) -> str:
                 f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-    lines = [
-        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
-        for row in rows
-    ]
+    lines = aligned(rows)
     for r in report["engines"].values():
         lines.append(f"{r['name']}: first token ms = {_split_text(r['split_s'])}")
         models = ", ".join(f"{k} {v}" for k, v in r["models"].items() if v is not None and k != "facts")
