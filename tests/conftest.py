@@ -110,31 +110,10 @@ def rng():
     return np.random.default_rng(1234)
 
 
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+# Text-model sizes shared by every tiny random checkpoint of the tests.
+TINY_TEXT = dict(
+    hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
 )
-
-
-def tiny_tokenizer(extra_specials: tuple[str, ...] = ()):
-    """A small byte-level BPE tokenizer (transformers fast tokenizer) with ChatML specials and template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra_specials]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    corpus = ["The quick brown fox jumps over the lazy dog.", "What is the capital of France? Paris.", "user assistant"]
-    tok.train_from_iterator(corpus * 50, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    fast.chat_template = CHATML
-    return fast
 
 
 def tiny_llm_folder(root: Path, family: str) -> Path:
@@ -143,14 +122,12 @@ def tiny_llm_folder(root: Path, family: str) -> Path:
     torch = pytest.importorskip("torch")
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+    from edgemm.export.tiny import tiny_tokenizer
+
     fast = tiny_tokenizer()
     common = dict(
         vocab_size=fast.vocab_size,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_TEXT,
         max_position_embeddings=512,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,

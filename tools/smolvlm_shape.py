@@ -7,7 +7,7 @@ MLP 3072, 12 layers, 12 heads, 512 px tiles of 16 px patches; pixel-shuffle conn
 tokens per tile; Llama text model: hidden 576, MLP 1536, 30 layers, 9 heads, 3 KV heads, vocabulary 49280, RoPE
 theta 100000, 8192 positions, tied embeddings), random weights (transformers' own initialization, seed 0), and an
 Idefics3Processor whose images are resized to 512 px on the longest edge, so one image is exactly one tile. The
-chat template is SmolVLM's; the tokenizer is a tiny byte-level BPE (as the tests build it) with SmolVLM's special
+chat template is SmolVLM's; the tokenizer is a tiny byte-level BPE (``edgemm.export.tiny``) with SmolVLM's special
 tokens: only the model's vocabulary size is real, so prompts tokenize into more, shorter pieces than SmolVLM's own.
 
 With ``--bundle``, the folder is then exported as ``edgemm export vlm`` does with int4 (MatMulNBits int4 decoder,
@@ -61,27 +61,6 @@ SPECIALS = (
 log = logging.getLogger("smolvlm_shape")
 
 
-def tiny_tokenizer():
-    """A small byte-level BPE tokenizer with ChatML and SmolVLM's special tokens (as tests/conftest.py builds)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *SPECIALS]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    corpus = ["The quick brown fox jumps over the lazy dog.", "What animal is this? A cat.", "User Assistant"]
-    tok.train_from_iterator(corpus * 50, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|endoftext|>"
-    )
-    fast.chat_template = TEMPLATE
-    return fast
-
-
 def build(out: Path, seed: int = 0) -> Path:
     """Write the random SmolVLM-256M-shaped model and its processor to ``out`` (a transformers folder)."""
     import torch
@@ -94,7 +73,10 @@ def build(out: Path, seed: int = 0) -> Path:
         LlamaConfig,
     )
 
-    tokenizer = tiny_tokenizer()
+    from edgemm.export.tiny import tiny_tokenizer
+
+    corpus = ("The quick brown fox jumps over the lazy dog.", "What animal is this? A cat.", "User Assistant")
+    tokenizer = tiny_tokenizer(SPECIALS, eos_token="<end_of_utterance>", chat_template=TEMPLATE, corpus=corpus)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     vision = Idefics3VisionConfig(**VISION, image_size=TILE)
     text = LlamaConfig(**TEXT, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=pad)
