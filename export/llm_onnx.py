@@ -163,23 +163,21 @@ def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bi
     cos = g.const("rotary.cos", w.cos.astype(np.float32))
     sin = g.const("rotary.sin", w.sin.astype(np.float32))
 
+    def norm(x: str, residual: str | None, name: str, weight: np.ndarray) -> tuple[str, str]:
+        """RMSNorm of ``x + residual`` in one kernel -> (normed, the new residual). The first has no residual."""
+        if residual is None:
+            (h,) = g.node("SimplifiedLayerNormalization", [x, g.const(name, weight)], epsilon=eps)
+            return h, x
+        h, _, _, total = g.node(
+            "SkipSimplifiedLayerNormalization", [x, residual, g.const(name, weight)], n_out=4, domain=MS, epsilon=eps
+        )
+        return h, total
+
     x, residual = "inputs_embeds", None
     outputs = []
     for i, lw in enumerate(w.layers):
         p = f"layers.{i}"
-        if residual is None:
-            (h,) = g.node(
-                "SimplifiedLayerNormalization", [x, g.const(f"{p}.input_norm", lw["input_norm"])], epsilon=eps
-            )
-            residual = x
-        else:
-            h, _, _, residual = g.node(
-                "SkipSimplifiedLayerNormalization",
-                [x, residual, g.const(f"{p}.input_norm", lw["input_norm"])],
-                n_out=4,
-                domain=MS,
-                epsilon=eps,
-            )
+        h, residual = norm(x, residual, f"{p}.input_norm", lw["input_norm"])
         qkv_w = np.concatenate([lw["q"], lw["k"], lw["v"]], axis=0)
         qkv_b = np.concatenate([lw["q_bias"], lw["k_bias"], lw["v_bias"]]) if cfg.attention_bias else None
         qkv = g.linear(h, qkv_w, f"{p}.qkv_proj", bits, qkv_b)
@@ -197,13 +195,7 @@ def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bi
         g.nodes[-1].output[1:] = [f"present.{i}.key", f"present.{i}.value"]
         outputs += [f"present.{i}.key", f"present.{i}.value"]
         x = g.linear(attn, lw["o"], f"{p}.o_proj", bits)
-        h, _, _, residual = g.node(
-            "SkipSimplifiedLayerNormalization",
-            [x, residual, g.const(f"{p}.post_norm", lw["post_norm"])],
-            n_out=4,
-            domain=MS,
-            epsilon=eps,
-        )
+        h, residual = norm(x, residual, f"{p}.post_norm", lw["post_norm"])
         gate_up = g.linear(h, np.concatenate([lw["gate"], lw["up"]], axis=0), f"{p}.gate_up_proj", bits)
         i_size = cfg.intermediate_size
         gate, up = g.node("Split", [gate_up, g.const(f"{p}.split", np.array([i_size, i_size], np.int64))], 2, axis=-1)
@@ -212,9 +204,7 @@ def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bi
         (act,) = g.node("Mul", [act, up])
         x = g.linear(act, lw["down"], f"{p}.down_proj", bits)
 
-    h, _, _, _ = g.node(
-        "SkipSimplifiedLayerNormalization", [x, residual, g.const("final_norm", w.final_norm)], 4, MS, epsilon=eps
-    )
+    h, _ = norm(x, residual, "final_norm", w.final_norm)
     # Keep the last `logits_to_keep` positions (0 keeps all): generation needs only the last one.
     (neg,) = g.node("Neg", ["logits_to_keep"])
     (start,) = g.node("Unsqueeze", [neg, g.const("axis0", np.array([0], np.int64))])

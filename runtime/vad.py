@@ -35,15 +35,10 @@ class SileroVAD:
     def probabilities(self, samples: np.ndarray) -> np.ndarray:
         """Speech probability of every 32 ms chunk of 16 kHz ``samples``."""
         n = (len(samples) + CHUNK - 1) // CHUNK
-        padded = np.zeros(n * CHUNK + CONTEXT, np.float32)
-        padded[CONTEXT : CONTEXT + len(samples)] = samples
-        state, sr = np.zeros(STATE_SHAPE, np.float32), np.array(SAMPLE_RATE, np.int64)
-        probs = np.empty(n, np.float32)
-        for i in range(n):
-            window = padded[i * CHUNK : (i + 1) * CHUNK + CONTEXT][None]
-            out, state = self.session.run(["output", "stateN"], {"input": window, "state": state, "sr": sr})
-            probs[i] = out[0, 0]
-        return probs
+        padded = np.zeros(n * CHUNK, np.float32)
+        padded[: len(samples)] = samples
+        stream = VADStream(self)
+        return np.array([stream(padded[i * CHUNK : (i + 1) * CHUNK]) for i in range(n)], np.float32)
 
     def speech_regions(self, samples: np.ndarray, options: VADOptions = VADOptions()) -> list[tuple[int, int]]:
         """``[(start, end), ...]`` sample offsets of speech, padded and merged."""
