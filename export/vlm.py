@@ -24,7 +24,7 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from edgemm.export.bundle import staging, write_manifest
-from edgemm.export.llm import ExportError, _quantization, _write_graphs
+from edgemm.export.llm import ExportError, quantization_info, write_graphs
 from edgemm.export.llm_onnx import SCHEMES
 from edgemm.export.llm_source import decoder_config, decoder_weights
 from edgemm.export.packaged import SourceError
@@ -197,12 +197,12 @@ def export_vlm(source: str, quant: str, out: Path, measure: bool = True) -> dict
                 else {}
             ),
         },
-        "quantization": {**_quantization(quant, ck), "vision": "int8 dynamic" if quant != "fp32" else "fp32"},
+        "quantization": {**quantization_info(quant, ck), "vision": "int8 dynamic" if quant != "fp32" else "fp32"},
     }
     with staging(out) as work:
         body.update(save_tokenizer(ck, work))
         _export_vision(features, work / "vision.onnx", tuple(size))
-        _write_graphs(work, cfg, weights, "fp32")
+        write_graphs(work, cfg, weights, "fp32")
         write_manifest(work, "vlm", body)
         # Parity of the fp32 vision path with transformers on a random photo-sized input.
         rng = np.random.default_rng(0)
@@ -236,7 +236,7 @@ def export_vlm(source: str, quant: str, out: Path, measure: bool = True) -> dict
                 per_channel=False,
                 weight_type=QuantType.QInt8,
             )
-            _write_graphs(work, cfg, weights, quant)
+            write_graphs(work, cfg, weights, quant)
             if measure:
                 body["fidelity"]["vision_int8_feature_cosine"] = _vision_cosine(
                     fp32 / "vision.onnx", work / "vision.onnx", pre
