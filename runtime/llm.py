@@ -79,7 +79,8 @@ class KVCache:
 
 
 class LanguageModel:
-    """Embedding + decoder sessions, the tokenizer and special tokens of one ``llm`` bundle."""
+    """Embedding + decoder sessions, the tokenizer and special tokens of one ``llm`` bundle (or of a ``vlm``
+    bundle's language model, which VisionLanguageModel builds from the bundle it opened)."""
 
     def __init__(self, bundle: Bundle, threads: int | None = None, context: int | None = None):
         m = bundle.manifest
@@ -104,7 +105,7 @@ class LanguageModel:
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int | None = None, context: int | None = None):
-        return cls(open_bundle(path, "llm"), threads=threads, context=context)  # (a "vlm" bundle works too)
+        return cls(open_bundle(path, "llm"), threads=threads, context=context)
 
     @property
     def name(self) -> str:
