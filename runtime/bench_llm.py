@@ -232,6 +232,12 @@ def peak_rss_mb() -> float | None:
     return None
 
 
+def error_line(e: Exception) -> str:
+    """An engine's failure as one line (an EdgemmError is already one clear sentence)."""
+    first = (str(e).splitlines() or [""])[0]
+    return first if type(e).__module__.startswith("edgemm.") else f"{type(e).__name__}: {first}"
+
+
 def load_engine(engine: str, model: str | None, threads: int, context: int):
     if engine == OURS:
         return OursEngine(model, threads)
@@ -289,9 +295,7 @@ def worker_main(argv: list[str]) -> int:
     except WorkerError as e:
         result = {"error": str(e)}
     except Exception as e:  # an engine's own failure: one line for the report, never a traceback
-        first = (str(e).splitlines() or [""])[0]
-        ours = type(e).__module__.startswith("edgemm.")  # EdgemmError: already one clear sentence
-        result = {"error": first if ours else f"{type(e).__name__}: {first}"}
+        result = {"error": error_line(e)}
     print(json.dumps(result))
     return 2 if "error" in result else 0
 

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 from edgemm.runtime.bench import aligned, package_versions, peak_rss_mb
+from edgemm.runtime.bench_llm import error_line
 
 log = logging.getLogger("edgemm.runtime.bench_vision")
 
@@ -252,9 +253,7 @@ def worker_main(argv: list[str]) -> int:
     except WorkerError as e:
         result = {"error": str(e)}
     except Exception as e:  # an engine's own failure: one line for the report, never a traceback
-        first = (str(e).splitlines() or [""])[0]
-        ours = type(e).__module__.startswith("edgemm.")  # EdgemmError: already one clear sentence
-        result = {"error": first if ours else f"{type(e).__name__}: {first}"}
+        result = {"error": error_line(e)}
     print(json.dumps(result))
     return 2 if "error" in result else 0
 
