@@ -23,8 +23,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from edgemm.runtime.audio import load_audio
 from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.speech.audio import load_audio
 
 SAMPLE_RATE = 16000  # what the VAD and Whisper take
 BLOCK = 512  # Silero VAD's block at 16 kHz: 32 ms

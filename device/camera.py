@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemm.device.audio import DeviceError
-from edgemm.runtime.image import ImageError, load_image
+from edgemm.runtime.vision.image import ImageError, load_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".heic"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".mjpeg", ".mjpg"}

@@ -23,9 +23,9 @@ from edgemm.export.bundle import staging, write_manifest
 from edgemm.export.llm_onnx import BLOCK, SCHEMES, build_decoder, build_embed, save
 from edgemm.export.llm_source import LLMCheckpoint, decoder_config, decoder_weights, load_llm, save_tokenizer
 from edgemm.runtime.bundle import open_bundle
-from edgemm.runtime.chat import Chat
-from edgemm.runtime.generate import Generation, GenerationOptions
-from edgemm.runtime.llm import LanguageModel
+from edgemm.runtime.llm.chat import Chat
+from edgemm.runtime.llm.generate import Generation, GenerationOptions
+from edgemm.runtime.llm.model import LanguageModel
 
 log = logging.getLogger(__name__)
 

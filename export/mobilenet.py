@@ -25,7 +25,7 @@ from torch import nn
 from edgemm.export.bundle import staging, write_manifest
 from edgemm.export.packaged import SourceError, package_folder
 from edgemm.runtime.bundle import open_bundle
-from edgemm.runtime.classify import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from edgemm.runtime.vision.classify import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 log = logging.getLogger(__name__)
 

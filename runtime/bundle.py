@@ -51,6 +51,14 @@ class Bundle:
         return self.manifest["kind"]
 
 
+def bundle_kind(path: str | Path) -> str | None:
+    """The ``kind`` a bundle folder's manifest declares, or None when it has no readable manifest."""
+    try:
+        return json.loads((Path(path).expanduser() / MANIFEST).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None  # open_bundle reports it properly
+
+
 def default_bundle(kind: str) -> Path:
     """The folder of the default preset of ``kind`` (models/presets.json)."""
     from edgemm.models import presets

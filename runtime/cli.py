@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -25,8 +24,8 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_transcribe(args) -> int:
-    from edgemm.runtime.decoding import DecodingOptions
-    from edgemm.runtime.transcribe import TranscribeOptions, Transcriber
+    from edgemm.runtime.speech.decoding import DecodingOptions
+    from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
 
     transcriber = Transcriber.load(args.model, threads=args.threads)
     decoding = DecodingOptions(
@@ -44,7 +43,7 @@ def cmd_transcribe(args) -> int:
 
 
 def _generation_options(args):
-    from edgemm.runtime.generate import GenerationOptions
+    from edgemm.runtime.llm.generate import GenerationOptions
 
     return GenerationOptions(
         max_new_tokens=args.max_tokens,
@@ -53,26 +52,19 @@ def _generation_options(args):
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
-        stop=args.stop or [],
-    ).verify()
+        stop=args.stop or (),
+    )
 
 
 def _system(args) -> str:
-    from edgemm.runtime.chat import DEFAULT_SYSTEM
+    from edgemm.runtime.llm import DEFAULT_SYSTEM
 
     return DEFAULT_SYSTEM if args.system is None else args.system
 
 
-def _bundle_kind(path: Path) -> str | None:
-    try:
-        return json.loads((Path(path) / "manifest.json").read_text()).get("kind")
-    except (OSError, ValueError):
-        return None  # open_bundle reports it properly
-
-
 def _spoken_question(args) -> str:
     """The question from ``--audio``: the default speech bundle's transcript."""
-    from edgemm.runtime.transcribe import Transcriber
+    from edgemm.runtime.speech.transcribe import Transcriber
 
     transcript = Transcriber.load(args.speech_model, threads=args.threads).transcribe(args.audio).text.strip()
     if not transcript:
@@ -94,30 +86,24 @@ def _speak(text: str, out: Path) -> float:
 
 
 def cmd_ask(args) -> int:
-    from edgemm.runtime.chat import ask, clean_text
-    from edgemm.runtime.llm import LanguageModel
+    from edgemm.runtime.llm import LanguageModel, ask
+    from edgemm.runtime.llm.chat import clean_text
 
     options = _generation_options(args)
     if (args.question is None) == (args.audio is None):
         raise EdgemmError("give a question, or --audio FILE with a spoken one (not both)")
     transcript = _spoken_question(args) if args.audio else None
     question = clean_text(transcript or args.question)
-    if args.image and not args.model and os.environ.get("EDGEMM_VLM"):
-        args.model = Path(os.environ["EDGEMM_VLM"])  # a native vision-language bundle set as the default
     images = []
-    if args.model and _bundle_kind(args.model) == "vlm":
-        from edgemm.runtime.vlm import VisionLanguageModel
+    if args.image:
+        from edgemm.runtime.vision import ImageQuestion
 
-        vlm = VisionLanguageModel.load(args.model, threads=args.threads, context=args.context)
-        generation, name = vlm.ask(question, list(args.image or []), options), vlm.lm.name
+        router = ImageQuestion.load(
+            args.model, args.vision_model, threads=args.threads, context=args.context, ocr=not args.no_ocr
+        )
+        answer = router.ask(question, args.image, options, system=args.system)
+        generation, name, images = answer.generation, router.model_name, answer.facts
     else:
-        if args.image:
-            from edgemm.runtime.describe import SceneDescriber, grounded_question
-
-            describer = SceneDescriber.load(args.vision_model, threads=args.threads, ocr=not args.no_ocr)
-            images = [describer.facts(path) for path in args.image]
-            question = grounded_question(question, images)
-            log.debug("%s", question)
         lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
         generation, name = ask(lm, question, options, system=_system(args)), lm.name
     if args.json:
@@ -143,8 +129,8 @@ def cmd_ask(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from edgemm.runtime.chat import Chat, PromptError
-    from edgemm.runtime.llm import ContextError, LanguageModel
+    from edgemm.runtime.llm.chat import Chat, PromptError
+    from edgemm.runtime.llm.model import ContextError, LanguageModel
 
     options = _generation_options(args)
     lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
@@ -203,7 +189,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_say(args) -> int:
-    from edgemm.runtime.chat import clean_text
+    from edgemm.runtime.llm.chat import clean_text
 
     seconds = _speak(clean_text(args.text), args.out)
     log.info("wrote %s (%.1f s)", args.out, seconds)
@@ -228,10 +214,8 @@ def _open_devices(args):
 
 
 def cmd_listen(args) -> int:
-    from edgemm.runtime.assistant import Assistant, EndpointOptions
-    from edgemm.runtime.describe import SceneDescriber
-    from edgemm.runtime.llm import LanguageModel
-    from edgemm.runtime.transcribe import Transcriber
+    from edgemm.runtime.assistant import Assistant
+    from edgemm.runtime.speech.endpoint import EndpointOptions
 
     if args.list_devices:
         from edgemm.device import list_audio_devices
@@ -239,30 +223,25 @@ def cmd_listen(args) -> int:
         print(list_audio_devices())
         return 0
     mic, speaker, camera = _open_devices(args)
-    synthesizer = None
-    if speaker is not None:
-        from edgemm.runtime import tts
-
-        if tts.available():
-            synthesizer = tts.Synthesizer(threads=args.threads)
-        else:
-            print("edgemm: spoken answers need the tts extra (pip install 'edgemm[tts]'): text only", file=sys.stderr)
-    describer = SceneDescriber.load(args.vision_model, threads=args.threads) if camera is not None else None
-    lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
-    transcriber = Transcriber.load(args.speech_model, threads=args.threads)
-    endpoint = EndpointOptions(max_utterance_s=args.max_utterance)
-    assistant = Assistant(transcriber, lm, describer, synthesizer, speaker, camera, args.camera_mode, endpoint=endpoint)
-    assistant.on_transcript = lambda text: print(f"you: {text}\nassistant: ", end="", flush=True)
-    assistant.on_text = lambda piece: print(piece, end="", flush=True)
     try:
+        assistant = Assistant.load(
+            args.model,
+            args.speech_model,
+            args.vision_model,
+            threads=args.threads,
+            context=args.context,
+            vision=camera is not None,
+            speak=speaker is not None,
+            camera_mode=args.camera_mode,
+            endpoint=EndpointOptions(max_utterance_s=args.max_utterance),
+        )
         if mic is None:
-            return _listen_typed(assistant)
-        print("listening (Ctrl-C quits)", file=sys.stderr)
-        for turn in assistant.run(mic):
-            print()
-            if args.verbose:
-                latency = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in turn.latency.items())
-                print(f"  [from end of speech: {latency}]", file=sys.stderr)
+            print("no microphone: type questions instead (Ctrl-D quits)", file=sys.stderr)
+            for line in _typed_lines():
+                _show(assistant.respond(line, speaker, camera), args.verbose)
+        else:
+            print("listening (Ctrl-C quits)", file=sys.stderr)
+            _show(assistant.run(mic, speaker, camera), args.verbose)
     finally:
         for device in (mic, speaker, camera):
             if device is not None:
@@ -270,22 +249,30 @@ def cmd_listen(args) -> int:
     return 0
 
 
-def _listen_typed(assistant) -> int:
-    """No microphone: typed questions, same assistant (camera and speaker still used when present)."""
-    import numpy as np
-
-    from edgemm.runtime.assistant import Turn, Utterance
-
-    print("no microphone: type questions instead (Ctrl-D quits)", file=sys.stderr)
+def _typed_lines():
     while True:
         try:
             line = input("> ").strip()
         except EOFError:
-            return 0
+            return
         if line:
-            turn = Turn(line)
-            assistant.respond(turn, Utterance(np.zeros(0, np.float32), 0.0, 0.0))
+            yield line
+
+
+def _show(events, verbose: bool) -> None:
+    """Print the assistant's events: what was heard, the answer as it streams, per-turn latency with -v."""
+    from edgemm.runtime.assistant import AnswerText, Transcript, TurnEnd
+
+    for event in events:
+        if isinstance(event, Transcript):
+            print(f"you: {event.text}\nassistant: ", end="", flush=True)
+        elif isinstance(event, AnswerText):
+            print(event.text, end="", flush=True)
+        elif isinstance(event, TurnEnd):
             print()
+            if verbose:
+                latency = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in event.turn.latency.items())
+                print(f"  [from end of speech: {latency}]", file=sys.stderr)
 
 
 def cmd_export(args) -> int:
@@ -300,18 +287,18 @@ def cmd_export(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.target == "llm":
-        from edgemm.runtime.bench_llm import run_bench_llm
+        from edgemm.bench.llm import run_bench_llm
 
         return run_bench_llm(args)
     if args.target == "vision":
-        from edgemm.runtime.bench_vision import run_bench_vision
+        from edgemm.bench.vision import run_bench_vision
 
         return run_bench_vision(args)
     if args.target == "assistant":
-        from edgemm.runtime.bench_assistant import run_bench_assistant
+        from edgemm.bench.assistant import run_bench_assistant
 
         return run_bench_assistant(args)
-    from edgemm.runtime.bench import run_bench
+    from edgemm.bench.asr import run_bench
 
     return run_bench(args)
 

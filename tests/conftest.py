@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgemm.bench.clips import dev_clips
 from edgemm.runtime.bundle import default_bundle
-from edgemm.runtime.clips import dev_clips
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def speech_bundle() -> Path:
 
 @pytest.fixture(scope="session")
 def transcriber(speech_bundle):
-    from edgemm.runtime.transcribe import Transcriber
+    from edgemm.runtime.speech.transcribe import Transcriber
 
     return Transcriber.load(speech_bundle)
 
@@ -99,7 +99,7 @@ def tiny_random(tmp_path_factory):
 @pytest.fixture
 def speech_clip(clips):
     """A real LibriVox clip: (samples at 16 kHz, reference text)."""
-    from edgemm.runtime.audio import load_audio
+    from edgemm.runtime.speech.audio import load_audio
 
     clip = clips[1]
     return load_audio(clip.path), clip.text

@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from edgemm.bench.wer import wer
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import default_bundle
-from edgemm.runtime.wer import wer
 
 skdata = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow
@@ -29,11 +29,12 @@ def parts():
             pytest.skip(f"default {kind} bundle missing: run `make setup`")
     import soxr
 
-    from edgemm.runtime.describe import SceneDescriber
     from edgemm.runtime.llm import LanguageModel
-    from edgemm.runtime.transcribe import Transcriber
+    from edgemm.runtime.speech import Transcriber
+    from edgemm.runtime.vision import ImageQuestion
 
     synth = tts.Synthesizer()
+    lm = LanguageModel.load()
 
     def say(text):
         speech = synth.synthesize(text)
@@ -43,8 +44,8 @@ def parts():
         "say": say,
         "synth": synth,
         "transcriber": Transcriber.load(),
-        "lm": LanguageModel.load(),
-        "describer": SceneDescriber.load(),
+        "lm": lm,
+        "images": ImageQuestion.load(lm=lm),
     }
 
 
@@ -52,10 +53,26 @@ def _silence(seconds):
     return np.zeros(int(RATE * seconds), np.float32)
 
 
-def _assistant(parts, speaker=None, camera=None):
+def _assistant(parts):
     from edgemm.runtime.assistant import Assistant
 
-    return Assistant(parts["transcriber"], parts["lm"], parts["describer"], parts["synth"], speaker, camera)
+    return Assistant(parts["transcriber"], parts["lm"], parts["images"], parts["synth"])
+
+
+def _turns(events):
+    """The finished turns among the assistant's events (checking that each turn's events come in order)."""
+    from edgemm.runtime.assistant import AnswerText, Transcript, TurnEnd
+
+    turns, heard, text = [], None, ""
+    for event in events:
+        if isinstance(event, Transcript):
+            heard, text = event.text, ""
+        elif isinstance(event, AnswerText):
+            text += event.text
+        elif isinstance(event, TurnEnd):
+            assert event.turn.transcript == heard and event.turn.answer == text.strip()
+            turns.append(event.turn)
+    return turns
 
 
 def test_spoken_question_about_the_camera(parts, tmp_path):
@@ -67,7 +84,7 @@ def test_spoken_question_about_the_camera(parts, tmp_path):
     Image.fromarray(skdata.chelsea()).save(tmp_path / "cam.png")
     out = tmp_path / "answer.wav"
     with FileMicrophone(tmp_path / "mic.wav") as mic, WavSpeaker(out) as speaker:
-        turns = list(_assistant(parts, speaker, FileCamera(tmp_path / "cam.png")).run(mic))
+        turns = _turns(_assistant(parts).run(mic, speaker, FileCamera(tmp_path / "cam.png")))
     assert len(turns) == 1
     turn = turns[0]
     assert wer([QUESTION], [turn.transcript]) <= 0.2 and turn.looked
@@ -84,8 +101,8 @@ def test_barge_in_and_memory(parts, tmp_path):
     audio = np.concatenate([parts["say"]("Tell me about cats."), _silence(1.0), parts["say"](FOLLOW_UP), _silence(2)])
     sf.write(tmp_path / "mic.wav", audio, RATE)
     with FileMicrophone(tmp_path / "mic.wav") as mic, WavSpeaker(tmp_path / "out.wav") as speaker:
-        assistant = _assistant(parts, speaker)
-        turns = list(assistant.run(mic))
+        assistant = _assistant(parts)
+        turns = _turns(assistant.run(mic, speaker))
     assert len(turns) == 2
     assert turns[0].interrupted and not turns[1].interrupted
     assert "paris" in turns[1].answer.lower()
@@ -98,7 +115,7 @@ def test_long_silence_gives_no_turn(parts, tmp_path):
     rng = np.random.default_rng(0)
     sf.write(tmp_path / "quiet.wav", (rng.standard_normal(RATE * 12) * 0.003).astype(np.float32), RATE)
     with FileMicrophone(tmp_path / "quiet.wav") as mic:
-        assert list(_assistant(parts).run(mic)) == []
+        assert list(_assistant(parts).run(mic)) == []  # no events at all
 
 
 def test_scene_question_without_camera(parts, tmp_path):
@@ -106,7 +123,7 @@ def test_scene_question_without_camera(parts, tmp_path):
 
     sf.write(tmp_path / "mic.wav", np.concatenate([parts["say"](QUESTION), _silence(1.5)]), RATE)
     with FileMicrophone(tmp_path / "mic.wav") as mic:
-        turns = list(_assistant(parts).run(mic))
+        turns = _turns(_assistant(parts).run(mic))
     assert len(turns) == 1 and "no camera" in turns[0].answer
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edgemm.runtime.audio import load_audio
 from edgemm.runtime.bundle import open_bundle
 from edgemm.runtime.errors import AudioError, BundleError
+from edgemm.runtime.speech.audio import load_audio
 
 
 def _cli(*args, timeout=120):
@@ -127,9 +127,9 @@ def test_missing_bundle_names_the_fix(tmp_path):
 
 
 def test_english_only_model_refuses_translate(transcriber):
-    from edgemm.runtime.decoding import DecodingOptions
     from edgemm.runtime.errors import OptionsError
-    from edgemm.runtime.transcribe import TranscribeOptions
+    from edgemm.runtime.speech.decoding import DecodingOptions
+    from edgemm.runtime.speech.transcribe import TranscribeOptions
 
     with pytest.raises(OptionsError, match="English-only"):
         transcriber.transcribe(

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from edgemm.runtime.bundle import default_bundle
-from edgemm.runtime.describe import SceneDescriber, TextReader, grounded_question
+from edgemm.runtime.vision.describe import SceneDescriber, TextReader, grounded_question
 
 skdata = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow

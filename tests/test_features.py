@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgemm.runtime.features import N_FRAMES, LogMel, pad_or_trim
+from edgemm.runtime.speech.features import N_FRAMES, LogMel, pad_or_trim
 
 TOLERANCE = 1e-4  # absolute, on Whisper-scaled log-mel values (range about [-1, 2])
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgemm.runtime.image import MAX_PIXELS, ImageError, load_image
+from edgemm.runtime.vision.image import MAX_PIXELS, ImageError, load_image
 
 
 def _save(image: Image.Image, path, **kw):

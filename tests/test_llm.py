@@ -5,9 +5,9 @@ import onnx
 import pytest
 
 from edgemm.export import nbits
-from edgemm.runtime.chat import Chat
-from edgemm.runtime.generate import Generation, GenerationOptions, Sampler, StopMatcher, StreamDecoder
-from edgemm.runtime.llm import LanguageModel
+from edgemm.runtime.llm.chat import Chat
+from edgemm.runtime.llm.generate import Generation, GenerationOptions, Sampler, StopMatcher, StreamDecoder
+from edgemm.runtime.llm.model import LanguageModel
 
 torch = pytest.importorskip("torch")
 

@@ -1,5 +1,6 @@
 """Bad prompts, options and bundles for the LLM: one clear error, or correct handling; never a traceback."""
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -9,10 +10,10 @@ import sys
 
 import pytest
 
-from edgemm.runtime.chat import Chat, PromptError, clean_text
 from edgemm.runtime.errors import BundleError, OptionsError
-from edgemm.runtime.generate import GenerationOptions
-from edgemm.runtime.llm import ContextError, LanguageModel
+from edgemm.runtime.llm.chat import Chat, PromptError, clean_text
+from edgemm.runtime.llm.generate import GenerationOptions
+from edgemm.runtime.llm.model import ContextError, LanguageModel
 
 
 def _cli(*args, timeout=300):
@@ -74,11 +75,29 @@ def test_answer_stops_at_the_context_window(tiny_lm):
 
 
 @pytest.mark.parametrize(
-    "options", [dict(max_new_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(stop=[""])]
+    "options",
+    [
+        dict(max_new_tokens=0),
+        dict(temperature=-1),
+        dict(temperature=float("nan")),
+        dict(top_p=0),
+        dict(top_k=-2),
+        dict(repetition_penalty=0),
+        dict(stop=[""]),
+        dict(stop=[3]),
+    ],
 )
 def test_bad_options(options):
+    """Options are checked once, when created."""
     with pytest.raises(OptionsError):
-        GenerationOptions(**options).verify()
+        GenerationOptions(**options)
+
+
+def test_options_are_frozen():
+    options = GenerationOptions(stop=["END"])
+    assert options.stop == ("END",) and GenerationOptions(stop="END").stop == ("END",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.max_new_tokens = 0
 
 
 def test_tampered_bundle(tiny_lm, tmp_path):

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from edgemm.runtime.bundle import models_dir
-from edgemm.runtime.chat import ask
-from edgemm.runtime.llm import LanguageModel
+from edgemm.runtime.llm.chat import ask
+from edgemm.runtime.llm.model import LanguageModel
 
 pytestmark = pytest.mark.slow
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from edgemm.runtime.decoding import DecodingOptions
+from edgemm.bench.wer import wer
 from edgemm.runtime.errors import OptionsError
-from edgemm.runtime.transcribe import TranscribeOptions, Transcriber
-from edgemm.runtime.wer import wer
+from edgemm.runtime.speech.decoding import DecodingOptions
+from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_detects_english_and_transcribes(base, clips):
 
 
 def test_language_probabilities(base, clips):
-    from edgemm.runtime.audio import load_audio
+    from edgemm.runtime.speech.audio import load_audio
 
     cross = base._encode(load_audio(clips[0].path), 0)
     language, probs = base.decoder.detect_language(cross)

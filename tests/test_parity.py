@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from edgemm.runtime.decoding import DecodingOptions
-from edgemm.runtime.features import LogMel, pad_or_trim
-from edgemm.runtime.transcribe import Transcriber
+from edgemm.runtime.speech.decoding import DecodingOptions
+from edgemm.runtime.speech.features import LogMel, pad_or_trim
+from edgemm.runtime.speech.transcribe import Transcriber
 
 pytest.importorskip("torch")
 N_TOKENS = 32

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from edgemm.bench.wer import wer
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import default_bundle
-from edgemm.runtime.wer import wer
 
 skdata = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow

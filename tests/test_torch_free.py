@@ -6,9 +6,9 @@ import sys
 
 def test_runtime_import_is_torch_free():
     code = (
-        "import sys, edgemm.runtime, edgemm.runtime.transcribe, edgemm.runtime.cli, edgemm.runtime.bench,"
-        " edgemm.runtime.chat, edgemm.runtime.generate, edgemm.runtime.llm, edgemm.runtime.classify,"
-        " edgemm.runtime.describe, edgemm.runtime.vlm, edgemm.runtime.tts;"
+        "import sys, edgemm.runtime, edgemm.runtime.speech.transcribe, edgemm.runtime.cli, edgemm.bench.asr,"
+        " edgemm.runtime.llm.chat, edgemm.runtime.llm.generate, edgemm.runtime.llm.model, edgemm.runtime.vision.classify,"
+        " edgemm.runtime.vision.describe, edgemm.runtime.vision.vlm, edgemm.runtime.tts;"
         "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from edgemm.runtime.decoding import DecodingOptions
-from edgemm.runtime.transcribe import TranscribeOptions, Transcriber
-from edgemm.runtime.wer import wer
+from edgemm.bench.wer import wer
+from edgemm.runtime.speech.decoding import DecodingOptions
+from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
 
 pytestmark = pytest.mark.slow
 MAX_WER = 0.10
@@ -62,7 +62,7 @@ def test_silence_and_noise_give_empty_text(transcriber, rng, kind, vad):
 
 def test_long_audio_windows_keep_true_times(transcriber, clips):
     """Three clips placed at known offsets in 95 s of audio: each is found, at its time."""
-    from edgemm.runtime.audio import load_audio
+    from edgemm.runtime.speech.audio import load_audio
 
     placed = [(5.0, clips[0]), (41.0, clips[2]), (80.0, clips[5])]
     samples = np.zeros(95 * 16000, np.float32)
@@ -82,7 +82,7 @@ def test_ten_minute_file(transcriber, clips, tmp_path):
     """10 minutes, speech only at the end: correct text at the right time, quickly (VAD skips the rest)."""
     import soundfile as sf
 
-    from edgemm.runtime.audio import load_audio
+    from edgemm.runtime.speech.audio import load_audio
 
     speech = load_audio(clips[1].path)
     samples = np.concatenate([np.zeros(600 * 16000 - len(speech) - 16000, np.float32), speech, np.zeros(16000, "f4")])

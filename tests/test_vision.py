@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgemm.runtime.bundle import default_bundle
-from edgemm.runtime.classify import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, preprocess
+from edgemm.runtime.vision.classify import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, preprocess
 
 skdata = pytest.importorskip("skimage.data")
 

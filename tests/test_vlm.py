@@ -4,8 +4,8 @@ transformers."""
 import numpy as np
 import pytest
 
-from edgemm.runtime.generate import GenerationOptions
-from edgemm.runtime.vlm import VisionLanguageModel, preprocess
+from edgemm.runtime.llm.generate import GenerationOptions
+from edgemm.runtime.vision.vlm import VisionLanguageModel, preprocess
 from tests.conftest import TINY_TEXT
 
 torch = pytest.importorskip("torch")

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from edgemm.runtime.bundle import Bundle, open_bundle
-from edgemm.runtime.image import load_image
 from edgemm.runtime.sessions import create_session
+from edgemm.runtime.vision.image import load_image
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemm.runtime.audio import load_audio
 from edgemm.runtime.bundle import Bundle, open_bundle
-from edgemm.runtime.decoding import DecodingOptions, DecodingResult, WindowDecoder, verify_options
 from edgemm.runtime.errors import OptionsError
-from edgemm.runtime.features import LogMel, pad_or_trim
-from edgemm.runtime.speech import WhisperONNX
-from edgemm.runtime.tokenizer import SpecialTokens, WhisperTokenizer
-from edgemm.runtime.vad import SileroVAD
+from edgemm.runtime.speech.audio import load_audio
+from edgemm.runtime.speech.decoding import DecodingOptions, DecodingResult, WindowDecoder, verify_options
+from edgemm.runtime.speech.features import LogMel, pad_or_trim
+from edgemm.runtime.speech.model import WhisperONNX
+from edgemm.runtime.speech.tokenizer import SpecialTokens, WhisperTokenizer
+from edgemm.runtime.speech.vad import SileroVAD
 
 log = logging.getLogger(__name__)
 

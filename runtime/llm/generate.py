@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from edgemm.runtime.errors import OptionsError
-from edgemm.runtime.llm import KVCache, LanguageModel
+from edgemm.runtime.llm.model import KVCache, LanguageModel
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationOptions:
+    """How an answer is generated. Checked once, when created: a bad value raises OptionsError."""
+
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the prompt or the answer
     seed: int | None = None
-    stop: list[str] = field(default_factory=list)  # stop strings (not included in the answer)
+    stop: tuple[str, ...] = ()  # stop strings (not included in the answer); any sequence is stored as a tuple
 
-    def verify(self) -> GenerationOptions:
+    def __post_init__(self):
+        object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         if self.max_new_tokens < 1:
             raise OptionsError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
         if not (self.temperature >= 0 and np.isfinite(self.temperature)):
@@ -36,9 +39,8 @@ class GenerationOptions:
             raise OptionsError(f"top_p must be in (0, 1], not {self.top_p}")
         if not (self.repetition_penalty > 0 and np.isfinite(self.repetition_penalty)):
             raise OptionsError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
-        if any(not s for s in self.stop):
-            raise OptionsError("stop strings must not be empty")
-        return self
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise OptionsError("stop strings must be non-empty text")
 
 
 class Sampler:
@@ -175,7 +177,7 @@ class Generation:
     ):
         self.lm, self.cache, self.prompt = lm, cache, list(prompt)
         self.embeds = embeds  # prompt embeddings with image features spliced in (then the cache is not reused)
-        self.options = options.verify()
+        self.options = options
         self.tokens: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None

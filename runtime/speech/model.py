@@ -1,6 +1,6 @@
 """Whisper inference in onnxruntime: encoder (with cross-attention K/V) and a decoder step with KV cache.
 
-This module runs the model; choosing tokens lives in :mod:`edgemm.runtime.decoding`.
+This module runs the model; choosing tokens lives in :mod:`edgemm.runtime.speech.decoding`.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgemm.runtime.errors import EdgemmError
-from edgemm.runtime.generate import Generation, GenerationOptions
-from edgemm.runtime.llm import ContextError, LanguageModel
+from edgemm.runtime.llm.generate import Generation, GenerationOptions
+from edgemm.runtime.llm.model import ContextError, LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Chat:
 
     def send(self, text: str | bytes, options: GenerationOptions | None = None) -> Generation:
         question = clean_text(text)
-        options = (options or self.options).verify()
+        options = options or self.options
         prompt = self._fit(question, options)
 
         def remember(gen: Generation) -> None:

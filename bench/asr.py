@@ -18,7 +18,6 @@ on previous text; ours runs its Silero VAD first (default options), faster-whisp
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import resource
@@ -30,8 +29,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.packages import installed
 
-log = logging.getLogger("edgemm.runtime.bench")
+log = logging.getLogger("edgemm.bench.asr")
 
 OURS, PEER = "edgemm int8", "faster-whisper int8"
 TARGET_SECONDS = 5.0
@@ -45,7 +45,7 @@ NO_CLIPS = (
 
 
 def _load_ours(model: str | None, threads: int):
-    from edgemm.runtime.transcribe import TranscribeOptions, Transcriber
+    from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
 
     transcriber, options = Transcriber.load(model, threads=threads), TranscribeOptions()
     return lambda samples: transcriber.transcribe(samples, options=options).text
@@ -71,8 +71,8 @@ def _timed(fn, *a) -> tuple[float, object]:
 
 def load_clips():
     """Development clips, their 16 kHz samples and durations, and the index of the clip closest to 5 s."""
-    from edgemm.runtime.audio import SAMPLE_RATE, load_audio
-    from edgemm.runtime.clips import dev_clips
+    from edgemm.bench.clips import dev_clips
+    from edgemm.runtime.speech.audio import SAMPLE_RATE, load_audio
 
     clips = dev_clips()
     if not clips:
@@ -115,7 +115,7 @@ def peak_rss_mb() -> float:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgemm.runtime.bench")
+    p = argparse.ArgumentParser(prog="python -m edgemm.bench.asr")
     p.add_argument("--worker", choices=[OURS, PEER], required=True)
     p.add_argument("--model", default=None)
     p.add_argument("--threads", type=int, required=True)
@@ -139,7 +139,7 @@ def _run_worker(engine: str, model: str | None, threads: int, runs: int) -> dict
     cmd = [
         sys.executable,
         "-m",
-        "edgemm.runtime.bench",
+        "edgemm.bench.asr",
         "--worker",
         engine,
         "--threads",
@@ -218,12 +218,12 @@ def _table(report: dict) -> str:
 
 
 def run_bench(args) -> int:
-    from edgemm.runtime.wer import wer
+    from edgemm.bench.wer import wer
 
     clips, _, durations, pick = load_clips()
     log.info("latency clip: %s (%.2f s)", clips[pick].path.name, durations[pick])
     jobs = {OURS: str(args.model) if args.model else None}
-    if importlib.util.find_spec("faster_whisper") is None:
+    if not installed("faster_whisper"):
         skipped = "faster-whisper is not installed: the peer is skipped (pip install 'edgemm[bench]')"
         print(skipped, file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds only the JSON
     else:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemm.runtime.classify import ImageClassifier, Label
-from edgemm.runtime.image import load_image
+from edgemm.runtime.packages import installed
 from edgemm.runtime.sessions import create_session
+from edgemm.runtime.vision.classify import ImageClassifier, Label
+from edgemm.runtime.vision.image import load_image
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,7 @@ class TextReader:
 
     @staticmethod
     def available() -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("rapidocr_onnxruntime") is not None
+        return installed("rapidocr_onnxruntime")
 
     def read(self, image) -> list[str]:
         result, _ = self.engine(np.asarray(load_image(image)))

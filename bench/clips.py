@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgemm.runtime.packages import package_file
 
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
@@ -31,11 +32,8 @@ def _sphinx_transcripts(path: Path, folder: Path) -> list[Clip]:
 
 
 def beckett() -> Clip | None:
-    spec = importlib.util.find_spec("moonshine_onnx")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "assets" / "beckett.wav"
-    return Clip(path, BECKETT_TEXT) if path.exists() else None
+    path = package_file("moonshine_onnx", "assets", "beckett.wav")
+    return Clip(path, BECKETT_TEXT) if path else None
 
 
 def dev_clips() -> list[Clip]:

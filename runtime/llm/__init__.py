@@ -1,0 +1,21 @@
+"""Text generation with a small LLM: the ONNX graphs and KV cache (``model``), sampling and streaming
+(``generate``), chat templates and multi-turn conversations (``chat``).
+
+Entry points: :class:`LanguageModel` (load a bundle), :func:`ask` (one question) and :class:`Chat` (a conversation),
+both returning a streaming :class:`Generation`.
+"""
+
+from edgemm.runtime.llm.chat import DEFAULT_SYSTEM, Chat, PromptError, ask
+from edgemm.runtime.llm.generate import Generation, GenerationOptions
+from edgemm.runtime.llm.model import ContextError, LanguageModel
+
+__all__ = [
+    "DEFAULT_SYSTEM",
+    "Chat",
+    "ContextError",
+    "Generation",
+    "GenerationOptions",
+    "LanguageModel",
+    "PromptError",
+    "ask",
+]

@@ -1,0 +1,94 @@
+"""Questions about images, one entry point for every caller (CLI, assistant, server).
+
+:class:`ImageQuestion` picks how a question is answered from the bundle it is given:
+
+- a ``vlm`` bundle (SmolVLM / LLaVA family): the images go through the model's own vision graph;
+- otherwise the offline path: an ImageNet classifier and OCR describe each image, and the text LLM answers from that
+  description only (:mod:`edgemm.runtime.vision.describe`).
+
+With no bundle named, ``$EDGEMM_VLM`` (a vlm bundle) is used when set, else the default llm and vision bundles.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgemm.runtime.bundle import bundle_kind
+from edgemm.runtime.llm import DEFAULT_SYSTEM, Chat, Generation, GenerationOptions, LanguageModel, ask
+from edgemm.runtime.llm.chat import clean_text
+from edgemm.runtime.vision.describe import ImageFacts, SceneDescriber, grounded_question
+from edgemm.runtime.vision.vlm import VisionLanguageModel
+
+VLM_ENV = "EDGEMM_VLM"  # a vlm bundle that answers every image question when no model is named
+
+
+@dataclass
+class ImageAnswer:
+    generation: Generation  # iterate it for the answer's text pieces
+    route: str  # "vlm" or "describe"
+    facts: list[ImageFacts] = field(default_factory=list)  # what the offline path saw in each image
+
+
+class ImageQuestion:
+    def __init__(
+        self,
+        vlm: VisionLanguageModel | None = None,
+        describer: SceneDescriber | None = None,
+        lm: LanguageModel | None = None,
+    ):
+        if vlm is None and (describer is None or lm is None):
+            raise ValueError("give a vision-language model, or a scene describer and a language model")
+        self.vlm, self.describer, self.lm = vlm, describer, lm
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        vision_model: str | Path | None = None,
+        threads: int | None = None,
+        context: int | None = None,
+        ocr: bool = True,
+        lm: LanguageModel | None = None,
+    ) -> ImageQuestion:
+        """``model``: a vlm bundle, or the llm bundle that answers from descriptions (None: ``$EDGEMM_VLM`` when set,
+        else the default llm bundle, or ``lm`` when one is already loaded). ``vision_model``: the classifier bundle of
+        the offline path."""
+        path = model or os.environ.get(VLM_ENV)
+        if path and bundle_kind(path) == "vlm":
+            return cls(vlm=VisionLanguageModel.load(path, threads=threads, context=context))
+        describer = SceneDescriber.load(vision_model, threads=threads, ocr=ocr)
+        return cls(describer=describer, lm=lm or LanguageModel.load(model, threads=threads, context=context))
+
+    @property
+    def route(self) -> str:
+        return "vlm" if self.vlm is not None else "describe"
+
+    @property
+    def model_name(self) -> str:
+        return (self.vlm.lm if self.vlm is not None else self.lm).name
+
+    def ask(
+        self,
+        question: str,
+        images: list,
+        options: GenerationOptions | None = None,
+        system: str | None = None,
+        chat: Chat | None = None,
+    ) -> ImageAnswer:
+        """Answer ``question`` about ``images`` (paths, bytes, PIL images or arrays) as a streaming Generation.
+
+        ``system``: the system prompt (None: the route's default, i.e. brief factual answers for the offline path and
+        the chat template's own for a VLM). ``chat``: on the offline path, the conversation the question and its
+        answer join (its own system prompt then applies).
+        """
+        if self.vlm is not None:
+            return ImageAnswer(self.vlm.ask(question, images, options, system=system), "vlm")
+        facts = [self.describer.facts(image) for image in images]
+        prompt = grounded_question(clean_text(question), facts)
+        if chat is not None:
+            generation = chat.send(prompt, options)
+        else:
+            generation = ask(self.lm, prompt, options, system=DEFAULT_SYSTEM if system is None else system)
+        return ImageAnswer(generation, "describe", facts)

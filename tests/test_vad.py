@@ -1,0 +1,74 @@
+"""The VAD hysteresis shared by the transcriber (whole recordings) and the assistant's endpointer (live blocks),
+driven by speech probabilities alone: no model."""
+
+import numpy as np
+import pytest
+
+from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions
+from edgemm.runtime.speech.vad import BLOCK_MS, CHUNK, Hysteresis, VADOptions, blocks_for, speech_spans
+
+
+def _changes(state, probs):
+    return [(i, change, state.start, state.end) for i, p in enumerate(probs) if (change := state.update(p))]
+
+
+def test_two_thresholds_and_durations():
+    state = Hysteresis(0.5, 0.35, start_blocks=2, end_blocks=3)
+    probs = [0.9, 0.1, 0.6, 0.7, 0.4, 0.2, 0.1, 0.4, 0.1, 0.1, 0.1]
+    # one speech block is not enough; two in a row start at the first of them; 0.4 is neither speech nor silence
+    # (keeps speaking and breaks a run of silence); three silent blocks in a row end it at the first silent one
+    assert _changes(state, probs) == [(3, "start", 2, 0), (10, "end", 2, 8)]
+    assert not state.speaking and state.silent == 3
+
+
+def test_reset_goes_back_to_silence():
+    state = Hysteresis(0.5, 0.35, start_blocks=1, end_blocks=5)
+    assert state.update(0.9) == "start"
+    state.reset()
+    assert not state.speaking and state.update(0.1) is None and state.update(0.8) == "start" and state.start == 2
+
+
+def test_blocks_for():
+    assert BLOCK_MS == 32 and blocks_for(96) == 3 and blocks_for(100) == 4 and blocks_for(0) == 1
+
+
+def test_speech_spans_drop_short_pad_and_merge():
+    probs = np.array([0.0] * 10 + [0.9] * 10 + [0.0] * 3 + [0.9] * 10 + [0.0] * 20 + [0.9] * 2 + [0.0] * 10)
+    n = len(probs) * CHUNK
+    options = VADOptions(min_speech_ms=250, min_silence_ms=100, pad_ms=0)
+    # 3 silent blocks (96 ms) do not close a region: 10..33 is one; the 2-block blip (64 ms) is dropped
+    assert speech_spans(probs, n, options) == [(10 * CHUNK, 33 * CHUNK)]
+    padded = speech_spans(probs, n, VADOptions(min_speech_ms=250, min_silence_ms=100, pad_ms=200))
+    assert padded == [(10 * CHUNK - 3200, 33 * CHUNK + 3200)]
+    # speech to the very end is a region too, clipped to the samples
+    assert speech_spans(np.array([0.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]), 10 * CHUNK - 7, options) == [
+        (CHUNK, 10 * CHUNK - 7)
+    ]
+
+
+def _endpoint(probs, **options):
+    """Feed blocks whose value is their speech probability; the utterances (start, end, first block's value)."""
+    endpointer = Endpointer(lambda block: float(block[0]), EndpointOptions(**options))
+    out, onsets = [], []
+    for i, p in enumerate(probs):
+        utterance = endpointer.feed(np.full(CHUNK, p, np.float32))
+        if endpointer.started:
+            onsets.append(i)
+        if utterance is not None:
+            out.append((round(utterance.start, 3), round(utterance.end, 3), len(utterance.samples) // CHUNK))
+    return out, onsets
+
+
+def test_endpointer_cuts_an_utterance_with_pre_roll():
+    probs = [0.0] * 20 + [0.9] * 30 + [0.0] * 25
+    utterances, onsets = _endpoint(probs)
+    assert onsets == [22]  # the third speech block in a row
+    # 8 blocks of pre-roll (256 ms) up to the onset block, then until 20 silent blocks (640 ms) have passed
+    ((start, end, blocks),) = utterances
+    assert blocks == 8 + 27 + 20 and start == pytest.approx(15 * 0.032) and end == pytest.approx(70 * 0.032)
+
+
+def test_endpointer_drops_blips_and_cuts_long_speech():
+    assert _endpoint([0.0] * 5 + [0.9] * 4 + [0.0] * 30)[0] == []  # 128 ms of speech < 300 ms
+    utterances, _ = _endpoint([0.9] * 200, max_utterance_s=2.0)
+    assert [blocks for _, _, blocks in utterances] == [63, 63, 63]  # 2 s cuts; speech goes on and starts again
