@@ -66,6 +66,28 @@ def _export(model, processor, root):
     return model, processor, root / "bundle"
 
 
+def test_image_question_routes_to_the_vlm(tiny_llava, monkeypatch):
+    """A vlm bundle answers image questions itself: the router gives the same tokens as the model, passes a system
+    prompt into the model's own template, and EDGEMM_VLM makes it the default."""
+    from edgemm.runtime.vision import ImageQuestion
+
+    _, _, bundle = tiny_llava
+    photo, question, options = _photos()[0], "What is in the picture?", GenerationOptions(max_new_tokens=8)
+    router = ImageQuestion.load(bundle)
+    answer = router.ask(question, [photo], options)
+    answer.generation.result()
+    direct = VisionLanguageModel.load(bundle).ask(question, [photo], options)
+    direct.result()
+    assert answer.route == router.route == "vlm" and answer.facts == []
+    assert answer.generation.prompt == direct.prompt and answer.generation.tokens == direct.tokens
+    with_system = router.ask(question, [photo], options, system="Answer in French.").generation
+    prompt = router.vlm.lm.tokenizer.decode(with_system.prompt, skip_special_tokens=False)
+    assert "<|im_start|>system\nAnswer in French.<|im_end|>" in prompt and with_system.prompt != direct.prompt
+    assert ImageQuestion.load(vision_model=bundle).route == "vlm"  # e.g. edgemm listen --vision-model VLM
+    monkeypatch.setenv("EDGEMM_VLM", str(bundle))
+    assert ImageQuestion.load().route == "vlm"
+
+
 def _photos():
     rng = np.random.default_rng(3)
     return [rng.integers(0, 256, (90, 70, 3), dtype=np.uint8), rng.integers(0, 256, (40, 120, 3), dtype=np.uint8)]

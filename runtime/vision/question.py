@@ -6,7 +6,8 @@
 - otherwise the offline path: an ImageNet classifier and OCR describe each image, and the text LLM answers from that
   description only (:mod:`edgemm.runtime.vision.describe`).
 
-With no bundle named, ``$EDGEMM_VLM`` (a vlm bundle) is used when set, else the default llm and vision bundles.
+A vlm bundle can be named as either model; with none named, ``$EDGEMM_VLM`` (a vlm bundle) is used when set, else
+the default llm and vision bundles.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ class ImageQuestion:
         ocr: bool = True,
         lm: LanguageModel | None = None,
     ) -> ImageQuestion:
-        """``model``: a vlm bundle, or the llm bundle that answers from descriptions (None: ``$EDGEMM_VLM`` when set,
-        else the default llm bundle, or ``lm`` when one is already loaded). ``vision_model``: the classifier bundle of
-        the offline path."""
-        path = model or os.environ.get(VLM_ENV)
-        if path and bundle_kind(path) == "vlm":
-            return cls(vlm=VisionLanguageModel.load(path, threads=threads, context=context))
+        """The first vlm bundle among ``model`` and ``vision_model`` (or, when neither is named, ``$EDGEMM_VLM``)
+        answers by itself. Otherwise ``vision_model`` is the classifier bundle of the offline path and ``model`` the
+        llm bundle that answers from descriptions (None: ``lm`` when one is already loaded, else the default)."""
+        named = [path for path in (model, vision_model) if path] or [os.environ.get(VLM_ENV)]
+        vlm = next((path for path in named if path and bundle_kind(path) == "vlm"), None)
+        if vlm is not None:
+            return cls(vlm=VisionLanguageModel.load(vlm, threads=threads, context=context))
         describer = SceneDescriber.load(vision_model, threads=threads, ocr=ocr)
         return cls(describer=describer, lm=lm or LanguageModel.load(model, threads=threads, context=context))
 
