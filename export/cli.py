@@ -1,22 +1,19 @@
-"""``edgemm export ...`` (imports torch; loaded only when an export is asked for)."""
+"""``edgemm export ...`` (imports torch; loaded only when an export is asked for).
+
+Errors are ExportError (export/errors.py), an EdgemmError: ``edgemm``'s main prints them as one line.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from edgemm.export.ct2 import CT2FormatError
 from edgemm.export.llm import QUANTS as LLM_QUANTS
-from edgemm.export.llm import ExportError as LLMExportError
 from edgemm.export.llm import export_llm
 from edgemm.export.mobilenet import QUANTS as VISION_QUANTS
-from edgemm.export.mobilenet import ExportError as VisionExportError
 from edgemm.export.mobilenet import export_vision
-from edgemm.export.packaged import SourceError
-from edgemm.export.quantize import QuantizationError
 from edgemm.export.speech import QUANTS as SPEECH_QUANTS
-from edgemm.export.speech import ExportError, export_speech
+from edgemm.export.speech import export_speech
 from edgemm.export.vlm import QUANTS as VLM_QUANTS
 from edgemm.export.vlm import export_vlm
 from edgemm.models import presets
@@ -51,12 +48,7 @@ EXPORTERS = {"speech": export_speech, "llm": export_llm, "vision": export_vision
 
 def run_export(args) -> int:
     source, quant, out = _resolve(args)
-    try:
-        manifest = EXPORTERS[args.component](source, quant, out, measure=not args.no_fidelity)
-    except (SourceError, CT2FormatError, ExportError, LLMExportError, VisionExportError, QuantizationError) as e:
-        raise EdgemmError(str(e)) from None
-    fidelity = manifest.get("fidelity", {})
-    log.info(
-        "wrote %s (%s); fidelity: %s", out, quant, json.dumps({k: v for k, v in fidelity.items() if k != "clip_files"})
-    )
+    manifest = EXPORTERS[args.component](source, quant, out, measure=not args.no_fidelity)
+    megabytes = sum(entry["bytes"] for entry in manifest["files"].values()) / 1e6
+    log.info("wrote %s (%s, %.0f MB)", out, quant, megabytes)
     return 0

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemm.export.errors import ExportError
+
 # Order of CTranslate2's DataType enum (include/ctranslate2/types.h).
 _DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # None: bfloat16
 _SUPPORTED_VERSIONS = (5, 6)
 
 
-class CT2FormatError(ValueError):
+class CT2FormatError(ExportError):
     """The file is not a CTranslate2 model.bin this reader understands."""
 
 

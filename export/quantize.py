@@ -17,6 +17,8 @@ import onnx
 from onnx import helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from edgemm.export.errors import ExportError
+
 log = logging.getLogger(__name__)
 
 RECIPE = {
@@ -29,7 +31,7 @@ RECIPE = {
 }
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(ExportError):
     """The quantized graph is not what the recipe promises."""
 
 

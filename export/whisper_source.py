@@ -71,7 +71,7 @@ def load_hf(path_or_id: str) -> WhisperCheckpoint:
     """A transformers folder, or a hub id (downloads; needs network)."""
     from huggingface_hub import hf_hub_download
 
-    model = WhisperForConditionalGeneration.from_pretrained(path_or_id, torch_dtype=torch.float32).eval()
+    model = WhisperForConditionalGeneration.from_pretrained(path_or_id, dtype=torch.float32).eval()
     local = Path(path_or_id)
     tokenizer = local / "tokenizer.json" if local.is_dir() else Path(hf_hub_download(path_or_id, "tokenizer.json"))
     if not tokenizer.exists():
@@ -104,6 +104,6 @@ def load_whisper(source: str) -> WhisperCheckpoint:
     if path.exists():
         raise SourceError(f"{source}: expected a folder, got a file")
     if source.count("/") == 1 and not source.startswith((".", "/", "~")):
-        log.info("downloading %s from the Hugging Face hub", source)
+        log.debug("downloading %s from the Hugging Face hub", source)
         return load_hf(source)
     raise SourceError(f"{source}: no such folder, packaged name (packaged:{'|'.join(PACKAGED)}) or hub id")

@@ -328,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle for --audio (default preset)")
     p.add_argument("--speak", type=Path, metavar="WAV", help="also write the answer, spoken, to this WAV (tts extra)")
     p.add_argument("--image", type=Path, action="append", help="a photo the question is about (repeatable)")
-    p.add_argument("--vision-model", type=Path, default=None, help="vision bundle (default: the built default)")
+    p.add_argument(
+        "--vision-model", type=Path, default=None, help="vision bundle, or a vlm bundle (default: the built default)"
+    )
     p.add_argument("--no-ocr", action="store_true", help="do not read text in the images")
     p.add_argument("--json", action="store_true", help="print one JSON object with the answer")
     _add_generation_flags(p)
@@ -349,7 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-utterance", type=float, default=15.0, help="seconds after which an utterance is cut")
     p.add_argument("--model", type=Path, default=None, help="llm bundle (default preset)")
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle (default preset)")
-    p.add_argument("--vision-model", type=Path, default=None, help="vision bundle (default preset)")
+    p.add_argument(
+        "--vision-model",
+        type=Path,
+        default=None,
+        help="vision bundle, or a vlm bundle that answers scene questions (default preset)",
+    )
     p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
     p.set_defaults(func=cmd_listen)
@@ -369,10 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--quant",
         choices=["fp32", "int8", "int4"],
         default=None,
-        help="default: the preset's, else int8 (speech) / int4 (llm)",
+        help="default: the preset's, else int8 (speech, vision) / int4 (llm, vlm)",
     )
     p.add_argument("--out", type=Path, help="bundle folder to write (replaced only on success)")
-    p.add_argument("--no-fidelity", action="store_true", help="skip the WER / perplexity measurements")
+    p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity measurements (WER, perplexity, ...)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="speed and memory against peers", formatter_class=fmt)
