@@ -194,11 +194,11 @@ def quantize(job: ExportJob) -> str:
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QUInt8,  # signed weights saturate on CPUs without VNNI (see export/quantize.py)
     )
     job.body["quantization"] = {
         "scheme": "int8",
-        "method": "static QDQ, per-channel QInt8 weights, QUInt8 activations",
+        "method": "static QDQ, per-channel QUInt8 weights, QUInt8 activations",
         "calibration_photos": list(CALIBRATION),
     }
     return f"calibrated on {len(CALIBRATION)} photos"

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from edgemm.export.driver import Component, ExportJob, Step, build
 from edgemm.export.errors import ExportError
@@ -32,6 +31,7 @@ from edgemm.export.llm import quantization_info, write_graphs
 from edgemm.export.llm_onnx import SCHEMES, DecoderConfig, DecoderWeights
 from edgemm.export.llm_source import LLMCheckpoint, decoder_config, decoder_weights, save_tokenizer
 from edgemm.export.packaged import SourceError
+from edgemm.export.quantize import quantize_int8
 from edgemm.runtime.vision.vlm import VisionLanguageModel, preprocess
 
 log = logging.getLogger(__name__)
@@ -249,13 +249,7 @@ def parity(job: ExportJob) -> str:
 
 
 def quantize(job: ExportJob) -> str:
-    quantize_dynamic(
-        job.fp32 / "vision.onnx",
-        job.work / "vision.onnx",
-        op_types_to_quantize=["MatMul"],
-        per_channel=False,
-        weight_type=QuantType.QInt8,
-    )
+    quantize_int8(job.fp32 / "vision.onnx", job.work / "vision.onnx")
     write_graphs(job.work, job.loaded.config, job.loaded.weights, job.quant)
     return f"vision int8, language model {job.quant}"
 

@@ -208,3 +208,20 @@ def test_greedy_tokens_match_transformers(request, family, n_images):
     gen.result()
     assert gen.prompt == inputs["input_ids"][0].tolist()
     assert gen.tokens == ref
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_quantized_export_records_fidelity(request, family, tmp_path):
+    """int4 language model + int8 vision graph (the speech path's 8-bit recipe): the vision features stay close to
+    fp32 on real photos, the manifest says so, and the bundle answers."""
+    from edgemm.export.vlm import export_vlm
+
+    _, _, bundle = request.getfixturevalue(family)
+    out = tmp_path / "int4"
+    manifest = export_vlm(str(bundle.parent / "hf"), "int4", out, measure=True)
+    cosine = manifest["fidelity"]["vision_int8_feature_cosine"]
+    assert cosine and min(cosine.values()) > 0.98, cosine
+    assert manifest["quantization"]["scheme"] == "int4" and "fp32" not in {p.name for p in out.iterdir()}
+    gen = VisionLanguageModel.load(out).ask("What?", _photos()[:1], GenerationOptions(max_new_tokens=4))
+    gen.result()
+    assert 1 <= len(gen.tokens) <= 4 or gen.finish_reason == "eos"
