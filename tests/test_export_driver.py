@@ -18,6 +18,7 @@ from edgemm.runtime.errors import EdgemmError
 def _describe(job: ExportJob) -> str:
     (job.work / "labels.json").write_text("[]")
     job.body.update({"graphs": {"classifier": "classifier.onnx"}, "labels": "labels.json"})
+    job.body["preprocessing"] = {"resize_shorter": 256, "crop": 224}  # open_bundle checks these numbers
     return "described"
 
 

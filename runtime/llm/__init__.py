@@ -7,10 +7,11 @@ both returning a streaming :class:`Generation`.
 
 from edgemm.runtime.llm.chat import DEFAULT_SYSTEM, Chat, PromptError, ask
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
-from edgemm.runtime.llm.model import ContextError, LanguageModel
+from edgemm.runtime.llm.model import CacheBusyError, ContextError, LanguageModel
 
 __all__ = [
     "DEFAULT_SYSTEM",
+    "CacheBusyError",
     "Chat",
     "ContextError",
     "Generation",

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How an answer is generated. Checked once, when created: a bad value raises OptionsError."""
+    """How an answer is generated. Checked once, when created: a bad value raises OptionsError. Immutable: safe to
+    share between threads."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
@@ -44,7 +45,9 @@ class GenerationOptions:
 
 
 class Sampler:
-    """Picks the next token from logits: repetition penalty, then greedy or temperature / top-k / top-p sampling."""
+    """Picks the next token from logits: repetition penalty, then greedy or temperature / top-k / top-p sampling.
+
+    Holds its random generator: one per generation, not shared between threads."""
 
     def __init__(self, options: GenerationOptions):
         self.o = options
@@ -79,7 +82,8 @@ class StreamDecoder:
     """Incremental detokenization: emits text only once its bytes form whole characters.
 
     Byte-level BPE tokens can end inside a multi-byte character; the decoder then returns U+FFFD. Text is held back
-    until the character is complete, and each call decodes only a short window of recent tokens.
+    until the character is complete, and each call decodes only a short window of recent tokens. One per
+    generation: not shared between threads.
     """
 
     def __init__(self, tokenizer: Tokenizer):
@@ -109,7 +113,8 @@ class StreamDecoder:
 
 
 class StopMatcher:
-    """Holds back text that could be the start of a stop string; reports when one is complete."""
+    """Holds back text that could be the start of a stop string; reports when one is complete. One per generation:
+    not shared between threads."""
 
     def __init__(self, stops: list[str]):
         self.stops = stops
@@ -164,6 +169,10 @@ class Generation:
     After iteration (or ``close()``), ``text``, ``tokens``, ``finish_reason`` ("eos", "stop", "length",
     "context", "interrupted") and ``stats`` describe the answer. The KV cache then holds the prompt and every
     generated token that was run.
+
+    One answer: not safe to iterate from several threads at once. It claims its KV cache from the first piece until
+    it ends or is closed; another Generation on the same cache meanwhile raises CacheBusyError. Generations on
+    different caches run in parallel on one LanguageModel.
     """
 
     def __init__(
@@ -229,6 +238,7 @@ class Generation:
         lm, o = self.lm, self.options
         sampler, stream, stops = Sampler(o), StreamDecoder(lm.tokenizer), StopMatcher(o.stop)
         seen = np.array(self.prompt, np.int64)
+        self.cache.claim()
         start = time.perf_counter()
         try:
             logits = self._prefill()
@@ -270,5 +280,6 @@ class Generation:
             self.stats.decode_s = time.perf_counter() - start
             if self.finish_reason is None:
                 self.finish_reason = "interrupted"
+            self.cache.release()
             if self._on_finish is not None:
                 self._on_finish(self)

@@ -3,17 +3,21 @@
 The decoder's present KV outputs are bound (onnxruntime I/O binding) to the same buffers as its past inputs, so
 GroupQueryAttention appends new keys/values in place: no per-token copy of the cache. The buffers grow by doubling
 when a sequence outgrows them, up to the context window.
+
+Threads: everything that changes while a sequence runs (the I/O binding, the logits buffer, the cache itself) lives
+in its :class:`KVCache`, so one :class:`LanguageModel` serves any number of threads, each with its own cache;
+onnxruntime sessions are safe to ``run`` from several threads at once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.errors import EdgemmError
@@ -43,8 +47,17 @@ class LLMConfig:
         return cls(**{k: int(model[k]) for k in cls.__dataclass_fields__})
 
 
+class CacheBusyError(EdgemmError):
+    """A KV cache is already in use by a generation that has not finished (one cache holds one sequence)."""
+
+
 class KVCache:
-    """Per-layer key/value buffers [1, kv_heads, capacity, head_dim] and the number of positions filled."""
+    """Per-layer key/value buffers [1, kv_heads, capacity, head_dim], the number of positions filled, and the decoder
+    I/O binding and logits buffer of this sequence.
+
+    One sequence: not safe to share between threads. A Generation claims the cache for as long as it runs
+    (:meth:`claim`); a second one on the same cache meanwhile raises CacheBusyError.
+    """
 
     def __init__(self, cfg: LLMConfig, limit: int):
         self.cfg, self.limit = cfg, limit
@@ -53,6 +66,26 @@ class KVCache:
         self.capacity = 0
         self.arrays: list[np.ndarray] = []  # own the memory that the OrtValues below point at
         self.buffers: list[ort.OrtValue] = []
+        # The decoder binding with the buffers above bound as past/present (made by the model that runs this cache).
+        self.binding: ort.IOBinding | None = None
+        self.bound_to: ort.InferenceSession | None = None  # the session ``binding`` belongs to
+        self.bound_capacity = 0  # the capacity the binding's buffers were bound at
+        self.logits: tuple[np.ndarray, ort.OrtValue] | None = None  # last-position logits [1, 1, V] and its OrtValue
+        self._claim = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation is running on this cache."""
+        return self._claim.locked()
+
+    def claim(self) -> None:
+        """Mark the cache as used by one running generation; CacheBusyError if another one holds it."""
+        if not self._claim.acquire(blocking=False):
+            raise CacheBusyError("this KV cache is in use by another generation that has not finished")
+
+    def release(self) -> None:
+        """End the claim made by :meth:`claim`."""
+        self._claim.release()
 
     def reserve(self, needed: int) -> bool:
         """Make room for ``needed`` positions; True if the buffers were replaced (bindings must be refreshed)."""
@@ -80,7 +113,11 @@ class KVCache:
 
 class LanguageModel:
     """Embedding + decoder sessions, the tokenizer and special tokens of one ``llm`` bundle (or of a ``vlm``
-    bundle's language model, which VisionLanguageModel builds from the bundle it opened)."""
+    bundle's language model, which VisionLanguageModel builds from the bundle it opened).
+
+    Safe to share between threads: it holds no per-sequence state. Each generation runs on its own KVCache, which
+    carries the decoder's I/O binding and logits buffer; concurrent generations share only the sessions.
+    """
 
     def __init__(self, bundle: Bundle, threads: int | None = None, context: int | None = None):
         m = bundle.manifest
@@ -89,19 +126,14 @@ class LanguageModel:
         graphs = m["graphs"]
         self.embed_session = create_session(bundle.file(graphs["embed"]), threads=1)
         self.decoder = create_session(bundle.file(graphs["decoder"]), threads, spinning=True)
-        self.tokenizer = Tokenizer.from_file(str(bundle.file(m["tokenizer"])))
-        self.chat_template = bundle.file(m["chat_template"]).read_text()
+        self.tokenizer = bundle.tokenizer(m["tokenizer"])
+        self.chat_template = bundle.text(m["chat_template"])
         self.special = m["special_tokens"]
         self.eos_ids = set(self.special["eos_token_ids"])
         self.context = min(context or DEFAULT_CONTEXT, self.config.max_positions)
         if self.context < 16:
             raise EdgemmError(f"context window {self.context} is too small")
-        self._binding = self.decoder.io_binding()
-        self._bound_cache: KVCache | None = None
-        self._mask = np.ones((1, self.context), np.int64)
-        # OrtValues made from numpy arrays do not own them: keep the arrays alive beside them.
-        self._logits_array = np.zeros((1, 1, self.config.vocab_size), np.float32)
-        self._logits = ort.OrtValue.ortvalue_from_numpy(self._logits_array)
+        self._mask = np.ones((1, self.context), np.int64)  # read only: shared by every cache
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int | None = None, context: int | None = None):
@@ -128,14 +160,7 @@ class LanguageModel:
         total = cache.length + n
         if total > self.context:
             raise ContextError(f"{total} tokens do not fit in the context window of {self.context}")
-        io = self._binding
-        if cache.reserve(total) or self._bound_cache is not cache:
-            for i in range(self.config.num_layers):
-                for k, kv in enumerate(("key", "value")):
-                    buffer = cache.buffers[2 * i + k]
-                    io.bind_ortvalue_input(f"past.{i}.{kv}", buffer)
-                    io.bind_ortvalue_output(f"present.{i}.{kv}", buffer)
-            self._bound_cache = cache
+        io = self._binding(cache, total)
         inputs = {
             "inputs_embeds": np.ascontiguousarray(embeds, np.float32),
             "attention_mask": self._mask[:, :total],
@@ -143,7 +168,7 @@ class LanguageModel:
         }
         for name, array in inputs.items():
             io.bind_cpu_input(name, array)
-        out, logits = self._logits_array, self._logits
+        out, logits = cache.logits
         if all_logits:
             out = np.empty((1, n, self.config.vocab_size), np.float32)
             logits = ort.OrtValue.ortvalue_from_numpy(out)
@@ -154,6 +179,24 @@ class LanguageModel:
             raise EdgemmError(f"decoder failed: {str(e).splitlines()[0]}") from None
         cache.length = total
         return out[0] if all_logits else out[0, -1].copy()
+
+    def _binding(self, cache: KVCache, total: int) -> ort.IOBinding:
+        """The cache's own decoder binding, made on first use and rebound when its buffers were replaced."""
+        cache.reserve(total)
+        if cache.bound_to is not self.decoder:
+            cache.binding, cache.bound_to, cache.bound_capacity = self.decoder.io_binding(), self.decoder, 0
+            # OrtValues made from numpy arrays do not own them: keep the array alive beside it.
+            array = np.zeros((1, 1, self.config.vocab_size), np.float32)
+            cache.logits = array, ort.OrtValue.ortvalue_from_numpy(array)
+        io = cache.binding
+        if cache.bound_capacity != cache.capacity:
+            for i in range(self.config.num_layers):
+                for k, kv in enumerate(("key", "value")):
+                    buffer = cache.buffers[2 * i + k]
+                    io.bind_ortvalue_input(f"past.{i}.{kv}", buffer)
+                    io.bind_ortvalue_output(f"present.{i}.{kv}", buffer)
+            cache.bound_capacity = cache.capacity
+        return io
 
     def prefill_tokens(self, ids: list[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Append ``ids`` to the cache (reusing what the cache already holds of them is the caller's job)."""

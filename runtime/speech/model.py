@@ -15,7 +15,8 @@ from edgemm.runtime.sessions import create_session
 
 @dataclass
 class KVCache:
-    """Self-attention cache [layers, batch, heads, positions, head_dim] plus the window's cross K/V."""
+    """Self-attention cache [layers, batch, heads, positions, head_dim] plus the window's cross K/V. One per decoded
+    window: not shared between threads."""
 
     past_k: np.ndarray
     past_v: np.ndarray
@@ -32,6 +33,9 @@ class KVCache:
 
 
 class WhisperONNX:
+    """Encoder and decoder sessions. Safe to share between threads: the decoder state travels in a KVCache per
+    window, and onnxruntime sessions allow concurrent runs."""
+
     def __init__(self, bundle: Bundle, threads: int | None = None):
         dims = bundle.manifest["model"]
         self.n_layers = dims["decoder_layers"]

@@ -69,13 +69,19 @@ def compression_ratio(text: str) -> float:
 
 
 class Transcriber:
-    """``Transcriber.load(bundle).transcribe(audio) -> Transcription``."""
+    """``Transcriber.load(bundle).transcribe(audio) -> Transcription``.
+
+    Safe to share between threads: ``transcribe`` keeps its state (VAD stream, windows, KV caches) in the call and
+    only runs the shared onnxruntime sessions, which allow concurrent runs.
+    """
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
         m = bundle.manifest
         self.bundle = bundle
         self.model = WhisperONNX(bundle, threads)
-        self.tokenizer = WhisperTokenizer(bundle.file(m["tokenizer"]), SpecialTokens.from_manifest(m["tokens"]))
+        self.tokenizer = WhisperTokenizer(
+            bundle.tokenizer_file(m["tokenizer"]), SpecialTokens.from_manifest(m["tokens"])
+        )
         self.decoder = WindowDecoder(self.model, self.tokenizer, m["tokens"]["suppress"], m["tokens"]["suppress_begin"])
         f = m["features"]
         self.log_mel = LogMel(

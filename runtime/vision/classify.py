@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +42,13 @@ class Label:
 
 
 class ImageClassifier:
+    """Top-k ImageNet labels of a photo. Safe to share between threads: it only runs one onnxruntime session."""
+
     def __init__(self, bundle: Bundle, threads: int | None = None):
         m = bundle.manifest
         self.bundle = bundle
         self.session = create_session(bundle.file(m["graphs"]["classifier"]), threads)
-        self.labels = json.loads(bundle.file(m["labels"]).read_text())
+        self.labels = bundle.json(m["labels"])
         self.pre = m["preprocessing"]
 
     @classmethod

@@ -8,6 +8,7 @@ the prompt tells the model to answer from it alone, and to say so when it does n
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,11 @@ class ImageFacts:
 
 
 class TextReader:
-    """PP-OCR through rapidocr-onnxruntime (the ``ocr`` extra)."""
+    """PP-OCR through rapidocr-onnxruntime (the ``ocr`` extra).
+
+    Safe to share between threads: rapidocr keeps per-image settings on its objects while it reads (its detector's
+    resize), so one read runs at a time.
+    """
 
     def __init__(self, threads: int | None = None):
         from rapidocr_onnxruntime import RapidOCR
@@ -62,6 +67,7 @@ class TextReader:
         # Detection at the photo's own size (capped at 960 px) instead of upscaling its short side to 736 px: a 450 px
         # photo then needs 35 instead of 270 MB of activations, and reads a page of text as well.
         self.engine = RapidOCR(det_limit_type="max", det_limit_side_len=960)
+        self._lock = threading.Lock()
         # Its sessions spin-wait after each run and take the cores from the LLM prefill that follows (100 instead of
         # 49 ms): recreate them with our options (rapidocr-onnxruntime 1.4.4 layout; left as they are otherwise).
         try:
@@ -75,11 +81,16 @@ class TextReader:
         return installed("rapidocr_onnxruntime")
 
     def read(self, image) -> list[str]:
-        result, _ = self.engine(np.asarray(load_image(image)))
+        pixels = np.asarray(load_image(image))
+        with self._lock:
+            result, _ = self.engine(pixels)
         return [text for _box, text, confidence in (result or []) if float(confidence) >= MIN_OCR_CONFIDENCE]
 
 
 class SceneDescriber:
+    """Labels (and OCR text) of a photo. Safe to share between threads: the classifier runs concurrently, the OCR
+    one image at a time."""
+
     def __init__(self, classifier: ImageClassifier, reader: TextReader | None = None):
         self.classifier, self.reader = classifier, reader
 

@@ -33,6 +33,9 @@ class ImageAnswer:
 
 
 class ImageQuestion:
+    """Answers questions about images by the route its models allow. Safe to share between threads, as are the
+    models it holds; only a ``chat`` given to ``ask`` is one conversation that a single thread may use at a time."""
+
     def __init__(
         self,
         vlm: VisionLanguageModel | None = None,

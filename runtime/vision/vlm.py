@@ -111,6 +111,9 @@ def idefics3_prompt(grid: tuple[int, int], image: dict) -> str:
 
 
 class VisionLanguageModel:
+    """A vlm bundle: vision graph + language model. Safe to share between threads: each ``ask`` gets a new KV cache,
+    and the sessions allow concurrent runs."""
+
     def __init__(self, bundle: Bundle, threads: int | None = None, context: int | None = None):
         self.lm = LanguageModel(bundle, threads=threads, context=context)
         self.vision = create_session(bundle.file(bundle.manifest["graphs"]["vision"]), threads)
@@ -131,18 +134,19 @@ class VisionLanguageModel:
         content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
         messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
         messages.append({"role": "user", "content": content})
-        text = self.template.render(messages, add_generation_prompt=True)
         token = self.image["token"]
-        if text.count(token) != n_images:
-            raise EdgemmError(f"the chat template placed {text.count(token)} image tokens for {n_images} images")
-        if self.image["processor"]["type"] == "idefics3":
-            pieces = text.split(token)
-            text = pieces[0] + "".join(
-                idefics3_prompt(g, self.image) + rest for g, rest in zip(grids, pieces[1:], strict=True)
-            )
-        else:
-            text = text.replace(token, token * self.image["tokens_per_image"])
-        return self.lm.tokenizer.encode(text, add_special_tokens=False).ids
+
+        def expand(text: str) -> str:  # the template's text only: image tokens in a question stay text
+            if text.count(token) != n_images:
+                raise EdgemmError(f"the chat template placed {text.count(token)} image tokens for {n_images} images")
+            if self.image["processor"]["type"] == "idefics3":
+                pieces = text.split(token)
+                return pieces[0] + "".join(
+                    idefics3_prompt(g, self.image) + rest for g, rest in zip(grids, pieces[1:], strict=True)
+                )
+            return text.replace(token, token * self.image["tokens_per_image"])
+
+        return self.template.encode(self.lm.tokenizer, messages, expand)
 
     def ask(
         self, question: str, images: list, options: GenerationOptions | None = None, system: str | None = None
