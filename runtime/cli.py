@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +21,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
 
@@ -79,9 +90,14 @@ def _speak(text: str, out: Path) -> float:
 
     from edgemm.runtime.tts import Synthesizer
 
+    if out.is_dir():
+        raise EdgemmError(f"{out} is a folder: give the WAV file to write")
     speech = Synthesizer().synthesize(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(out, speech.samples, speech.sample_rate, subtype="PCM_16")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(out, speech.samples, speech.sample_rate, subtype="PCM_16")
+    except (OSError, RuntimeError) as e:  # soundfile reports an unwritable path as a RuntimeError
+        raise EdgemmError(f"cannot write {out}: {str(e).splitlines()[0]}") from None
     return speech.seconds
 
 
@@ -307,9 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="edgemm", description="On-device speech, text and image assistant.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and timings")
+    # -v also after the subcommand (`edgemm listen -v`); SUPPRESS keeps it from resetting the one given before.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as edgemm -v")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("transcribe", help="speech to text", formatter_class=fmt)
+    p = sub.add_parser("transcribe", parents=[verbose], help="speech to text", formatter_class=fmt)
     p.add_argument("audio", type=Path, help="WAV, FLAC, OGG or MP3 file")
     p.add_argument("--model", type=Path, default=None, help="speech bundle folder (default: the built default preset)")
     p.add_argument("--beam", type=_positive_int, default=1, help="beam size (1 = greedy)")
@@ -322,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
     p.set_defaults(func=cmd_transcribe)
 
-    p = sub.add_parser("ask", help="answer one question (streams the answer)", formatter_class=fmt)
+    p = sub.add_parser("ask", parents=[verbose], help="answer one question (streams the answer)", formatter_class=fmt)
     p.add_argument("question", nargs="?", help="the question (or --audio)")
     p.add_argument("--audio", type=Path, help="a recording of the question (transcribed with the speech bundle)")
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle for --audio (default preset)")
@@ -336,11 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_flags(p)
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("chat", help="interactive chat with memory", formatter_class=fmt)
+    p = sub.add_parser("chat", parents=[verbose], help="interactive chat with memory", formatter_class=fmt)
     _add_generation_flags(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("listen", help="the voice (+ camera) assistant", formatter_class=fmt)
+    p = sub.add_parser("listen", parents=[verbose], help="the voice (+ camera) assistant", formatter_class=fmt)
     p.add_argument("--mic", default=None, help="input device (index or name) or an audio file (default: system mic)")
     p.add_argument("--speaker", default=None, help="output device or a WAV file to write (default: system speaker)")
     p.add_argument("--camera", default=None, help="camera index, /dev/videoN, an image, a folder of images or a video")
@@ -348,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tts", action="store_true", help="answer in text only")
     p.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
     p.add_argument("--realtime", action="store_true", help="pace an audio-file microphone at real time")
-    p.add_argument("--max-utterance", type=float, default=15.0, help="seconds after which an utterance is cut")
+    p.add_argument(
+        "--max-utterance", type=_positive_seconds, default=15.0, help="seconds after which an utterance is cut"
+    )
     p.add_argument("--model", type=Path, default=None, help="llm bundle (default preset)")
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle (default preset)")
     p.add_argument(
@@ -361,12 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
     p.set_defaults(func=cmd_listen)
 
-    p = sub.add_parser("say", help="speak a text into a WAV file (tts extra)", formatter_class=fmt)
+    p = sub.add_parser("say", parents=[verbose], help="speak a text into a WAV file (tts extra)", formatter_class=fmt)
     p.add_argument("text")
     p.add_argument("--out", type=Path, required=True, help="WAV file to write")
     p.set_defaults(func=cmd_say)
 
-    p = sub.add_parser("export", help="build a model bundle (needs the export extra)", formatter_class=fmt)
+    p = sub.add_parser(
+        "export", parents=[verbose], help="build a model bundle (needs the export extra)", formatter_class=fmt
+    )
     p.add_argument("component", choices=["speech", "llm", "vision", "vlm"], help="which model to export")
     p.add_argument(
         "--preset", help="a preset from models/presets.json (gives source and quant; out: $EDGEMM_MODELS/NAME)"
@@ -382,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity measurements (WER, perplexity, ...)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bench", help="speed and memory against peers", formatter_class=fmt)
+    p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
     p.add_argument("target", choices=["asr", "llm", "vision", "assistant"])
     p.add_argument("--model", type=Path, default=None, help="our bundle (default: the speech or llm preset)")
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")

@@ -40,6 +40,8 @@ class GenerationOptions:
             raise OptionsError(f"top_p must be in (0, 1], not {self.top_p}")
         if not (self.repetition_penalty > 0 and np.isfinite(self.repetition_penalty)):
             raise OptionsError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
+        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise OptionsError(f"seed must be an integer >= 0, not {self.seed}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise OptionsError("stop strings must be non-empty text")
 
