@@ -130,11 +130,6 @@ class Bundle:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise BundleError(f"{path} is not a readable tokenizer ({first})") from None
 
-    def tokenizer_file(self, name: str) -> Path:
-        """The path of bundle file ``name`` once it has been checked to be a readable tokenizer."""
-        self.tokenizer(name)
-        return self.file(name)
-
     def text(self, name: str) -> str:
         """The UTF-8 text of bundle file ``name``."""
         path = self.file(name)

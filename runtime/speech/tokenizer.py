@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from tokenizers import Tokenizer
 
@@ -26,8 +25,8 @@ class SpecialTokens:
 
 
 class WhisperTokenizer:
-    def __init__(self, path: Path, special: SpecialTokens):
-        self._tok = Tokenizer.from_file(str(path))
+    def __init__(self, tokenizer: Tokenizer, special: SpecialTokens):
+        self._tok = tokenizer
         self.special = special
 
     def encode(self, text: str) -> list[int]:

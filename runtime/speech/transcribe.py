@@ -79,9 +79,7 @@ class Transcriber:
         m = bundle.manifest
         self.bundle = bundle
         self.model = WhisperONNX(bundle, threads)
-        self.tokenizer = WhisperTokenizer(
-            bundle.tokenizer_file(m["tokenizer"]), SpecialTokens.from_manifest(m["tokens"])
-        )
+        self.tokenizer = WhisperTokenizer(bundle.tokenizer(m["tokenizer"]), SpecialTokens.from_manifest(m["tokens"]))
         self.decoder = WindowDecoder(self.model, self.tokenizer, m["tokens"]["suppress"], m["tokens"]["suppress_begin"])
         f = m["features"]
         self.log_mel = LogMel(
