@@ -69,7 +69,6 @@ class KVCache:
         # The decoder binding with the buffers above bound as past/present (made by the model that runs this cache).
         self.binding: ort.IOBinding | None = None
         self.bound_to: ort.InferenceSession | None = None  # the session ``binding`` belongs to
-        self.bound_capacity = 0  # the capacity the binding's buffers were bound at
         self.logits: tuple[np.ndarray, ort.OrtValue] | None = None  # last-position logits [1, 1, V] and its OrtValue
         self._claim = threading.Lock()
 
@@ -182,20 +181,19 @@ class LanguageModel:
 
     def _binding(self, cache: KVCache, total: int) -> ort.IOBinding:
         """The cache's own decoder binding, made on first use and rebound when its buffers were replaced."""
-        cache.reserve(total)
+        replaced = cache.reserve(total)
         if cache.bound_to is not self.decoder:
-            cache.binding, cache.bound_to, cache.bound_capacity = self.decoder.io_binding(), self.decoder, 0
+            cache.binding, cache.bound_to, replaced = self.decoder.io_binding(), self.decoder, True
             # OrtValues made from numpy arrays do not own them: keep the array alive beside it.
             array = np.zeros((1, 1, self.config.vocab_size), np.float32)
             cache.logits = array, ort.OrtValue.ortvalue_from_numpy(array)
         io = cache.binding
-        if cache.bound_capacity != cache.capacity:
+        if replaced:  # a new binding, or new buffers: bind them as past and present
             for i in range(self.config.num_layers):
                 for k, kv in enumerate(("key", "value")):
                     buffer = cache.buffers[2 * i + k]
                     io.bind_ortvalue_input(f"past.{i}.{kv}", buffer)
                     io.bind_ortvalue_output(f"present.{i}.{kv}", buffer)
-            cache.bound_capacity = cache.capacity
         return io
 
     def prefill_tokens(self, ids: list[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
