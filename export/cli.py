@@ -8,14 +8,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edgemm.export.llm import QUANTS as LLM_QUANTS
-from edgemm.export.llm import export_llm
-from edgemm.export.mobilenet import QUANTS as VISION_QUANTS
-from edgemm.export.mobilenet import export_vision
-from edgemm.export.speech import QUANTS as SPEECH_QUANTS
-from edgemm.export.speech import export_speech
-from edgemm.export.vlm import QUANTS as VLM_QUANTS
-from edgemm.export.vlm import export_vlm
+from edgemm.export.driver import build
+from edgemm.export.llm import LLM
+from edgemm.export.mobilenet import VISION
+from edgemm.export.speech import SPEECH
+from edgemm.export.vlm import VLM
 from edgemm.models import presets
 from edgemm.runtime.bundle import models_dir
 from edgemm.runtime.errors import EdgemmError
@@ -35,20 +32,17 @@ def _resolve(args) -> tuple[str, str, Path]:
         out = out or models_dir() / args.preset
     if not source or not out:
         raise EdgemmError("give --preset NAME, or --source SRC and --out DIR")
-    quant = quant or DEFAULT_QUANT[args.component]
-    if quant not in QUANTS[args.component]:
-        raise EdgemmError(f"{args.component} bundles are {' or '.join(QUANTS[args.component])}, not {quant}")
-    return source, quant, out
+    return source, quant or DEFAULT_QUANT[args.component], out
 
 
 DEFAULT_QUANT = {"speech": "int8", "llm": "int4", "vision": "int8", "vlm": "int4"}
-QUANTS = {"speech": SPEECH_QUANTS, "llm": LLM_QUANTS, "vision": VISION_QUANTS, "vlm": VLM_QUANTS}
-EXPORTERS = {"speech": export_speech, "llm": export_llm, "vision": export_vision, "vlm": export_vlm}
+COMPONENTS = {"speech": SPEECH, "llm": LLM, "vision": VISION, "vlm": VLM}
 
 
 def run_export(args) -> int:
     source, quant, out = _resolve(args)
-    manifest = EXPORTERS[args.component](source, quant, out, measure=not args.no_fidelity)
+    # build() checks the quantization against the component's own list before it loads anything
+    manifest = build(COMPONENTS[args.component], source, quant, out, measure=not args.no_fidelity)
     megabytes = sum(entry["bytes"] for entry in manifest["files"].values()) / 1e6
     log.info("wrote %s (%s, %.0f MB)", out, quant, megabytes)
     return 0
