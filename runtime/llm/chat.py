@@ -213,10 +213,9 @@ class ChatTemplate:
                     spans.append((len(text), len(text) + len(part)))
                 text += part
             encoding = tokenizer.encode(text, add_special_tokens=False)
+            controls = [span for token, span in zip(encoding.ids, encoding.offsets, strict=True) if token in special]
             if not any(
-                token in special and start < end_ and end > start_
-                for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True)
-                for start_, end_ in spans
+                a < content_end and b > content_start for a, b in controls for content_start, content_end in spans
             ):
                 return encoding.ids
         return self._encode_pieces(tokenizer, parts, contents)
