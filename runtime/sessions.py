@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnxruntime as ort
 
 from edgemm.runtime.errors import BundleError
+from edgemm.runtime.limits import available_cores, check_threads
 
 
 def default_threads() -> int:
     """Physical-ish core count, capped: small boards gain nothing from oversubscription."""
-    return max(1, min(os.cpu_count() or 1, 8))
+    return min(available_cores(), 8)
 
 
 def create_session(
@@ -23,7 +23,7 @@ def create_session(
     instead of 750 MB with arenas on, for ~10% slower speech decoding and no measurable LLM difference."""
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = check_threads(threads) or default_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -1,0 +1,138 @@
+"""The runtime's input limits, and the checks that enforce them at the library boundary.
+
+The Python API, the CLI and the server pass what a user gives them through these functions, so a value of the wrong
+type, out of range, not finite or too big is refused with one sentence naming the limit -- before any time or
+memory is spent on it. README.md lists the same limits.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import numbers
+import os
+import stat
+from pathlib import Path
+
+from edgemm.runtime.errors import EdgemmError, OptionsError
+
+MAX_AUDIO_SECONDS = 2 * 3600  # one call: ~460 MB of float32 samples at 16 kHz; split longer recordings
+MAX_AUDIO_BYTES = 512 << 20  # an encoded recording given as bytes or read from a pipe
+SAMPLE_RATES = (1000, 768_000)  # Hz: the rates accepted for audio given as an array
+MAX_TEXT_CHARS = 100_000  # one question or message: far past any context window (about 4 characters a token)
+MAX_SPEECH_CHARS = 5_000  # one text to speak: about 5 minutes of speech
+MAX_LINE_CHARS = 65_536  # one line typed (or piped) into `edgemm chat` / `edgemm listen`
+MAX_IMAGE_PIXELS = 64_000_000  # one image: any camera photo; 8000x8000 RGB is 192 MB decoded
+MAX_IMAGE_BYTES = 256 << 20  # an encoded image given as bytes or read from a pipe
+MAX_IMAGES = 16  # images in one question
+
+
+class InputError(EdgemmError, ValueError):
+    """A text or a file given as input is unusable or over a limit."""
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def check_int(value, name: str, low: int, high: int) -> int:
+    """``value`` as an int within [low, high]; integral floats (2.0) pass, bools and strings do not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OptionsError(f"{name} must be a number, not {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value == int(value) and low <= value <= high):
+        bounds = f">= {low}" if high >= 2**62 else f"between {low} and {high}"
+        raise OptionsError(f"{name} must be an integer {bounds}, not {value!r}")
+    return int(value)
+
+
+def check_float(value, name: str, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    """``value`` as a finite float within [low, high] (or (low, high] with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OptionsError(f"{name} must be a number, not {type(value).__name__} {value!r}")
+    value = float(value)
+    above_low = value > low if low_open else value >= low
+    if not (math.isfinite(value) and above_low and value <= high):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise OptionsError(f"{name} must be a finite number in {bounds}, not {value!r}")
+    return value
+
+
+MAX_SEED = 2**63 - 1
+MAX_NEW_TOKENS = 1 << 20
+
+
+def check_seed(seed) -> int | None:
+    return None if seed is None else check_int(seed, "seed", 0, MAX_SEED)
+
+
+def check_threads(threads) -> int | None:
+    """None (the default) or a thread count between 1 and the cores available: more threads than cores only make
+    every step wait for the scheduler (1000 threads: 35 s instead of 0.5 s for one answer)."""
+    if threads is None:
+        return None
+    cores = available_cores()
+    return check_int(threads, f"threads ({cores} cores here)", 1, cores)
+
+
+def check_sample_rate(rate) -> int:
+    return check_int(rate, "sample rate (Hz)", *SAMPLE_RATES)
+
+
+def check_text(text, what: str = "the prompt", limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` must be a str of at most ``limit`` characters."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be text, not {type(text).__name__}")
+    if len(text) > limit:
+        raise InputError(f"{what} has {len(text):,} characters; the limit is {limit:,}")
+    return text
+
+
+def check_input_file(path: Path, what: str = "file") -> os.stat_result:
+    """Stat ``path`` and refuse, in words, what cannot be read as an input file: missing, a broken symbolic link,
+    a symbolic link loop, a folder, no permission. Pipes and devices pass (the caller reads them as streams)."""
+    try:
+        info = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{path}: a loop of symbolic links") from None
+        if e.errno == errno.ENOENT and path.is_symlink():
+            raise InputError(f"{path}: a broken symbolic link (to {os.readlink(path)})") from None
+        if e.errno == errno.ENOENT:
+            raise InputError(f"{what} not found: {path}") from None
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{path} is a folder, not a {what}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"cannot read {path}: permission denied")
+    return info
+
+
+def is_stream(info: os.stat_result) -> bool:
+    """A pipe, FIFO, socket or character device: read it to its end, it has no size to check beforehand."""
+    return not stat.S_ISREG(info.st_mode)
+
+
+def read_stream(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of a pipe or device, at most ``limit`` of them."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{path}: the {what} from this pipe or device is over {limit >> 20} MB, the limit")
+    if not data:
+        raise InputError(f"{path}: the pipe or device gave no data")
+    return data
+
+
+def read_line(stream, limit: int = MAX_LINE_CHARS) -> str | None:
+    """One line from a text stream without its newline, or None at its end; a line over ``limit`` characters is
+    refused (``edgemm chat < /dev/zero`` would otherwise read forever)."""
+    line = stream.readline(limit + 1)
+    if not line:
+        return None
+    if len(line) > limit and not line.endswith("\n"):
+        raise InputError(f"an input line is over {limit:,} characters, the limit")
+    return line.rstrip("\n")
