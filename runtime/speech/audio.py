@@ -1,11 +1,14 @@
-"""Audio in: decode a file (or take an array), mix to mono, resample to the model's rate.
+"""Audio in: decode a file, bytes or a pipe (or take an array), mix to mono, resample to the model's rate.
 
 Files are decoded by libsndfile (``soundfile``): WAV with 8/16/24/32-bit integer or float samples,
 FLAC, OGG/Vorbis/Opus and MP3. Resampling uses soxr's band-limited (HQ) filter, never sample dropping.
+Limits (edgemm.runtime.limits): MAX_AUDIO_SECONDS per call, SAMPLE_RATES for arrays, MAX_AUDIO_BYTES for bytes
+and pipes.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -14,17 +17,27 @@ import soundfile as sf
 import soxr
 
 from edgemm.runtime.errors import AudioError
+from edgemm.runtime.limits import (
+    MAX_AUDIO_BYTES,
+    MAX_AUDIO_SECONDS,
+    InputError,
+    check_input_file,
+    check_sample_rate,
+    is_stream,
+    read_stream,
+)
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Whisper's rate; a bundle's manifest may say otherwise
-# Longest input accepted in one call: 2 hours is ~460 MB of float32 samples at 16 kHz.
-MAX_SECONDS = 2 * 3600
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0}
+# Float samples live in [-1, 1]. A recording past it (a float WAV written with a x1000 gain) is scaled back to a
+# peak of 1: Whisper's log-mel features are absolute, and at such levels it invents text ("And I'm just going to do
+# this for you." three times). Integer PCM cannot go past full scale.
+FULL_SCALE = 1.0
 
 
 def _from_array(samples: np.ndarray) -> np.ndarray:
-    samples = np.asarray(samples)
     if samples.dtype == np.uint8:  # 8-bit PCM is unsigned, centred on 128
         samples = (samples.astype(np.float32) - 128.0) / 128.0
     elif samples.dtype in _INT_SCALE:
@@ -39,47 +52,83 @@ def _from_array(samples: np.ndarray) -> np.ndarray:
     return samples
 
 
-def _read_file(path: Path) -> tuple[np.ndarray, int]:
-    if not path.exists():
-        raise AudioError(f"audio file not found: {path}")
-    if path.is_dir():
-        raise AudioError(f"{path} is a folder, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path} is empty (0 bytes)")
+def _decode(source, name: str) -> tuple[np.ndarray, int]:
+    """Decode a path or a file-like object with libsndfile, checking the duration before reading the samples."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(source)
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
         if info.samplerate <= 0:
-            raise AudioError(f"{path}: invalid sample rate {info.samplerate}")
-        if info.frames / info.samplerate > MAX_SECONDS:
+            raise AudioError(f"{name}: invalid sample rate {info.samplerate}")
+        if info.frames / info.samplerate > MAX_AUDIO_SECONDS:
             raise AudioError(
-                f"{path} lasts {info.frames / info.samplerate / 60:.0f} min; the limit is {MAX_SECONDS // 60} min"
-                " per call (split the file)"
+                f"{name} lasts {info.frames / info.samplerate / 60:.0f} min; the limit is"
+                f" {MAX_AUDIO_SECONDS // 60} min per call (split the file)"
             )
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        samples, rate = sf.read(source, dtype="float32", always_2d=True)
     except AudioError:
         raise
-    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as e:
+    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError, TypeError) as e:
         detail = str(e).split(":", 1)[-1].strip() or type(e).__name__
-        raise AudioError(f"cannot decode {path} as audio ({detail}); supported: WAV, FLAC, OGG, MP3") from None
+        raise AudioError(f"cannot decode {name} as audio ({detail}); supported: WAV, FLAC, OGG, MP3") from None
     return samples.mean(axis=1), rate
 
 
-def load_audio(source: str | Path | np.ndarray, sample_rate: int | None = None, target_rate: int = SAMPLE_RATE):
+def _read_file(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        info = check_input_file(path, "audio file")
+        if is_stream(info):  # a pipe, FIFO or device: read it into memory, then decode
+            return _decode(io.BytesIO(read_stream(path, "audio", MAX_AUDIO_BYTES)), str(path))
+    except InputError as e:
+        raise AudioError(str(e)) from None
+    if info.st_size == 0:
+        raise AudioError(f"{path} is empty (0 bytes)")
+    return _decode(str(path), str(path))
+
+
+def _from_bytes(data: bytes) -> tuple[np.ndarray, int]:
+    if not data:
+        raise AudioError("the audio bytes are empty")
+    if len(data) > MAX_AUDIO_BYTES:
+        raise AudioError(f"the audio is {len(data) >> 20} MB; the limit is {MAX_AUDIO_BYTES >> 20} MB")
+    return _decode(io.BytesIO(data), "the audio bytes")
+
+
+def load_audio(
+    source: str | Path | bytes | np.ndarray, sample_rate: int | None = None, target_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """Return mono float32 samples at ``target_rate``.
 
-    ``source`` is a file path or an array of samples; for an array, ``sample_rate`` is its rate
-    (default: already ``target_rate``).
+    ``source`` is a file path (also a pipe or device), the bytes of an encoded file (WAV, FLAC, ...) or an array of
+    samples; for an array, ``sample_rate`` is its rate (default: already ``target_rate``).
     """
     if isinstance(source, np.ndarray):
-        samples, rate = _from_array(source), sample_rate or target_rate
-        if rate <= 0:
-            raise AudioError(f"invalid sample rate {rate}")
-    else:
+        rate = target_rate if sample_rate is None else check_sample_rate(sample_rate)
+        samples = _from_array(source)
+        if samples.size / rate > MAX_AUDIO_SECONDS:
+            raise AudioError(
+                f"the audio lasts {samples.size / rate / 60:.0f} min; the limit is {MAX_AUDIO_SECONDS // 60} min"
+                " per call (split it)"
+            )
+    elif sample_rate is not None:
+        raise AudioError("sample_rate is only for an array of samples: a file or bytes carry their own rate")
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        samples, rate = _from_bytes(bytes(source))
+    elif isinstance(source, (str, Path)):
         samples, rate = _read_file(Path(source))
+    else:
+        raise AudioError(
+            f"audio must be a file path, the bytes of an audio file or a numpy array of samples,"
+            f" not {type(source).__name__}"
+        )
     if samples.size == 0:
         raise AudioError("the audio has no samples")
     if not np.all(np.isfinite(samples)):
         raise AudioError("the audio contains NaN or infinite samples")
+    peak = float(np.abs(samples).max())
+    if peak > FULL_SCALE:
+        log.warning("the audio peaks at %.1f times full scale: scaled back to full scale", peak)
+        samples = samples / peak
     if rate != target_rate:
         log.debug("resampling %d Hz -> %d Hz", rate, target_rate)
         samples = soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgemm.runtime.errors import OptionsError
+from edgemm.runtime.limits import MAX_SEED, check_float, check_int
 from edgemm.runtime.speech.model import WhisperONNX
 from edgemm.runtime.speech.tokenizer import WhisperTokenizer
 
@@ -27,24 +28,36 @@ class DecodingOptions:
     timestamps: bool = True  # predict segment timestamps
     max_new_tokens: int | None = None  # default: half the text context (Whisper's sample_len)
     patience: float = 1.0  # beam search stops after beam_size * patience finished candidates
-    seed: int | None = None  # random seed for sampling
+    seed: int = 0  # random seed for sampling (the temperature fallback): the same audio gives the same text
+
+    def __post_init__(self):
+        """Types and ranges, checked once when created (a bad value raises OptionsError); the language is checked
+        against a model by :func:`verify_options`."""
+        if self.task not in TASKS:
+            raise OptionsError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.language is not None and not isinstance(self.language, str):
+            raise OptionsError(f"language must be a language code such as 'en', not {self.language!r}")
+        checked = {
+            "beam_size": check_int(self.beam_size, "beam size", 1, 16),
+            "temperature": check_float(self.temperature, "temperature", 0.0, 100.0),
+            "max_new_tokens": None
+            if self.max_new_tokens is None
+            else check_int(self.max_new_tokens, "max_new_tokens", 1, 1 << 16),
+            "patience": check_float(self.patience, "patience", 0.0, 100.0, low_open=True),
+            "seed": check_int(self.seed, "seed", 0, MAX_SEED),
+            "timestamps": bool(self.timestamps),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 def verify_options(options: DecodingOptions, tokenizer: WhisperTokenizer) -> None:
-    """Raise OptionsError naming the accepted values when an option is out of range."""
+    """Raise OptionsError naming the accepted values when an option does not suit this model."""
     languages = tokenizer.special.languages
-    if options.task not in TASKS:
-        raise OptionsError(f"task must be one of {', '.join(TASKS)}, not {options.task!r}")
     if options.language is not None and languages and options.language not in languages:
         raise OptionsError(f"unknown language {options.language!r}; this model knows: {', '.join(sorted(languages))}")
     if not languages and (options.task == "translate" or options.language not in (None, "en")):
         raise OptionsError("this model is English-only: it cannot translate or transcribe other languages")
-    if not 1 <= options.beam_size <= 16:
-        raise OptionsError(f"beam size must be between 1 and 16, not {options.beam_size}")
-    if options.temperature < 0:
-        raise OptionsError(f"temperature must be >= 0, not {options.temperature}")
-    if options.max_new_tokens is not None and options.max_new_tokens < 1:
-        raise OptionsError(f"max_new_tokens must be >= 1, not {options.max_new_tokens}")
 
 
 @dataclass

@@ -8,6 +8,8 @@ text), and Whisper's own no-speech probability drops windows the VAD let through
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.errors import OptionsError
+from edgemm.runtime.limits import check_float
 from edgemm.runtime.speech.audio import load_audio
 from edgemm.runtime.speech.decoding import DecodingOptions, DecodingResult, WindowDecoder, verify_options
 from edgemm.runtime.speech.features import LogMel, pad_or_trim
@@ -39,6 +42,23 @@ class TranscribeOptions:
     logprob_threshold: float = -1.0  # below: unsure text, retry hotter
     no_speech_threshold: float = 0.6  # above (and unsure): the window is silence, no text
     condition_on_previous_text: bool = True  # feed the previous window's text as a prompt
+
+    def __post_init__(self):
+        if not isinstance(self.decoding, DecodingOptions):
+            raise OptionsError(f"decoding must be DecodingOptions, not {type(self.decoding).__name__}")
+        temperatures = (self.temperatures,) if isinstance(self.temperatures, numbers.Real) else self.temperatures
+        if not isinstance(temperatures, (list, tuple)) or not temperatures:
+            raise OptionsError("temperatures must be a non-empty list of numbers >= 0")
+        checked = {
+            "temperatures": tuple(check_float(t, "each temperature", 0.0, 100.0) for t in temperatures),
+            "compression_ratio_threshold": check_float(
+                self.compression_ratio_threshold, "compression_ratio_threshold", 0.0, low_open=True
+            ),
+            "logprob_threshold": check_float(self.logprob_threshold, "logprob_threshold", -math.inf, 0.0),
+            "no_speech_threshold": check_float(self.no_speech_threshold, "no_speech_threshold", 0.0, 1.0),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass
@@ -97,7 +117,9 @@ class Transcriber:
         return cls(open_bundle(bundle, "speech", verify=verify), threads)
 
     def transcribe(self, audio, sample_rate: int | None = None, options: TranscribeOptions | None = None):
-        options = options or TranscribeOptions()
+        options = TranscribeOptions() if options is None else options
+        if not isinstance(options, TranscribeOptions):
+            raise OptionsError(f"options must be TranscribeOptions, not {type(options).__name__}")
         verify_options(options.decoding, self.tokenizer)
         if options.vad and self.vad is None:
             raise OptionsError("this bundle has no VAD model; transcribe with vad=False")
