@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.limits import MAX_SPEECH_CHARS, check_text
 from edgemm.runtime.packages import installed, package_file
 from edgemm.runtime.sessions import create_session
 
@@ -61,6 +62,8 @@ class Synthesizer:
         self.config = None if varied else SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
 
     def synthesize(self, text: str) -> Speech:
+        """``text`` spoken (at most MAX_SPEECH_CHARS characters, about 5 minutes; longer texts raise InputError)."""
+        text = check_text(text, "the text to speak", MAX_SPEECH_CHARS)
         chunks = [chunk.audio_float_array for chunk in self.voice.synthesize(text, self.config)] if text.strip() else []
         samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
         return Speech(samples, self.sample_rate)

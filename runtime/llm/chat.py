@@ -20,7 +20,8 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.errors import EdgemmError, OptionsError
+from edgemm.runtime.limits import check_text
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
 from edgemm.runtime.llm.model import CacheBusyError, ContextError, LanguageModel
 
@@ -44,12 +45,14 @@ class PromptError(EdgemmError):
 
 
 def clean_text(text: str | bytes) -> str:
-    """Valid UTF-8, control characters (other than newline and tab) removed, not empty."""
+    """Valid UTF-8 of at most MAX_TEXT_CHARS characters, control characters (other than newline and tab) removed,
+    not empty."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise PromptError(f"the prompt is not valid UTF-8 (byte {e.start})") from None
+    check_text(text)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:  # lone surrogates: undecodable bytes from the command line or a file
@@ -255,6 +258,12 @@ def _with_content(message: dict, placeholder) -> dict:
     return message
 
 
+def _checked(options):
+    if options is not None and not isinstance(options, GenerationOptions):
+        raise OptionsError(f"options must be GenerationOptions, not {type(options).__name__}")
+    return options
+
+
 class Chat:
     """A conversation with one model; ``send(text)`` returns a Generation that streams the answer.
 
@@ -268,7 +277,7 @@ class Chat:
     ):
         self.lm = lm
         self.template = ChatTemplate(lm.chat_template, lm.special)
-        self.options = options or GenerationOptions()
+        self.options = _checked(options) or GenerationOptions()
         self.system = clean_text(system) if system else None
         self.turns: list[tuple[str, str]] = []  # (user, assistant) pairs
         self.cache = lm.new_cache()
@@ -322,7 +331,7 @@ class Chat:
     def send(self, text: str | bytes, options: GenerationOptions | None = None) -> Generation:
         self._check_idle()
         question = clean_text(text)
-        options = options or self.options
+        options = _checked(options) or self.options
         prompt = self._fit(question, options)
 
         def remember(gen: Generation) -> None:

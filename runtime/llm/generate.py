@@ -10,6 +10,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from edgemm.runtime.errors import OptionsError
+from edgemm.runtime.limits import MAX_NEW_TOKENS, check_float, check_int, check_seed
 from edgemm.runtime.llm.model import KVCache, LanguageModel
 
 log = logging.getLogger(__name__)
@@ -29,21 +30,20 @@ class GenerationOptions:
     stop: tuple[str, ...] = ()  # stop strings (not included in the answer); any sequence is stored as a tuple
 
     def __post_init__(self):
-        object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
-        if self.max_new_tokens < 1:
-            raise OptionsError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
-        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
-            raise OptionsError(f"temperature must be >= 0, not {self.temperature}")
-        if self.top_k < 0:
-            raise OptionsError(f"top_k must be >= 0, not {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise OptionsError(f"top_p must be in (0, 1], not {self.top_p}")
-        if not (self.repetition_penalty > 0 and np.isfinite(self.repetition_penalty)):
-            raise OptionsError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
-        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
-            raise OptionsError(f"seed must be an integer >= 0, not {self.seed}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise OptionsError("stop strings must be non-empty text")
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (list, tuple)) or any(not isinstance(s, str) or not s for s in stop):
+            raise OptionsError("stop must be a non-empty text or a list of them")
+        checked = {
+            "stop": tuple(stop),
+            "max_new_tokens": check_int(self.max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS),
+            "temperature": check_float(self.temperature, "temperature", 0.0, 100.0),
+            "top_k": check_int(self.top_k, "top_k", 0, 1 << 22),
+            "top_p": check_float(self.top_p, "top_p", 0.0, 1.0, low_open=True),
+            "repetition_penalty": check_float(self.repetition_penalty, "repetition_penalty", 0.0, 100.0, True),
+            "seed": check_seed(self.seed),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 class Sampler:

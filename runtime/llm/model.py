@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.limits import check_int
 from edgemm.runtime.sessions import create_session
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,8 @@ class LanguageModel:
         self.chat_template = bundle.text(m["chat_template"])
         self.special = m["special_tokens"]
         self.eos_ids = set(self.special["eos_token_ids"])
-        self.context = min(context or DEFAULT_CONTEXT, self.config.max_positions)
-        if self.context < 16:
-            raise EdgemmError(f"context window {self.context} is too small")
+        limit = self.config.max_positions
+        self.context = min(DEFAULT_CONTEXT, limit) if context is None else check_int(context, "context", 16, limit)
         self._mask = np.ones((1, self.context), np.int64)  # read only: shared by every cache
 
     @classmethod
