@@ -6,6 +6,7 @@ Every user error prints one line (``edgemm: error: ...``) and exits with status 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
@@ -22,6 +23,30 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _threads(text: str) -> int:
+    from edgemm.runtime.limits import check_threads
+
+    try:
+        return check_threads(int(text))
+    except ValueError as e:  # int() of a non-number, or OptionsError (a ValueError) for a count out of range
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _typed_line(prompt: str = "> ") -> str | None:
+    """One line typed or piped in (None at the end of input). A terminal edits lines with readline; a pipe is read
+    in bounded lines (MAX_LINE_CHARS), so `edgemm chat < /dev/zero` stops with an error instead of eating memory.
+    Undecodable bytes stay as escapes for clean_text to refuse per line."""
+    from edgemm.runtime.limits import read_line
+
+    if sys.stdin.isatty():
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+    print(prompt, end="", flush=True)
+    return read_line(sys.stdin)
 
 
 def _positive_seconds(text: str) -> float:
@@ -157,13 +182,13 @@ def cmd_chat(args) -> int:
     )
     while True:
         try:
-            line = input("> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
+            line = _typed_line()
         except KeyboardInterrupt:
             print("\n(Ctrl-C stops an answer; /exit quits)", file=sys.stderr)
             continue
+        if line is None:
+            print(file=sys.stderr)
+            return 0
         command = line.strip()
         if command in ("/exit", "/quit"):
             return 0
@@ -201,7 +226,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
+    p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
 
 
 def cmd_say(args) -> int:
@@ -266,13 +291,9 @@ def cmd_listen(args) -> int:
 
 
 def _typed_lines():
-    while True:
-        try:
-            line = input("> ").strip()
-        except EOFError:
-            return
-        if line:
-            yield line
+    while (line := _typed_line()) is not None:
+        if line.strip():
+            yield line.strip()
 
 
 def _show(events, verbose: bool) -> None:
@@ -338,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestamps", action="store_true", help="print one line per segment with times")
     p.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
     p.add_argument("--no-vad", action="store_true", help="do not skip non-speech with the VAD")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
+    p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("ask", parents=[verbose], help="answer one question (streams the answer)", formatter_class=fmt)
@@ -379,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="vision bundle, or a vlm bundle that answers scene questions (default preset)",
     )
     p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: cores, at most 8)")
+    p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("say", parents=[verbose], help="speak a text into a WAV file (tts extra)", formatter_class=fmt)
@@ -413,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ogenai-model", type=Path, default=None, help="llm: onnxruntime-genai model folder")
     p.add_argument("--gguf", type=Path, default=None, help="llm: GGUF file for llama.cpp (default: the packaged one)")
     p.add_argument("--runs", type=_positive_int, default=5, help="timed runs per clip (median reported)")
-    p.add_argument("--threads", type=_positive_int, default=2)
+    p.add_argument("--threads", type=_threads, default=2)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -421,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if isinstance(sys.stdin, io.TextIOWrapper):  # undecodable typed bytes: refused per line, not a traceback
+        sys.stdin.reconfigure(errors="surrogateescape")
     # Other libraries log warnings only; -v shows edgemm's own details.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("edgemm").setLevel(logging.DEBUG if args.verbose else logging.INFO)
