@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemm.device.audio import DeviceError
+from edgemm.runtime.limits import InputError, check_input_file
 from edgemm.runtime.vision.image import ImageError, load_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".heic"}
@@ -87,14 +88,17 @@ class FileCamera(_Camera):
         self._images: list[Path] = []
         self._next = 0
         self._capture = None
+        try:  # missing, a broken link, a link loop, no permission: one line
+            if not self.path.is_dir():
+                check_input_file(self.path, "camera image or video")
+        except InputError as e:
+            raise DeviceError(str(e)) from None
         if self.path.is_dir():
             self._images = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not self._images:
                 raise DeviceError(
                     f"{self.path}: no images in the folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
                 )
-        elif not self.path.is_file():
-            raise DeviceError(f"{self.path}: no such file or folder")
         elif self.path.suffix.lower() in VIDEO_SUFFIXES:
             self._open_video()
         else:

@@ -22,7 +22,7 @@ def test_not_an_image(tmp_path):
 
 
 def test_missing_and_empty_files(tmp_path):
-    with pytest.raises(ImageError, match="no such file"):
+    with pytest.raises(ImageError, match="image file not found"):
         load_image(tmp_path / "nope.jpg")
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(ImageError, match="empty"):

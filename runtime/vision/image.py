@@ -16,8 +16,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.limits import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    InputError,
+    check_input_file,
+    is_stream,
+    read_stream,
+)
 
-MAX_PIXELS = 64_000_000  # 64 megapixels: any camera photo; an 8000x8000 RGB image is 192 MB decoded
+MAX_PIXELS = MAX_IMAGE_PIXELS
 WHITE = (255, 255, 255)
 
 
@@ -48,6 +56,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGB
 
 
+def _read_path(path: Path) -> Path | bytes:
+    """The path of a regular file, or the bytes of a pipe or device; a one-line ImageError for anything else."""
+    try:
+        info = check_input_file(path, "image file")
+        if is_stream(info):
+            return read_stream(path, "image", MAX_IMAGE_BYTES)
+    except InputError as e:
+        raise ImageError(str(e)) from None
+    if info.st_size == 0:
+        raise ImageError(f"{path}: the file is empty")
+    return path
+
+
 def load_image(source: str | Path | bytes | Image.Image | np.ndarray, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An RGB Pillow image from a path, encoded bytes, a Pillow image or an [H, W(, C)] uint8 array."""
     if isinstance(source, np.ndarray):
@@ -60,20 +81,23 @@ def load_image(source: str | Path | bytes | Image.Image | np.ndarray, max_pixels
                 f"an image array must be uint8 [H, W], [H, W, 3] or [H, W, 4], not {source.dtype} {source.shape}"
             )
         source = Image.fromarray(source.squeeze(2) if source.ndim == 3 and source.shape[2] == 1 else source)
+    if isinstance(source, (str, Path)):
+        source, name = _read_path(Path(source).expanduser()), str(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        source, name = bytes(source), "image data"
+        if len(source) > MAX_IMAGE_BYTES:
+            raise ImageError(f"the image data is {len(source) >> 20} MB; the limit is {MAX_IMAGE_BYTES >> 20} MB")
+    elif not isinstance(source, Image.Image):
+        raise ImageError(
+            f"an image must be a file path, encoded bytes, a Pillow image or a uint8 array, not {type(source).__name__}"
+        )
     if isinstance(source, Image.Image):
         image, name = source, "image"
     else:
-        name = "image data" if isinstance(source, bytes) else str(source)
-        if not isinstance(source, bytes):
-            path = Path(source).expanduser()
-            if not path.is_file():
-                raise ImageError(f"{path}: no such file")
-            if path.stat().st_size == 0:
-                raise ImageError(f"{path}: the file is empty")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else path)
+                image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not an image (or a format Pillow cannot read)") from None
         except Image.DecompressionBombError:  # Pillow's own header check, far above ours

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgemm.runtime.bundle import bundle_kind
+from edgemm.runtime.limits import MAX_IMAGES
 from edgemm.runtime.llm import DEFAULT_SYSTEM, Chat, Generation, GenerationOptions, LanguageModel, ask
 from edgemm.runtime.llm.chat import clean_text
 from edgemm.runtime.vision.describe import ImageFacts, SceneDescriber, grounded_question
+from edgemm.runtime.vision.image import ImageError
 from edgemm.runtime.vision.vlm import VisionLanguageModel
 
 VLM_ENV = "EDGEMM_VLM"  # a vlm bundle that answers every image question when no model is named
@@ -88,6 +90,12 @@ class ImageQuestion:
         the chat template's own for a VLM). ``chat``: on the offline path, the conversation the question and its
         answer join (its own system prompt then applies).
         """
+        if isinstance(images, (str, Path, bytes)) or not isinstance(images, (list, tuple)):
+            raise ImageError(
+                f"images must be a list (of paths, bytes, PIL images or arrays), not {type(images).__name__}"
+            )
+        if not 1 <= len(images) <= MAX_IMAGES:
+            raise ImageError(f"a question takes 1 to {MAX_IMAGES} images, not {len(images)}")
         if self.vlm is not None:
             return ImageAnswer(self.vlm.ask(question, images, options, system=system), "vlm")
         facts = [self.describer.facts(image) for image in images]
