@@ -41,12 +41,33 @@ SCENE = re.compile(
 NO_CAMERA = "I cannot see anything: no camera is connected."
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def _apology(turn: Turn, error: BaseException) -> str:
+    """What the assistant says when a part fails; the details go to the log."""
+    log.warning("turn %r failed: %s", turn.transcript, _first_line(error))
+    log.debug("turn failure", exc_info=error)
+    what = "look at the camera's picture" if turn.looked else "answer that"
+    return f"Sorry, I could not {what} ({_first_line(error)})."
+
+
+def _guarded(pieces, turn: Turn):
+    """The answer's pieces; an error while generating them ends the answer with an apology."""
+    try:
+        yield from pieces
+    except Exception as e:  # a failing model ends this turn only
+        yield (" " if turn.answer else "") + _apology(turn, e)
+
+
 @dataclass
 class Turn:
     transcript: str  # the question (heard or typed)
     answer: str = ""
     looked: bool = False  # the camera was used
     interrupted: bool = False  # barge-in stopped the spoken answer
+    mute: bool = False  # the voice failed: the rest of this answer is text only
     latency: dict = field(default_factory=dict)  # seconds from the end of speech: transcript, first_token, first_audio
 
 
@@ -158,7 +179,11 @@ class Assistant:
 
     def _hear(self, utterance: Utterance, speaker, camera) -> Iterator[Event]:
         t0 = time.perf_counter()
-        transcript = self.transcriber.transcribe(utterance.samples, SAMPLE_RATE).text.strip()
+        try:
+            transcript = self.transcriber.transcribe(utterance.samples, SAMPLE_RATE).text.strip()
+        except Exception as e:  # an utterance that cannot be transcribed is skipped, not fatal
+            log.warning("cannot transcribe an utterance: %s", _first_line(e))
+            return
         if not transcript:
             return
         turn = Turn(transcript)
@@ -168,23 +193,28 @@ class Assistant:
         # The answer plays from the end of the utterance on (in microphone time).
         self.speaking_until = utterance.end + spoken
 
+    def _start(self, turn: Turn, camera):
+        """The answer to ``turn.transcript``: a streaming Generation, or a whole sentence."""
+        question = turn.transcript
+        if not (self.camera_mode or SCENE.search(question)):
+            return self.chat.send(question)
+        if camera is None or self.images is None:
+            return NO_CAMERA
+        turn.looked = True
+        return self.images.ask(question, [camera.grab()], chat=self.chat).generation
+
     def _answer(self, turn: Turn, t0: float, speaker, camera):
         """Stream the answer to ``turn.transcript`` as text, speaking each sentence as it completes; returns the
-        seconds of speech."""
-        question = turn.transcript
+        seconds of speech. A failing part (an unreadable camera frame, a model error) ends the turn with an apology,
+        never the session."""
         try:
-            if self.camera_mode or SCENE.search(question):
-                if camera is None or self.images is None:
-                    answer = NO_CAMERA
-                else:
-                    turn.looked = True
-                    answer = self.images.ask(question, [camera.grab()], chat=self.chat).generation
-            else:
-                answer = self.chat.send(question)
+            answer = self._start(turn, camera)
         except (PromptError, ContextError) as e:
             answer = f"Sorry, I cannot answer that ({e})."
+        except Exception as e:  # any failing component ends this turn only
+            answer = _apology(turn, e)
         splitter, spoken = SentenceSplitter(), 0.0
-        for piece in [answer] if isinstance(answer, str) else answer:
+        for piece in _guarded([answer] if isinstance(answer, str) else answer, turn):
             turn.latency.setdefault("first_token", time.perf_counter() - t0)
             turn.answer += piece
             yield AnswerText(piece)
@@ -198,12 +228,17 @@ class Assistant:
         return spoken
 
     def _speak(self, sentence: str, turn: Turn, t0: float, speaker):
-        if self.synthesizer is None:
+        if self.synthesizer is None or turn.mute:
             return 0.0
-        speech = self.synthesizer.synthesize(sentence)
-        if speaker is not None:
-            speaker.wait()
-            speaker.play(speech.samples, speech.sample_rate)
+        try:
+            speech = self.synthesizer.synthesize(sentence)
+            if speaker is not None:
+                speaker.wait()
+                speaker.play(speech.samples, speech.sample_rate)
+        except Exception as e:  # the answer stays in text; the next turn tries to speak again
+            log.warning("cannot speak the answer: %s", _first_line(e))
+            turn.mute = True
+            return 0.0
         turn.latency.setdefault("first_audio", time.perf_counter() - t0)
         yield AnswerAudio(speech)
         return speech.seconds
