@@ -18,6 +18,13 @@ from edgemm.runtime.errors import EdgemmError
 log = logging.getLogger("edgemm")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error (``--help`` still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -342,10 +349,10 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="edgemm", description="On-device speech, text and image assistant.")
+    parser = _Parser(prog="edgemm", description="On-device speech, text and image assistant.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and timings")
     # -v also after the subcommand (`edgemm listen -v`); SUPPRESS keeps it from resetting the one given before.
-    verbose = argparse.ArgumentParser(add_help=False)
+    verbose = _Parser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as edgemm -v")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -75,7 +75,10 @@ def check_threads(threads) -> int | None:
     if threads is None:
         return None
     cores = available_cores()
-    return check_int(threads, f"threads ({cores} cores here)", 1, cores)
+    try:
+        return check_int(threads, "threads", 1, cores)
+    except OptionsError:
+        raise OptionsError(f"threads must be an integer from 1 to {cores} (the cores here), not {threads!r}") from None
 
 
 def check_sample_rate(rate) -> int:
@@ -105,7 +108,7 @@ def check_input_file(path: Path, what: str = "file") -> os.stat_result:
             raise InputError(f"{what} not found: {path}") from None
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{path} is a folder, not a {what}")
+        raise InputError(f"{path} is a folder, not a file")
     if not os.access(path, os.R_OK):
         raise InputError(f"cannot read {path}: permission denied")
     return info
