@@ -115,6 +115,37 @@ def test_chat_refuses_a_second_answer_at_once(lm):
     other.close()
 
 
+def test_one_generation_read_by_two_threads(lm):
+    """Threads racing to read one answer get either pieces or CacheBusyError (never a crash or a generator error);
+    close() from another thread stops the answer after the token being computed."""
+    import threading
+    import time
+
+    from edgemm.runtime.llm import GenerationOptions, ask
+
+    generation = ask(lm, "Count from one to one hundred.", GenerationOptions(max_new_tokens=200))
+    pieces, errors = [next(generation)], []
+
+    def read():
+        try:
+            pieces.extend(generation)
+        except Exception as e:  # anything else than CacheBusyError fails below
+            errors.append(e)
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    while len(pieces) < 10 and any(r.is_alive() for r in readers):
+        time.sleep(0.001)
+    generation.close()
+    for reader in readers:
+        reader.join(timeout=60)
+    assert all(type(e).__name__ == "CacheBusyError" and "another thread" in str(e) for e in errors), errors
+    assert generation.finish_reason == "interrupted" and len(generation.tokens) < 200
+    assert sorted("".join(pieces)) == sorted(generation.text)  # every piece read once (threads may reorder them)
+    assert "Paris" in ask(lm, "What is the capital of France?").result()  # the model is fine afterwards
+
+
 def test_transcriber_shared_by_threads():
     from edgemm.runtime.speech import Transcriber
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from tokenizers import Tokenizer
 
 from edgemm.runtime.errors import OptionsError
 from edgemm.runtime.limits import MAX_NEW_TOKENS, check_float, check_int, check_seed
-from edgemm.runtime.llm.model import KVCache, LanguageModel
+from edgemm.runtime.llm.model import CacheBusyError, KVCache, LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class Generation:
     "context", "interrupted") and ``stats`` describe the answer. The KV cache then holds the prompt and every
     generated token that was run.
 
-    One answer: not safe to iterate from several threads at once. It claims its KV cache from the first piece until
+    One answer: read it from one thread; a second thread reading it at the same time gets CacheBusyError. It claims its KV cache from the first piece until
     it ends or is closed; another Generation on the same cache meanwhile raises CacheBusyError. Generations on
     different caches run in parallel on one LanguageModel.
     """
@@ -195,15 +196,28 @@ class Generation:
         self.stats = GenerationStats(prompt_tokens=len(prompt))
         self._on_finish = on_finish
         self._steps = self._run()
+        self._reading = threading.Lock()
+        self._cancelled = False
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        return next(self._steps)
+        if not self._reading.acquire(blocking=False):
+            raise CacheBusyError("this answer is being read by another thread: read each Generation from one thread")
+        try:
+            return next(self._steps)
+        finally:
+            self._reading.release()
 
     def close(self) -> None:
-        self._steps.close()
+        """Stop the answer: at once, or -- when another thread is reading it -- after the token being computed."""
+        self._cancelled = True
+        if self._reading.acquire(blocking=False):
+            try:
+                self._steps.close()
+            finally:
+                self._reading.release()
 
     def __enter__(self):
         return self
@@ -262,6 +276,8 @@ class Generation:
                 if stops.stopped:
                     self.finish_reason = "stop"
                     break
+                if self._cancelled:
+                    break
                 if len(self.tokens) >= o.max_new_tokens:
                     self.finish_reason = "length"
                     break
@@ -270,7 +286,7 @@ class Generation:
                     log.info("the answer reached the end of the context window (%d tokens)", lm.context)
                     break
                 logits = lm.prefill_tokens([token], self.cache)
-            if not stops.stopped:
+            if not (stops.stopped or self._cancelled):
                 tail = stops.feed(stream.flush()) + stops.flush()
                 if tail:
                     self.text += tail
