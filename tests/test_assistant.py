@@ -160,3 +160,42 @@ def test_missing_microphone_falls_back_to_text(parts):
     assert out.returncode == 0, out.stderr
     assert "microphone" in out.stderr and "type questions" in out.stderr and "Traceback" not in out.stderr
     assert "paris" in out.stdout.lower()
+
+
+def test_failing_parts_end_only_their_turn(parts, caplog):
+    """A camera that fails, an answer that breaks off mid-stream and a voice that fails: each of those turns ends
+    with an apology (or in text), and the next turn is answered as usual."""
+    from edgemm.runtime.assistant import Assistant
+    from edgemm.runtime.errors import EdgemmError
+
+    class BrokenCamera:
+        def grab(self):
+            raise OSError("the camera went away")
+
+    class BrokenVoice:
+        def synthesize(self, text):
+            raise RuntimeError("voice model failed")
+
+    class BreakingChat:
+        """The real chat, whose answers break off after two pieces (a model error mid-stream)."""
+
+        def __init__(self, chat):
+            self.chat = chat
+
+        def send(self, question, options=None):
+            with self.chat.send(question, options) as generation:  # a failing Generation releases its cache too
+                for i, piece in enumerate(generation):
+                    if i == 2:
+                        raise EdgemmError("decoder failed: out of memory")
+                    yield piece
+
+    assistant = Assistant(parts["transcriber"], parts["lm"], parts["images"], BrokenVoice())
+    scene = list(assistant.respond("What do you see in this picture?", camera=BrokenCamera()))[-1].turn
+    assert scene.looked and scene.answer == "Sorry, I could not look at the camera's picture (the camera went away)."
+    real_chat, assistant.chat = assistant.chat, BreakingChat(assistant.chat)
+    broken = list(assistant.respond(FOLLOW_UP))[-1].turn
+    assert broken.answer.endswith("Sorry, I could not answer that (decoder failed: out of memory).")
+    assistant.chat = real_chat
+    fine = list(assistant.respond(FOLLOW_UP))[-1].turn
+    assert "paris" in fine.answer.lower() and fine.mute  # answered in text: the voice still fails
+    assert "cannot speak the answer: voice model failed" in caplog.text
