@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgemm.runtime.llm import Chat, ContextError, GenerationOptions, LanguageModel, PromptError
+from edgemm.runtime.llm.model import CacheBusyError
 from edgemm.runtime.speech import Transcriber
 from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions, Utterance
 from edgemm.runtime.speech.vad import SAMPLE_RATE, VADStream
@@ -122,6 +125,7 @@ class Assistant:
         self.chat = Chat(lm, options=options or GenerationOptions(max_new_tokens=96))
         self.speaking_until = 0.0  # microphone time when the current spoken answer ends
         self.turns: list[Turn] = []
+        self._busy = threading.Lock()
 
     @classmethod
     def load(
@@ -151,8 +155,27 @@ class Assistant:
         transcriber = Transcriber.load(speech_model, threads=threads)
         return cls(transcriber, lm, images, synthesizer, camera_mode, endpoint=endpoint)
 
+    @contextmanager
+    def _one_at_a_time(self):
+        """One session: a second thread running or responding meanwhile gets CacheBusyError."""
+        if not self._busy.acquire(blocking=False):
+            raise CacheBusyError("this assistant is busy in another thread: give each session its own Assistant")
+        try:
+            yield
+        finally:
+            self._busy.release()
+
     def run(self, microphone, speaker=None, camera=None) -> Iterator[Event]:
         """Listen to ``microphone`` until it ends, answering every utterance; yields each turn's events."""
+        with self._one_at_a_time():
+            yield from self._listen(microphone, speaker, camera)
+
+    def respond(self, text: str, speaker=None, camera=None) -> Iterator[Event]:
+        """Answer a typed question (same memory, camera and voice as spoken ones)."""
+        with self._one_at_a_time():
+            yield from self._answer(Turn(text.strip()), time.perf_counter(), speaker, camera)
+
+    def _listen(self, microphone, speaker, camera) -> Iterator[Event]:
         endpointer = Endpointer(VADStream(self.transcriber.vad), self.endpoint)
         self.speaking_until = 0.0
         for block in microphone.blocks():
@@ -164,10 +187,6 @@ class Assistant:
                 yield from self._hear(utterance, speaker, camera)
         if speaker is not None:
             speaker.wait()
-
-    def respond(self, text: str, speaker=None, camera=None) -> Iterator[Event]:
-        """Answer a typed question (same memory, camera and voice as spoken ones)."""
-        yield from self._answer(Turn(text.strip()), time.perf_counter(), speaker, camera)
 
     def _barge_in(self, speaker) -> None:
         log.info("barge-in: the answer is cut")

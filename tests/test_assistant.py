@@ -199,3 +199,15 @@ def test_failing_parts_end_only_their_turn(parts, caplog):
     fine = list(assistant.respond(FOLLOW_UP))[-1].turn
     assert "paris" in fine.answer.lower() and fine.mute  # answered in text: the voice still fails
     assert "cannot speak the answer: voice model failed" in caplog.text
+
+
+def test_one_session_at_a_time(parts):
+    from edgemm.runtime.llm.model import CacheBusyError
+
+    assistant = _assistant(parts)
+    first = assistant.respond(FOLLOW_UP)
+    next(first)
+    with pytest.raises(CacheBusyError, match="give each session its own Assistant"):
+        next(assistant.respond(FOLLOW_UP))
+    first.close()
+    assert "paris" in list(assistant.respond(FOLLOW_UP))[-1].turn.answer.lower()

