@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -71,6 +72,10 @@ NUMBERS = {
     },
     "vision": {"preprocessing": {"resize_shorter": (1, 8192), "crop": (1, 8192)}},
 }
+# A vlm bundle's image processor (manifest image.processor, as export/vlm.py writes it; see check_image_processor).
+MAX_IMAGE_SIDE = 4096  # pixels: no image is worked on past this side (Idefics3's processor never resizes past it)
+MAX_TILES_PER_SIDE = 8  # Idefics3 tiles along an image's longer side (SmolVLM and Idefics3 use at most 4)
+MAX_TOKEN_CHARS = 256  # an image token's text (<image>, <fake_token_around_image>, ...)
 
 
 def models_dir() -> Path:
@@ -95,6 +100,16 @@ def file_entry(path: Path) -> dict:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value) -> str:
+    """``value`` for a one-line message, shortened."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -146,20 +161,28 @@ class Bundle:
             raise BundleError(f"{self.path / name} is not valid JSON ({e})") from None
 
     def section(self, name: str) -> dict:
-        value = self.manifest.get(name)
+        """The mapping ``manifest[name]``; a dotted name (``image.processor``) reaches into nested mappings."""
+        value = self.manifest
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
         if not isinstance(value, dict):
             raise BundleError(f"bundle {self.path}: the manifest's {name!r} section is missing or not a mapping")
         return value
 
+    def field(self, section: str, key: str, valid, expected: str):
+        """``manifest[section][key]`` when ``valid(value)``; otherwise a BundleError that says what was
+        ``expected``."""
+        fields = self.section(section)
+        value = fields.get(key)
+        if key not in fields or not valid(value):
+            shown = _shown(value) if key in fields else "missing"
+            raise BundleError(f"bundle {self.path}: manifest {section}.{key} is {shown}; expected {expected}")
+        return value
+
     def int_field(self, section: str, key: str, minimum: int = 1, maximum: int = 1 << 31) -> int:
         """The integer ``manifest[section][key]``, checked to lie in ``minimum..maximum``."""
-        value = self.section(section).get(key)
-        if not _is_int(value) or not minimum <= value <= maximum:
-            raise BundleError(
-                f"bundle {self.path}: manifest {section}.{key} is {value!r}; expected an integer "
-                f"from {minimum} to {maximum}"
-            )
-        return value
+        expected = f"an integer from {minimum} to {maximum}"
+        return self.field(section, key, lambda v: _is_int(v) and minimum <= v <= maximum, expected)
 
     @property
     def kind(self) -> str:
@@ -194,6 +217,47 @@ def check_numbers(bundle: Bundle) -> None:
         heads = bundle.int_field("model", "decoder_attention_heads")
         if bundle.int_field("model", "d_model") % heads:
             raise BundleError(f"bundle {bundle.path}: manifest model.d_model is not a multiple of the heads")
+    if bundle.kind == "vlm":
+        check_image_processor(bundle)
+
+
+def _is_side(value) -> bool:
+    return _is_int(value) and 1 <= value <= MAX_IMAGE_SIDE
+
+
+def _is_rgb(value, valid) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(_is_number(x) and valid(x) for x in value)
+
+
+def _is_token_text(value) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_TOKEN_CHARS
+
+
+def check_image_processor(bundle: Bundle) -> None:
+    """A vlm bundle's image fields, as vision/vlm.py uses them: the processor type, Pillow resampling filter,
+    rescale factor, RGB mean and std; per type, the sizes (pixels, at most MAX_IMAGE_SIDE) and for Idefics3 at most
+    MAX_TILES_PER_SIDE tiles a side; the image tokens' text. A one-line BundleError naming the field otherwise."""
+    p = "image.processor"
+    kind = bundle.field(p, "type", lambda v: v in ("clip", "idefics3"), "'clip' or 'idefics3'")
+    bundle.int_field(p, "resample", 0, 5)  # Pillow's filters: nearest, lanczos, bilinear, bicubic, box, hamming
+    bundle.field(p, "rescale", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
+    bundle.field(p, "mean", lambda v: _is_rgb(v, lambda x: -255 <= x <= 255), "3 numbers from -255 to 255")
+    bundle.field(p, "std", lambda v: _is_rgb(v, lambda x: 0 < x <= 255), "3 numbers in (0, 255]")
+    side = f"an integer from 1 to {MAX_IMAGE_SIDE}"
+    if kind == "clip":
+        bundle.field(p, "resize_shorter", lambda v: v is None or _is_side(v), f"null or {side}")
+        crop = "[height, width], each " + side
+        bundle.field(p, "crop", lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_side, v)), crop)
+    else:
+        longest = bundle.field(p, "longest_edge", lambda v: v is None or _is_side(v), f"null or {side}")
+        tile = bundle.int_field(p, "tile", 1, MAX_IMAGE_SIDE)
+        tiles = -(-(longest or MAX_IMAGE_SIDE) // tile)  # along the longer side, after resizing
+        if bundle.field(p, "split", lambda v: isinstance(v, bool), "true or false") and tiles > MAX_TILES_PER_SIDE:
+            raise BundleError(
+                f"bundle {bundle.path}: manifest {p}.tile is {tile}: {tiles} tiles a side, past {MAX_TILES_PER_SIDE}"
+            )
+    for key in ("token", "fake_token", "global_token") if kind == "idefics3" else ("token",):
+        bundle.field("image", key, _is_token_text, f"a string of 1 to {MAX_TOKEN_CHARS} characters")
 
 
 def _check_files(folder: Path, manifest: dict, verify: bool) -> None:

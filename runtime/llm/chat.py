@@ -7,6 +7,9 @@ again. When the conversation outgrows the context window the oldest turns are dr
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import logging
 import math
 import re
@@ -14,9 +17,12 @@ import secrets
 import threading
 import time
 import unicodedata
+from collections.abc import Iterator, Sized
 from datetime import datetime
+from string import Formatter
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, nodes
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
@@ -35,8 +41,10 @@ DEFAULT_SYSTEM = "You are a helpful assistant. Answer briefly and factually."
 # Bounds on rendering a bundle's chat template (bundles may come from anywhere). A chat template loops over the
 # messages; it needs neither millions of items, nor seconds, nor megabytes of text.
 MAX_TEMPLATE_RANGE = 10_000  # items in one range()
+MAX_TEMPLATE_ITEMS = 10_000  # items a filter goes through one by one in Python (sort, groupby, map, join, ...)
+MAX_TEMPLATE_WIDTH = 1_000  # a filter's width, count or separator (center(80), indent(4), join(", "), ...)
 MAX_TEMPLATE_OUTPUT = 4_000_000  # characters: far past any context window (about 4 characters a token)
-MAX_TEMPLATE_EXPONENT = 4096  # the largest integer power a template may compute
+MAX_TEMPLATE_BITS = 1 << 16  # the largest integer a template may compute, in bits
 TEMPLATE_SECONDS = 2.0  # rendering time (templates render in milliseconds)
 
 
@@ -84,31 +92,151 @@ class _TimedRange:
         return iter(_TimedRange(self._items[::-1], self._check))
 
 
-def _too_big(operator: str, left, right) -> bool:
-    """Whether ``left <operator> right`` would build a value past the template's output budget."""
-    sized = (str, list, tuple)
+def _weight(value, limit: int = MAX_TEMPLATE_OUTPUT) -> int:
+    """The characters and items of ``value``, nested lists, tuples and dicts included (about what ``str(value)``
+    writes); counting stops past ``limit``."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        value = (*value.keys(), *value.values())
+    if not isinstance(value, list | tuple):
+        return 0
+    total = len(value)
+    for item in value:
+        if total > limit:
+            break
+        total += len(item) if isinstance(item, str) else _weight(item, limit - total)
+    return total
+
+
+_PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?[a-zA-Z%]")
+
+
+def _format_size(fmt: str, values, braces: bool) -> float:
+    """About the most characters ``fmt % values`` (``braces``: ``fmt.format(*values)``) writes: each field the
+    biggest value plus the widths it asks for. A width taken from an argument (``%*d``, ``{:{}}``) is unbounded."""
+    if braces:
+        specs = [spec or "" for _, field, spec, _ in Formatter().parse(fmt) if field is not None]
+    else:
+        specs = [width + "." + precision for width, precision in _PERCENT_FIELD.findall(fmt)]
+    if any("*" in spec or "{" in spec for spec in specs):
+        return math.inf
+    widths = sum(int(n) for spec in specs for n in re.findall(r"\d+", spec))
+    values = values.values() if isinstance(values, dict) else values if isinstance(values, tuple) else (values,)
+    return len(fmt) + len(specs) * max(map(_weight, values), default=0) + widths
+
+
+def _replaced_size(text: str, old: str, new: str) -> int:
+    return len(text) + (text.count(old) if old else len(text) + 1) * len(new)
+
+
+def _operator_size(operator: str, left, right) -> float:
+    """About the size of ``left <operator> right`` (characters or items), before it is built."""
     if operator == "*":
-        return any(
-            isinstance(seq, sized) and isinstance(n, int) and len(seq) * n > MAX_TEMPLATE_OUTPUT
-            for seq, n in ((left, right), (right, left))
-        )
+        return max((_weight(seq) * n for seq, n in ((left, right), (right, left)) if isinstance(n, int)), default=0)
     if operator == "+":
-        return isinstance(left, sized) and isinstance(right, sized) and len(left) + len(right) > MAX_TEMPLATE_OUTPUT
+        return _weight(left) + _weight(right)
+    if operator == "%" and isinstance(left, str):
+        return _format_size(left, right, braces=False)
+    return 0
+
+
+def _integer_bits(operator: str, left: int, right: int) -> int:
+    """About the bits of ``left * right`` or ``left ** right``."""
     if operator == "**":
-        return isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > MAX_TEMPLATE_EXPONENT
-    return False
+        return right * abs(left).bit_length() if abs(left) > 1 else 0
+    return left.bit_length() + right.bit_length() if operator == "*" else 0
+
+
+# Filters that go through their input item by item in Python (a million items would take seconds).
+_ITEM_FILTERS = frozenset(
+    "batch dictsort groupby items join map max min reject rejectattr select selectattr slice sort sum title unique "
+    "urlencode urlize wordwrap xmlattr".split()
+)
+# Filters that neither copy nor write their input's items: their input's size is not measured.
+_CHEAP_FILTERS = frozenset({"attr", "count", "d", "default", "first", "last", "length", "list", "random", "reverse"})
+# Filters whose arguments are values (or go to another filter or test), not widths, counts or separators.
+_VALUE_FILTERS = frozenset("d default float format int map reject rejectattr round select selectattr truncate".split())
+# Filters whose output size follows from their arguments, estimated by _filter_size.
+_SIZED_FILTERS = frozenset({"format", "indent", "join", "replace", "sum"})
+# Methods that build values as big as a number or a mapping asks (``'x'.center(10**9)``); chat templates need none.
+_UNBOUNDED_METHODS = frozenset({"center", "encode", "expandtabs", "ljust", "rjust", "to_bytes", "translate", "zfill"})
+
+
+def _filter_size(name: str, arguments: dict) -> float:
+    """About the size of what the filter ``name`` builds from its named ``arguments``, before it runs."""
+    if name == "join":
+        return _weight(arguments["value"]) + len(str(arguments["d"])) * len(arguments["value"])
+    if name == "replace":
+        return _replaced_size(str(arguments["s"]), str(arguments["old"]), str(arguments["new"]))
+    if name == "indent":
+        text, width = str(arguments["s"]), arguments["width"]
+        return len(text) + text.count("\n") * (width if isinstance(width, int) else len(str(width)))
+    if name == "format":
+        return _format_size(str(arguments["value"]), arguments["kwargs"] or arguments["args"], braces=False)
+    if name == "sum" and isinstance(arguments["start"], list | tuple | str):
+        return math.inf  # adding up sequences copies them again at every item
+    return 0
+
+
+def _method_size(text: str, name: str, args: tuple, kwargs: dict) -> float:
+    """About the size of what the string method ``text.<name>(*args, **kwargs)`` builds, before it runs (``args``
+    of ``join`` already a list)."""
+    if name == "join":
+        return _weight(args[0]) + len(text) * len(args[0])
+    if name == "replace" and len(args) > 1 and isinstance(args[0], str) and isinstance(args[1], str):
+        return _replaced_size(text, args[0], args[1])
+    if name == "format":
+        return _format_size(text, (*args, *kwargs.values()), braces=True)
+    if name == "format_map":
+        return _format_size(text, args[0], braces=True)
+    return 0
+
+
+def _refuse_past(size: float, what: str) -> None:
+    if size > MAX_TEMPLATE_OUTPUT:
+        raise PromptError(f"the chat template {what} a value past {MAX_TEMPLATE_OUTPUT} characters or items")
+
+
+def _sized(value):
+    """``value``, refused if it is a string or collection past the size bound."""
+    _refuse_past(len(value) if isinstance(value, str | list | tuple | dict) else 0, "builds")
+    return value
 
 
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
-    """Jinja's sandbox plus bounds on time and size: ``range`` is capped, operators that build big values are
-    checked, and every call, operator and range item checks the render's deadline (per thread)."""
+    """Jinja's sandbox bounded in time and size.
 
-    intercepted_binops = frozenset({"*", "**", "+"})
+    Time: the render's deadline (per thread) is checked at every call, filter, operator and written chunk, and at
+    every item of every loop: :meth:`template` wraps each ``{% for %}`` iterable, and :meth:`call` each recursive
+    ``loop(...)``, in :meth:`timed`; ``range`` is capped. No single step runs for long: filters that go through
+    their input in Python (sort, groupby, map, ...) take at most MAX_TEMPLATE_ITEMS items, and integers stay
+    within MAX_TEMPLATE_BITS. Macros that recurse without end stop with RecursionError.
+
+    Size: operators (``*``, ``+``, ``%``, ``~``), filters, method calls, written values and buffered text (macros,
+    ``{% set %}`` blocks) are refused past MAX_TEMPLATE_OUTPUT characters or items, checked before the value is
+    built where its size can be told beforehand; width and count arguments are at most MAX_TEMPLATE_WIDTH.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def __init__(self, **options):
-        super().__init__(**options)
+        super().__init__(finalize=self._written, **options)
         self._budget = threading.local()
         self.globals["range"] = self._range
+        del self.globals["lipsum"]  # paragraphs of filler text, as many as asked
+        del self.filters["pprint"]  # a debugging aid that walks every nested item in Python
+        self.filters = {name: self._bounded_filter(name, f) for name, f in self.filters.items()}
+        self.policies["json.dumps_function"] = self._dumps
+
+    def template(self, source: str):
+        """The compiled template of ``source``, its loops and ``~`` concatenations rewritten to check the bounds."""
+        tree = self.parse(source)
+        for loop in list(tree.find_all(nodes.For)):
+            loop.iter = nodes.Call(nodes.EnvironmentAttribute("timed"), [loop.iter], [], None, None)
+        for concat in list(tree.find_all(nodes.Concat)):
+            concat.nodes = [nodes.Call(nodes.EnvironmentAttribute("joined"), concat.nodes, [], None, None)]
+        return self.from_string(tree)
 
     def start(self) -> None:
         self._budget.deadline = time.monotonic() + TEMPLATE_SECONDS
@@ -120,20 +248,94 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         if time.monotonic() > getattr(self._budget, "deadline", math.inf):
             raise PromptError(f"the chat template took longer than {TEMPLATE_SECONDS:g} s to render")
 
+    def timed(self, items):
+        """The items of a loop, the deadline checked at each."""
+        for item in items:
+            self.check()
+            yield item
+
+    def joined(self, *parts) -> str:
+        """``a ~ b ~ ...``"""
+        _refuse_past(sum(map(_weight, parts)), "joins")
+        return "".join(map(str, parts))
+
+    def concat(self, parts) -> str:  # the text of a macro, a {% set %} block or a recursive loop
+        parts = list(parts)
+        _refuse_past(sum(map(len, parts)), "writes")
+        return "".join(parts)
+
+    def _written(self, value):  # every {{ value }}, before it becomes text
+        _refuse_past(_weight(value), "writes")
+        return value
+
     def _range(self, *args) -> _TimedRange:
         items = range(*args)
         if abs(items.stop - items.start) > MAX_TEMPLATE_RANGE * abs(items.step) or len(items) > MAX_TEMPLATE_RANGE:
             raise PromptError(f"the chat template asks for a range of more than {MAX_TEMPLATE_RANGE} items")
         return _TimedRange(items, self.check)
 
+    def _dumps(self, value, **options) -> str:  # tojson, written chunk by chunk
+        chunks, size = [], 0
+        for chunk in json.JSONEncoder(**options).iterencode(value):
+            size += len(chunk)
+            _refuse_past(size, "writes")
+            self.check()
+            chunks.append(chunk)
+        return "".join(chunks)
+
+    def _bounded_filter(self, name: str, function):
+        signature = inspect.signature(function) if name in _SIZED_FILTERS else None
+        at = 1 if hasattr(function, "jinja_pass_arg") else 0  # the filtered value (after a context or environment)
+
+        @functools.wraps(function)  # keeps jinja_pass_arg
+        def bounded(*args, **kwargs):
+            self.check()
+            if name in _ITEM_FILTERS and isinstance(args[at], Iterator):  # another filter's items, already bounded
+                args = (*args[:at], list(args[at]), *args[at + 1 :])
+            self._check_filter(name, args[at], (*args[at + 1 :], *kwargs.values()))
+            if signature:
+                arguments = signature.bind(*args, **kwargs)
+                arguments.apply_defaults()
+                _refuse_past(_filter_size(name, arguments.arguments), "builds")
+            return _sized(function(*args, **kwargs))
+
+        return bounded
+
+    @staticmethod
+    def _check_filter(name: str, value, arguments: tuple) -> None:
+        if name in _ITEM_FILTERS and isinstance(value, Sized) and len(value) > MAX_TEMPLATE_ITEMS:
+            raise PromptError(f"the chat template's {name} filter goes through more than {MAX_TEMPLATE_ITEMS} items")
+        if name not in _CHEAP_FILTERS:
+            _refuse_past(_weight(value), "filters")
+        if name not in _VALUE_FILTERS:
+            for argument in arguments:
+                if (argument if isinstance(argument, int) else _weight(argument)) > MAX_TEMPLATE_WIDTH:
+                    raise PromptError(f"the chat template's {name} filter has an argument past {MAX_TEMPLATE_WIDTH}")
+
+    def is_safe_attribute(self, obj, attr: str, value) -> bool:
+        if isinstance(obj, str | int) and attr in _UNBOUNDED_METHODS:
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
     def call(self, context, obj, /, *args, **kwargs):
         self.check()
-        return super().call(context, obj, *args, **kwargs)
+        if isinstance(obj, LoopContext) and args:  # loop(items) in a recursive loop: a new loop over items
+            args = (self.timed(args[0]), *args[1:])
+        method = getattr(obj, "__wrapped__", obj)  # the sandbox hands str.format out wrapped
+        text = getattr(method, "__self__", None)
+        if isinstance(text, str) and args:
+            if method.__name__ == "join":
+                args = (list(args[0]), *args[1:])
+            _refuse_past(_method_size(text, method.__name__, args, kwargs), "builds")
+        return _sized(super().call(context, obj, *args, **kwargs))
 
     def call_binop(self, context, operator, left, right):
         self.check()
-        if _too_big(operator, left, right):
-            raise PromptError(f"the chat template builds a value past {MAX_TEMPLATE_OUTPUT} characters")
+        if isinstance(left, int) and isinstance(right, int):
+            if _integer_bits(operator, left, right) > MAX_TEMPLATE_BITS:
+                raise PromptError(f"the chat template computes an integer past {MAX_TEMPLATE_BITS} bits")
+        else:
+            _refuse_past(_operator_size(operator, left, right), "builds")
         return super().call_binop(context, operator, left, right)
 
 
@@ -151,7 +353,7 @@ class ChatTemplate:
         env.globals["raise_exception"] = self._raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
-            self.template = env.from_string(source)
+            self.template = env.template(source)
         except TemplateError as e:
             raise EdgemmError(f"the bundle's chat template does not parse: {_first_line(e)}") from None
         except (RecursionError, MemoryError, ValueError, OverflowError) as e:

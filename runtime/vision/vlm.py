@@ -9,15 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgemm.runtime.bundle import Bundle, open_bundle
+from edgemm.runtime.bundle import MAX_IMAGE_SIDE, Bundle, open_bundle
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.llm.chat import ChatTemplate, clean_text
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
 from edgemm.runtime.llm.model import LanguageModel
 from edgemm.runtime.sessions import create_session
-from edgemm.runtime.vision.image import load_image
-
-MAX_IMAGE_SIDE = 4096  # Idefics3's processor never resizes past this
+from edgemm.runtime.vision.image import MAX_PIXELS, ImageError, load_image
 
 
 def _normalize(image: Image.Image, p: dict) -> np.ndarray:
@@ -46,8 +44,10 @@ def preprocess_idefics3(image: Image.Image, p: dict) -> tuple[np.ndarray, tuple[
     """As transformers' Idefics3ImageProcessor: resize, round up to whole tiles, split into tiles (row by row) plus
     the whole image at tile size -> ([tiles, 3, T, T], (rows, cols)); (0, 0) when the image is one tile."""
     resample, tile = Image.Resampling(p["resample"]), p["tile"]
-    if p["longest_edge"]:
-        h, w = _idefics3_size(image.height, image.width, p["longest_edge"])
+    # without a longest edge to resize to, a big image still stops at MAX_IMAGE_SIDE (and so at a few tiles)
+    longest = p["longest_edge"] or (MAX_IMAGE_SIDE if max(image.size) > MAX_IMAGE_SIDE else None)
+    if longest:
+        h, w = _idefics3_size(image.height, image.width, longest)
         image = image.resize((w, h), resample)
     if not p["split"]:
         return np.stack([_normalize(image.resize((tile, tile), resample), p)]), (0, 0)
@@ -84,6 +84,8 @@ def preprocess_clip(image: Image.Image, p: dict) -> np.ndarray:
         short, long = (w, h) if w <= h else (h, w)
         size = p["resize_shorter"]
         new_long = int(size * long / short)
+        if size * new_long > MAX_PIXELS:
+            raise ImageError(f"the image is {w}x{h}: too narrow to scale its shorter side to {size} px")
         image = image.resize((size, new_long) if w <= h else (new_long, size), Image.Resampling(p["resample"]))
     if p["crop"]:
         ch, cw = p["crop"]
@@ -116,7 +118,7 @@ class VisionLanguageModel:
 
     def __init__(self, bundle: Bundle, threads: int | None = None, context: int | None = None):
         self.lm = LanguageModel(bundle, threads=threads, context=context)
-        self.vision = create_session(bundle.file(bundle.manifest["graphs"]["vision"]), threads)
+        self.vision = create_session(bundle.file(bundle.section("graphs").get("vision")), threads)
         self.image = bundle.manifest["image"]
         self.template = ChatTemplate(self.lm.chat_template, self.lm.special)
 
