@@ -2,7 +2,7 @@
 
 Silenced: torch's TracerWarnings and other Python warnings, transformers' notices (deprecations, generation
 defaults, tokenizer behaviour), onnxruntime's graph-optimizer warnings ("Removing initializer ...") and the
-quantization tool's advice (logged on the root logger). Errors always get through. With ``edgemm -v`` (the
+quantization tool's advice (logged on the root logger), huggingface_hub's retries. Errors always get through. With ``edgemm -v`` (the
 "edgemm" logger at DEBUG) nothing is silenced.
 """
 
@@ -43,11 +43,16 @@ def quiet_libraries():
         if handler is not None:
             handler.addFilter(only_ours)
     ort.set_default_logger_severity(ORT_ERROR)  # sessions created without their own severity (the tools', ours)
+    # huggingface_hub prints through a handler of its own (offline: "Retrying in 1s [Retry 1/5]" and the error).
+    hub = logging.getLogger("huggingface_hub")
+    hub_level = hub.level
+    hub.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), _transformers_errors_only():
             warnings.simplefilter("ignore")
             yield
     finally:
+        hub.setLevel(hub_level)
         ort.set_default_logger_severity(ORT_WARNING)
         for handler in handlers:
             if handler is not None:

@@ -71,9 +71,12 @@ def load_hf(path_or_id: str) -> WhisperCheckpoint:
     """A transformers folder, or a hub id (downloads; needs network)."""
     from huggingface_hub import hf_hub_download
 
-    model = WhisperForConditionalGeneration.from_pretrained(path_or_id, dtype=torch.float32).eval()
     local = Path(path_or_id)
-    tokenizer = local / "tokenizer.json" if local.is_dir() else Path(hf_hub_download(path_or_id, "tokenizer.json"))
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(path_or_id, dtype=torch.float32).eval()
+        tokenizer = local / "tokenizer.json" if local.is_dir() else Path(hf_hub_download(path_or_id, "tokenizer.json"))
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # missing files, no network, bad repo id, damaged data
+        raise SourceError(f"cannot load {path_or_id!r}: {str(e).splitlines()[0]}") from None
     if not tokenizer.exists():
         raise SourceError(f"{path_or_id}: no tokenizer.json")
     gen = model.generation_config
@@ -106,4 +109,5 @@ def load_whisper(source: str) -> WhisperCheckpoint:
     if source.count("/") == 1 and not source.startswith((".", "/", "~")):
         log.debug("downloading %s from the Hugging Face hub", source)
         return load_hf(source)
-    raise SourceError(f"{source}: no such folder, packaged name (packaged:{'|'.join(PACKAGED)}) or hub id")
+    names = "|".join(name for name in PACKAGED if "whisper" in name)
+    raise SourceError(f"{source}: no such folder, packaged name (packaged:{names}) or hub id")

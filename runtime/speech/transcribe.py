@@ -160,7 +160,7 @@ class Transcriber:
             if language is None and self.tokenizer.special.languages:
                 language, _ = self.decoder.detect_language(cross)
                 decoding = replace(decoding, language=language)
-                log.info("detected language: %s", language)
+                log.debug("detected language: %s", language)
             prompt = tokens[prompt_start:] if options.condition_on_previous_text else []
             result = self._decode_with_fallback(cross, prompt, decoding, options)
             if result.no_speech_prob > options.no_speech_threshold and result.avg_logprob < options.logprob_threshold:

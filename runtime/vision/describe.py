@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 MIN_SCORE = 0.05  # labels below this probability are not mentioned
 MAX_LABELS = 3
 MIN_OCR_CONFIDENCE = 0.5
+# A lone character is more often a shape (a cup's rim read as "O") than text: kept only when read with certainty.
+MIN_LONE_CHARACTER_CONFIDENCE = 0.9
 # ImageNet-1k orders its classes by WordNet: 0 (tench) to 397 (puffer) are the animals, 398 (abacus) on are not.
 # Saying "no animal" outright keeps a small language model from inventing one.
 ANIMAL_CLASSES = range(0, 398)
@@ -84,7 +86,12 @@ class TextReader:
         pixels = np.asarray(load_image(image))
         with self._lock:
             result, _ = self.engine(pixels)
-        return [text for _box, text, confidence in (result or []) if float(confidence) >= MIN_OCR_CONFIDENCE]
+        return [text for _box, text, confidence in (result or []) if _is_text(text, float(confidence))]
+
+
+def _is_text(text: str, confidence: float) -> bool:
+    letters = sum(c.isalnum() for c in text)
+    return confidence >= (MIN_LONE_CHARACTER_CONFIDENCE if letters < 2 else MIN_OCR_CONFIDENCE)
 
 
 class SceneDescriber:
