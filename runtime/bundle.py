@@ -70,7 +70,14 @@ NUMBERS = {
             )
         },
     },
-    "vision": {"preprocessing": {"resize_shorter": (1, 8192), "crop": (1, 8192)}},
+    "vision": {"preprocessing": {"resize_shorter": (1, 8192), "crop": (1, 8192)}, "model": {"classes": (1, 1 << 20)}},
+}
+# The files each kind's manifest names (a dotted key is a field of a section): each must name a listed file.
+FILE_FIELDS = {
+    "llm": ("graphs.embed", "graphs.decoder", "tokenizer", "chat_template"),
+    "vlm": ("graphs.embed", "graphs.decoder", "graphs.vision", "tokenizer", "chat_template"),
+    "speech": ("graphs.encoder", "graphs.decoder", "tokenizer"),
+    "vision": ("graphs.classifier", "labels"),
 }
 # A vlm bundle's image processor (manifest image.processor, as export/vlm.py writes it; see check_image_processor).
 MAX_IMAGE_SIDE = 4096  # pixels: no image is worked on past this side (Idefics3's processor never resizes past it)
@@ -204,8 +211,31 @@ def default_bundle(kind: str) -> Path:
     return models_dir() / presets()[kind]["default"]
 
 
+def _check_file_field(bundle: Bundle, dotted: str) -> None:
+    section, _, key = dotted.rpartition(".")
+    fields = bundle.section(section) if section else bundle.manifest
+    name = fields.get(key)
+    if not (isinstance(name, str) and name in bundle.manifest["files"]):
+        shown = _shown(name) if key in fields else "missing"
+        raise BundleError(f"bundle {bundle.path}: manifest {dotted} is {shown}; expected the name of a listed file")
+
+
+def _is_token_list(value) -> bool:
+    return isinstance(value, list) and all(_is_int(i) and TOKEN_ID[0] <= i <= TOKEN_ID[1] for i in value)
+
+
 def check_numbers(bundle: Bundle) -> None:
-    """Every manifest number the runtime of this kind reads: an integer in range (BundleError otherwise)."""
+    """Every manifest field the runtime of this kind reads: the files it names are listed, its numbers are integers
+    in range, its token lists are token ids (BundleError otherwise)."""
+    if bundle.kind == "speech":
+        for key in ("suppress", "suppress_begin"):
+            bundle.field("tokens", key, _is_token_list, "a list of token ids")
+        languages = bundle.field("tokens", "languages", lambda v: isinstance(v, dict), "a mapping")
+        if not all(isinstance(code, str) and _is_int(i) and i >= 0 for code, i in languages.items()):
+            raise BundleError(f"bundle {bundle.path}: manifest tokens.languages must map codes to token ids")
+    if bundle.kind == "vision":
+        bundle.field("preprocessing", "mean", lambda v: _is_rgb(v, lambda x: -255 <= x <= 255), "3 numbers")
+        bundle.field("preprocessing", "std", lambda v: _is_rgb(v, lambda x: 0 < x <= 255), "3 numbers in (0, 255]")
     for section, fields in NUMBERS.get(bundle.kind, {}).items():
         for key, (low, high) in fields.items():
             bundle.int_field(section, key, low, high)
@@ -219,6 +249,10 @@ def check_numbers(bundle: Bundle) -> None:
             raise BundleError(f"bundle {bundle.path}: manifest model.d_model is not a multiple of the heads")
     if bundle.kind == "vlm":
         check_image_processor(bundle)
+    for dotted in FILE_FIELDS.get(bundle.kind, ()):
+        _check_file_field(bundle, dotted)
+    if bundle.kind == "speech" and bundle.manifest.get("vad") is not None:
+        _check_file_field(bundle, "vad.file")
 
 
 def _is_side(value) -> bool:

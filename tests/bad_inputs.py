@@ -412,7 +412,7 @@ CASES = [
         "--model",
         "{llm}/outside",
         "hi",
-        error="bundle {llm}/outside: '../../../../etc/passwd' is not listed with a hash in the manifest's files",
+        error="bundle {llm}/outside: manifest tokenizer is '../../../../etc/passwd'; expected the name of a listed file",
     ),
     cli(
         "bundle-invalid-tokenizer",

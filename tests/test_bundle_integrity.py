@@ -103,7 +103,7 @@ def test_bad_file_entries_are_refused(tiny_lm, tmp_path, entry, match):
 
 def test_paths_outside_the_bundle_are_refused(tiny_lm, tmp_path):
     folder = _copy(tiny_lm, tmp_path, lambda folder, m: m.update(tokenizer="../../../../etc/passwd"))
-    _refused(lambda: LanguageModel.load(folder), "not listed")
+    _refused(lambda: LanguageModel.load(folder), "manifest tokenizer is '../../../../etc/passwd'; expected the name")
     _cli_refuses(folder)
     listed = {"bytes": 1, "sha256": "0" * 64}
     folder = _copy(tiny_lm, tmp_path / "b", lambda folder, m: m["files"].update({"../passwd": listed}))
@@ -189,13 +189,15 @@ MISSING = object()
 
 
 def _vlm_bundle(folder, image, edit=None):
-    """A vlm bundle folder whose manifest has ``image`` (after ``edit(image)``); no graphs, as the manifest is
-    checked before any is opened."""
+    """A vlm bundle folder whose manifest has ``image`` (after ``edit(image)``); its files are stand-ins, as the
+    manifest is checked before any is opened."""
     image = copy.deepcopy(image)
     if edit:
         edit(image)
     folder.mkdir(exist_ok=True)
-    (folder / "tokenizer.json").write_text("{}")
+    names = ("tokenizer.json", "chat_template.jinja", "embed.onnx", "decoder.onnx", "vision.onnx")
+    for name in names:
+        (folder / name).write_text("{}")
     manifest = {
         "format": FORMAT,
         "kind": "vlm",
@@ -209,7 +211,10 @@ def _vlm_bundle(folder, image, edit=None):
         },
         "special_tokens": {"eos_token_ids": [2]},
         "image": image,
-        "files": {"tokenizer.json": file_entry(folder / "tokenizer.json")},
+        "graphs": {"embed": "embed.onnx", "decoder": "decoder.onnx", "vision": "vision.onnx"},
+        "tokenizer": "tokenizer.json",
+        "chat_template": "chat_template.jinja",
+        "files": {name: file_entry(folder / name) for name in names},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return folder
@@ -490,3 +495,37 @@ def test_vlm_question_cannot_inject_control_tokens(real_lm):
     text = vlm.template.render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}])
     expected = real_lm.tokenizer.encode(text.replace("<jupyter_code>", "<jupyter_code>" * 4), add_special_tokens=False)
     assert vlm.prompt_ids("Hi", [None]) == expected.ids
+
+
+@pytest.mark.parametrize(
+    "kind, field",
+    [
+        ("llm", "graphs.embed"),
+        ("llm", "tokenizer"),
+        ("llm", "chat_template"),
+        ("speech", "graphs.encoder"),
+        ("speech", "vad.file"),
+        ("speech", "tokens.suppress"),
+        ("speech", "tokens.languages"),
+        ("vision", "labels"),
+        ("vision", "preprocessing.std"),
+        ("vision", "model.classes"),
+    ],
+)
+def test_missing_manifest_fields_are_refused(tmp_path, kind, field):
+    """A default bundle's manifest (its files stood in for by small ones) without one field the runtime reads."""
+    from edgemm.runtime.bundle import default_bundle
+
+    real = default_bundle(kind)
+    if not (real / MANIFEST).exists():
+        pytest.skip(f"default {kind} bundle missing at {real}: run `make setup`")
+    manifest = json.loads((real / MANIFEST).read_text())
+    for name in manifest["files"]:
+        (tmp_path / name).write_text("a stand-in")
+    manifest["files"] = {name: file_entry(tmp_path / name) for name in manifest["files"]}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    open_bundle(tmp_path, kind)  # complete: accepted
+    section, _, key = field.rpartition(".")
+    (manifest[section] if section else manifest).pop(key)
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    _refused(lambda: open_bundle(tmp_path, kind), f"manifest {field} is missing")

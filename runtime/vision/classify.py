@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from edgemm.runtime.bundle import Bundle, open_bundle
+from edgemm.runtime.errors import BundleError
 from edgemm.runtime.sessions import create_session
 from edgemm.runtime.vision.image import load_image
 
@@ -41,6 +42,10 @@ class Label:
     index: int
 
 
+def _is_name(label) -> bool:
+    return isinstance(label, str) and bool(label)
+
+
 class ImageClassifier:
     """Top-k ImageNet labels of a photo. Safe to share between threads: it only runs one onnxruntime session."""
 
@@ -49,6 +54,12 @@ class ImageClassifier:
         self.bundle = bundle
         self.session = create_session(bundle.file(m["graphs"]["classifier"]), threads)
         self.labels = bundle.json(m["labels"])
+        classes = m["model"]["classes"]
+        outputs = self.session.get_outputs()[0].shape[-1]
+        if not (isinstance(self.labels, list) and len(self.labels) == classes and all(map(_is_name, self.labels))):
+            raise BundleError(f"bundle {bundle.path}: {m['labels']} is not a list of {classes} class names")
+        if isinstance(outputs, int) and outputs != classes:
+            raise BundleError(f"bundle {bundle.path}: the classifier gives {outputs} classes, the manifest {classes}")
         self.pre = m["preprocessing"]
 
     @classmethod
