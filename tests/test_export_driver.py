@@ -16,9 +16,10 @@ from edgemm.runtime.errors import EdgemmError
 
 
 def _describe(job: ExportJob) -> str:
-    (job.work / "labels.json").write_text("[]")
-    job.body.update({"graphs": {"classifier": "classifier.onnx"}, "labels": "labels.json"})
-    job.body["preprocessing"] = {"resize_shorter": 256, "crop": 224}  # open_bundle checks these numbers
+    (job.work / "labels.json").write_text('["cat", "dog"]')
+    job.body.update({"model": {"classes": 2}, "graphs": {"classifier": "classifier.onnx"}, "labels": "labels.json"})
+    # open_bundle checks these fields
+    job.body["preprocessing"] = {"resize_shorter": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.25] * 3}
     return "described"
 
 
