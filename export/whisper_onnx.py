@@ -36,6 +36,20 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * hd)
 
 
+def encode_frames(encoder, input_features: torch.Tensor) -> torch.Tensor:
+    """Whisper's encoder on log-mel ``input_features`` [B, n_mels, T] of any even length T up to 2 x its positions
+    (3000 frames, 30 s): the positional embeddings are sliced to the T / 2 positions the convolutions give.
+    transformers' own forward accepts only the full 30 s window; at T = 3000 this computes exactly what it does.
+    Returns the hidden states [B, T / 2, d_model]."""
+    x = nn.functional.gelu(encoder.conv1(input_features))
+    x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    x = nn.functional.dropout(x, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        x = layer(x, None, layer_head_mask=None)[0]
+    return encoder.layer_norm(x)
+
+
 class EncoderWithCrossKV(nn.Module):
     def __init__(self, model: WhisperForConditionalGeneration):
         super().__init__()
