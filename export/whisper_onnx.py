@@ -2,7 +2,9 @@
 
 ``encoder.onnx``: ``input_features`` [B, n_mels, 3000] -> ``cross_k``, ``cross_v``
     [L, B, H, 1500, head_dim]: the cross-attention keys/values of every decoder layer, computed once per
-    30 s window instead of once per token.
+    30 s window instead of once per token. With ``dynamic_frames`` the frames axis is free (any even length up to
+    3000 -> frames / 2 positions): for students distilled to encode the audio's own length; Whisper itself was
+    trained on 30 s windows only, so a plain checkpoint is exported (and run) at 3000 frames.
 ``decoder.onnx``: ``input_ids`` [B, T], ``past_k``/``past_v`` [L, B, H, P, head_dim] (P may be 0),
     ``cross_k``/``cross_v`` -> ``logits`` [B, T, V], ``present_k``/``present_v`` [L, B, H, P+T, head_dim].
 
@@ -58,7 +60,7 @@ class EncoderWithCrossKV(nn.Module):
         self.n_heads = model.config.decoder_attention_heads
 
     def forward(self, input_features: torch.Tensor):
-        hidden = self.encoder(input_features).last_hidden_state
+        hidden = encode_frames(self.encoder, input_features)
         ks = [_heads(layer.encoder_attn.k_proj(hidden), self.n_heads) for layer in self.layers]
         vs = [_heads(layer.encoder_attn.v_proj(hidden), self.n_heads) for layer in self.layers]
         return torch.stack(ks), torch.stack(vs)
@@ -125,12 +127,17 @@ def example_inputs(model: WhisperForConditionalGeneration, batch: int = 2, new: 
     return features, (ids, torch.randn(cache), torch.randn(cache), torch.randn(cross), torch.randn(cross))
 
 
-def export_whisper(model: WhisperForConditionalGeneration, out_dir: Path) -> dict[str, Path]:
-    """Write ``encoder.onnx`` and ``decoder.onnx`` (fp32) into ``out_dir``."""
+def export_whisper(
+    model: WhisperForConditionalGeneration, out_dir: Path, dynamic_frames: bool = False
+) -> dict[str, Path]:
+    """Write ``encoder.onnx`` and ``decoder.onnx`` (fp32) into ``out_dir``; ``dynamic_frames``: the encoder takes
+    any even number of mel frames up to 3000 (its cross K/V then have frames / 2 positions)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     features, dec_args = example_inputs(model)
     paths = {"encoder": out_dir / "encoder.onnx", "decoder": out_dir / "decoder.onnx"}
     kv_axes = {1: "batch", 3: "past"}
+    frames, positions = ({2: "frames"}, {3: "positions"}) if dynamic_frames else ({}, {})
+    cross_axes = {1: "batch", **positions}
     with torch.no_grad():
         torch.onnx.export(
             EncoderWithCrossKV(model).eval(),
@@ -138,7 +145,7 @@ def export_whisper(model: WhisperForConditionalGeneration, out_dir: Path) -> dic
             str(paths["encoder"]),
             input_names=ENCODER_INPUTS,
             output_names=ENCODER_OUTPUTS,
-            dynamic_axes={"input_features": {0: "batch"}, "cross_k": {1: "batch"}, "cross_v": {1: "batch"}},
+            dynamic_axes={"input_features": {0: "batch", **frames}, "cross_k": cross_axes, "cross_v": cross_axes},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -152,8 +159,8 @@ def export_whisper(model: WhisperForConditionalGeneration, out_dir: Path) -> dic
                 "input_ids": {0: "batch", 1: "new"},
                 "past_k": kv_axes,
                 "past_v": kv_axes,
-                "cross_k": {1: "batch"},
-                "cross_v": {1: "batch"},
+                "cross_k": cross_axes,
+                "cross_v": cross_axes,
                 "logits": {0: "batch", 1: "new"},
                 "present_k": {1: "batch", 3: "total"},
                 "present_v": {1: "batch", 3: "total"},

@@ -247,12 +247,33 @@ def check_numbers(bundle: Bundle) -> None:
         heads = bundle.int_field("model", "decoder_attention_heads")
         if bundle.int_field("model", "d_model") % heads:
             raise BundleError(f"bundle {bundle.path}: manifest model.d_model is not a multiple of the heads")
+        if "encoder_lengths" in bundle.section("model"):
+            check_encoder_lengths(bundle)
     if bundle.kind == "vlm":
         check_image_processor(bundle)
     for dotted in FILE_FIELDS.get(bundle.kind, ()):
         _check_file_field(bundle, dotted)
     if bundle.kind == "speech" and bundle.manifest.get("vad") is not None:
         _check_file_field(bundle, "vad.file")
+
+
+def _is_encoder_lengths(value, full: int) -> bool:
+    return (
+        isinstance(value, list)
+        and all(_is_int(n) and 2 <= n <= full and n % 2 == 0 for n in value)
+        and value == sorted(set(value))  # strictly ascending
+        and value[-1:] == [full]
+    )
+
+
+def check_encoder_lengths(bundle: Bundle) -> list[int]:
+    """A length-adaptive speech bundle's ``model.encoder_lengths``: the mel-frame lengths its encoder was distilled
+    to run at (the transcriber pads each window to the smallest that holds it). Even (the encoder's convolutions
+    halve them), strictly ascending, and the last is the full window (2 x max_source_positions), so that every
+    window has one."""
+    full = 2 * bundle.int_field("model", "max_source_positions")
+    expected = f"a list of even integers from 2 to {full}, ascending, ending with {full}"
+    return bundle.field("model", "encoder_lengths", lambda v: _is_encoder_lengths(v, full), expected)
 
 
 def _is_side(value) -> bool:

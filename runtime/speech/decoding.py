@@ -1,6 +1,8 @@
 """Choosing Whisper's tokens for one 30 s window: logit filters, greedy/sampling and beam search.
 
 Running the model lives in :mod:`edgemm.runtime.speech.model`; this module only turns logits into tokens.
+A window encoded shorter than 30 s (length-adaptive bundles) has fewer encoder positions: timestamps past its end
+are suppressed, as the model cannot place a segment in audio it was not given.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class LogitFilters:
     timestamps: bool
     sample_begin: int
     max_initial_timestamp_index: int = field(default=int(MAX_INITIAL_TIMESTAMP / SECONDS_PER_TIMESTAMP))
+    max_timestamp_index: int | None = None  # a shorter window's end (its encoder positions); None: 30 s
 
     def apply(self, logits: np.ndarray, sequences: list[list[int]]) -> None:
         s = self.tokenizer.special
@@ -98,6 +101,8 @@ class LogitFilters:
     def _timestamp_rules(self, logits: np.ndarray, sequences: list[list[int]]) -> None:
         ts, eot = self.tokenizer.special.timestamp_begin, self.tokenizer.special.eot
         logits[:, self.tokenizer.special.no_timestamps] = -np.inf
+        if self.max_timestamp_index is not None:
+            logits[:, ts + self.max_timestamp_index + 1 :] = -np.inf
         for k, seq in enumerate(sequences):
             sampled = seq[self.sample_begin :]
             last_ts = len(sampled) >= 1 and sampled[-1] >= ts
@@ -151,7 +156,15 @@ class WindowDecoder:
         sample_len = options.max_new_tokens or n_ctx // 2
         sample_len = min(sample_len, n_ctx - len(initial))
         beams = options.beam_size if options.temperature == 0 else 1
-        filters = LogitFilters(self.suppress, self.suppress_begin, self.tokenizer, options.timestamps, len(initial))
+        positions = cross[0].shape[3]  # one timestamp step (0.02 s) per encoder position
+        filters = LogitFilters(
+            self.suppress,
+            self.suppress_begin,
+            self.tokenizer,
+            options.timestamps,
+            len(initial),
+            max_timestamp_index=positions if positions < self.model.n_audio_ctx else None,
+        )
 
         cache = self.model.new_cache(cross, batch=beams)
         # Feed up to <|startoftranscript|> first: its logits give the no-speech probability.

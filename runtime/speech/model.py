@@ -42,11 +42,13 @@ class WhisperONNX:
         self.n_heads = dims["decoder_attention_heads"]
         self.head_dim = dims["d_model"] // self.n_heads
         self.n_text_ctx = dims["max_target_positions"]
+        self.n_audio_ctx = dims["max_source_positions"]  # encoder positions of a full 30 s window
         self.encoder = create_session(bundle.file(bundle.manifest["graphs"]["encoder"]), threads)
         self.decoder = create_session(bundle.file(bundle.manifest["graphs"]["decoder"]), threads)
 
     def encode(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """log-mel [n_mels, frames] -> cross K/V of one window (batch 1)."""
+        """log-mel [n_mels, frames] -> cross K/V of one window (batch 1), frames / 2 positions: 3000 frames, or one of
+        a length-adaptive bundle's ``encoder_lengths``."""
         cross_k, cross_v = self.encoder.run(["cross_k", "cross_v"], {"input_features": mel[None]})
         return cross_k, cross_v
 

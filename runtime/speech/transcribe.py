@@ -3,6 +3,11 @@
 Long audio is decoded window by window; each window advances to the last timestamp the model emitted,
 so segments keep true times. Silero VAD skips stretches without speech (silence or noise gives empty
 text), and Whisper's own no-speech probability drops windows the VAD let through.
+
+Whisper pads every window to 30 s: it was trained on nothing else. A length-adaptive bundle (a student distilled
+for shorter inputs) lists ``model.encoder_lengths``; a window is then padded only to the smallest of them that holds
+its audio plus a short margin, so a 4 s utterance costs a 5 s encoder run. The timestamps it may emit end at that
+length (see decoding.py); seeking still counts the window's real audio.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ log = logging.getLogger(__name__)
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # A window whose loudest sample is below -60 dBFS holds no speech; Whisper would still "hear" words there.
 SILENCE_PEAK = 10 ** (-60 / 20)
+# Length-adaptive bundles: frames of padding kept after a window's audio (0.1 s), so that the model hears its end.
+LENGTH_MARGIN = 10
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,8 @@ class Transcriber:
         self.window_frames = self.window_samples // self.hop
         # Frames per timestamp step: the encoder halves the mel frames (3000 -> 1500 positions).
         self.frames_per_position = self.window_frames // m["model"]["max_source_positions"]
+        # The encoder lengths (mel frames) this bundle runs at, shortest first; Whisper itself: the 30 s window.
+        self.encoder_lengths = m["model"].get("encoder_lengths") or [self.window_frames]
         self.vad = SileroVAD(bundle.file(m["vad"]["file"])) if m.get("vad") else None
 
     @classmethod
@@ -133,11 +142,16 @@ class Transcriber:
         text = "".join(s.text for s in segments).strip()
         return Transcription(text, segments, language, duration)
 
-    def _encode(self, samples: np.ndarray, seek: int):
-        start = seek * self.hop
-        return self.model.encode(
-            self.log_mel(pad_or_trim(samples[start : start + self.window_samples], self.window_samples))
-        )
+    def encoder_frames(self, size: int) -> int:
+        """The encoder length for a window holding ``size`` frames of audio: the smallest of the bundle's lengths
+        that holds them plus LENGTH_MARGIN (capped at the full window), i.e. the full window for plain Whisper."""
+        needed = min(size + LENGTH_MARGIN, self.window_frames)
+        return next((n for n in self.encoder_lengths if n >= needed), self.window_frames)
+
+    def _encode(self, samples: np.ndarray, seek: int, frames: int | None = None):
+        """Cross K/V of the window at ``seek`` padded to ``frames`` (default: the full 30 s window)."""
+        start, length = seek * self.hop, (frames or self.window_frames) * self.hop
+        return self.model.encode(self.log_mel(pad_or_trim(samples[start : start + length], length)))
 
     def _windows(self, samples, regions, options: TranscribeOptions):
         content_frames = len(samples) // self.hop
@@ -156,7 +170,7 @@ class Transcriber:
                 log.debug("%.1f s: silent window", offset)
                 seek += size
                 continue
-            cross = self._encode(samples, seek)
+            cross = self._encode(samples, seek, self.encoder_frames(size))
             if language is None and self.tokenizer.special.languages:
                 language, _ = self.decoder.detect_language(cross)
                 decoding = replace(decoding, language=language)
