@@ -2,10 +2,18 @@
 
 Steps (run by export/driver.py): load the checkpoint, export the fp32 encoder and decoder, check them against
 PyTorch, quantize them to int8, measure the WER of fp32 and int8 on the real development clips.
+
+Length-adaptive students: Whisper was trained on 30 s windows only, so a plain checkpoint always runs its encoder
+on 3000 mel frames. A student distilled to encode shorter inputs is exported with ``encoder_lengths`` (mel frames,
+e.g. [500, 1000, 1500, 2000, 3000]): the encoder graph then takes any even number of frames, the manifest lists
+the lengths the student was trained for (``model.encoder_lengths``), and the runtime pads each window only to the
+smallest of them that holds its audio.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -19,7 +27,7 @@ from edgemm.bench.clips import dev_clips
 from edgemm.export.driver import Component, ExportJob, Step, build
 from edgemm.export.errors import ExportError
 from edgemm.export.quantize import RECIPE, quantize_int8
-from edgemm.export.whisper_onnx import export_whisper
+from edgemm.export.whisper_onnx import EncoderWithCrossKV, encode_frames, export_whisper
 from edgemm.export.whisper_source import WhisperCheckpoint, load_whisper
 from edgemm.runtime.bundle import Bundle
 from edgemm.runtime.packages import package_file
@@ -134,6 +142,35 @@ def check_parity(ck: WhisperCheckpoint, folder: Path, tokens: dict, n_mels: int)
     return {"max_abs_logit_diff": max_diff, "greedy_tokens_identical": len(ours)}
 
 
+def check_short_parity(ck: WhisperCheckpoint, folder: Path, tokens: dict, n_mels: int, frames: int) -> dict:
+    """The dynamic-frames graphs at a short length: ONNX cross K/V vs PyTorch's :func:`encode_frames`, and the
+    decoder's first logits on those ``frames`` / 2 positions vs transformers' decoder."""
+    import onnxruntime as ort
+
+    audio = np.random.default_rng(0).normal(0, 0.1, frames * features.HOP_LENGTH).astype("f4")
+    mel = LogMel(n_mels=n_mels)(audio)[None]
+    enc = ort.InferenceSession(str(folder / "encoder.onnx"))
+    dec = ort.InferenceSession(str(folder / "decoder.onnx"))
+    cross_k, cross_v = enc.run(["cross_k", "cross_v"], {"input_features": mel})
+    prompt = np.array([[tokens["sot"]]])
+    past = np.zeros((cross_k.shape[0], 1, cross_k.shape[2], 0, cross_k.shape[-1]), np.float32)
+    feeds = {"input_ids": prompt, "past_k": past, "past_v": past, "cross_k": cross_k, "cross_v": cross_v}
+    logits = dec.run(["logits"], feeds)[0]
+    model = ck.model
+    with torch.no_grad():
+        ref_k, ref_v = EncoderWithCrossKV(model).eval()(torch.from_numpy(mel))
+        hidden = encode_frames(model.model.encoder, torch.from_numpy(mel))
+        ref_logits = model(encoder_outputs=(hidden,), decoder_input_ids=torch.from_numpy(prompt)).logits.numpy()
+    kv_diff = max(float(np.abs(cross_k - ref_k.numpy()).max()), float(np.abs(cross_v - ref_v.numpy()).max()))
+    logit_diff = float(np.abs(logits - ref_logits).max())
+    if cross_k.shape[3] != frames // 2 or kv_diff > 1e-2 or logit_diff > 1e-2:
+        raise ExportError(
+            f"ONNX encoder at {frames} frames differs from PyTorch: {cross_k.shape[3]} positions, "
+            f"max cross K/V diff {kv_diff:.3g}, max logit diff {logit_diff:.3g}"
+        )
+    return {"frames": frames, "max_abs_cross_kv_diff": kv_diff, "max_abs_logit_diff": logit_diff}
+
+
 def measure_wer(bundles: dict[str, Bundle]) -> dict:
     """WER of each bundle on the real development clips (same clips, same decoding)."""
     from edgemm.bench.wer import wer
@@ -191,9 +228,21 @@ def describe(ck: WhisperCheckpoint, quant: str, tokens: dict, vad: bool) -> dict
 # ---- the steps ----
 
 
-def load(job: ExportJob) -> str:
-    """The checkpoint, its tokenizer and the VAD model (copied into the bundle), the manifest's description."""
+def check_encoder_lengths(lengths: list[int], full: int) -> list[int]:
+    """``lengths`` as the runtime accepts them (even, ascending, ending with the full window), else ExportError."""
+    lengths = list(lengths)
+    even = all(isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= full and n % 2 == 0 for n in lengths)
+    if not (even and lengths == sorted(set(lengths)) and lengths[-1:] == [full]):
+        raise ExportError(f"encoder lengths {lengths} must be even mel-frame counts, ascending, ending with {full}")
+    return lengths
+
+
+def load(job: ExportJob, encoder_lengths: list[int] | None = None, distillation: dict | None = None) -> str:
+    """The checkpoint, its tokenizer and the VAD model (copied into the bundle), the manifest's description (with
+    ``model.encoder_lengths`` for a length-adaptive student)."""
     ck = load_whisper(job.source)
+    if encoder_lengths is not None:
+        encoder_lengths = check_encoder_lengths(encoder_lengths, 2 * ck.model.config.max_source_positions)
     tokens = special_tokens(ck)
     vad = silero_vad_model()
     if vad is None:
@@ -203,19 +252,31 @@ def load(job: ExportJob) -> str:
     shutil.copy(ck.tokenizer_file, job.work / "tokenizer.json")
     job.loaded = ck
     job.body.update(describe(ck, job.quant, tokens, vad is not None))
+    if encoder_lengths is not None:
+        job.body["model"]["encoder_lengths"] = encoder_lengths
+    if distillation is not None:
+        job.body["distillation"] = distillation
     params = sum(p.numel() for p in ck.model.parameters())
     return f"{job.source}: {params / 1e6:.1f} M parameters"
 
 
 def export_graphs(job: ExportJob) -> str:
-    export_whisper(job.loaded.model, job.fp32)
-    return ", ".join(job.body["graphs"].values())
+    dynamic = "encoder_lengths" in job.body["model"]
+    export_whisper(job.loaded.model, job.fp32, dynamic_frames=dynamic)
+    return ", ".join(job.body["graphs"].values()) + (" (dynamic frames)" if dynamic else "")
 
 
 def parity(job: ExportJob) -> str:
-    result = check_parity(job.loaded, job.fp32, job.body["tokens"], job.body["features"]["n_mels"])
+    n_mels = job.body["features"]["n_mels"]
+    result = check_parity(job.loaded, job.fp32, job.body["tokens"], n_mels)
     job.fidelity["parity_fp32_vs_pytorch"] = result
-    return f"max logit diff {result['max_abs_logit_diff']:.2e}, {result['greedy_tokens_identical']} greedy tokens equal"
+    line = f"max logit diff {result['max_abs_logit_diff']:.2e}, {result['greedy_tokens_identical']} greedy tokens equal"
+    lengths = job.body["model"].get("encoder_lengths")
+    if lengths:  # the shortest length the student runs at
+        short = check_short_parity(job.loaded, job.fp32, job.body["tokens"], n_mels, lengths[0])
+        job.fidelity["parity_short_fp32_vs_pytorch"] = short
+        line += f"; at {short['frames']} frames max cross K/V diff {short['max_abs_cross_kv_diff']:.2e}"
+    return line
 
 
 def quantize(job: ExportJob) -> str:
@@ -247,6 +308,20 @@ SPEECH = Component(
 )
 
 
-def export_speech(source: str, quant: str, out: Path, measure: bool = True) -> dict:
-    """Build a speech bundle at ``out`` from a Whisper source; return its manifest."""
-    return build(SPEECH, source, quant, out, measure)
+def export_speech(
+    source: str,
+    quant: str,
+    out: Path,
+    measure: bool = True,
+    encoder_lengths: list[int] | None = None,
+    distillation: dict | None = None,
+) -> dict:
+    """Build a speech bundle at ``out`` from a Whisper source; return its manifest. ``encoder_lengths`` (mel frames,
+    even, ascending, the last the full 3000) only for a student distilled to encode shorter windows: its encoder is
+    exported with a dynamic frames axis and the manifest lists the lengths. ``distillation``: how such a student was
+    made (teacher, data, steps, held-out WER), recorded in the manifest."""
+    component = SPEECH
+    if encoder_lengths is not None or distillation is not None:
+        loading = functools.partial(load, encoder_lengths=encoder_lengths, distillation=distillation)
+        component = dataclasses.replace(SPEECH, steps=(Step("load checkpoint", loading), *SPEECH.steps[1:]))
+    return build(component, source, quant, out, measure)
