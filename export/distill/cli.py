@@ -1,0 +1,38 @@
+"""``edgemm distill data|speech``: the glue between the command line and the data engine and trainer."""
+
+from __future__ import annotations
+
+import logging
+
+from edgemm.export.distill.data import build_corpus, load_corpus, read_manifest
+from edgemm.export.distill.train import distill_speech, export_student
+from edgemm.export.quiet import quiet_libraries
+
+log = logging.getLogger("edgemm.distill")
+
+
+def run_distill(args) -> int:
+    if args.target == "data":
+        build_corpus(args.out, seed=args.seed, examples=args.examples)
+        summary = read_manifest(args.out).get("summary", {})
+        log.info("wrote %s: %s", args.out, summary)
+        return 0
+    corpus = load_corpus(args.data)
+    with quiet_libraries():
+        recipe = distill_speech(
+            args.teacher,
+            args.out,
+            corpus,
+            steps=args.steps,
+            lengths=args.lengths,
+            decoder_layers=args.decoder_layers,
+            eval_every=args.eval_every,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            resume=args.resume,
+        )
+    bundle = args.bundle or args.out / "bundle"
+    export_student(args.out / "student", bundle, recipe=recipe, quant=args.quant)
+    log.info("student bundle: %s", bundle)
+    return 0
