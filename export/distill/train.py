@@ -550,15 +550,16 @@ def distill_speech(
         bar.set_postfix(loss=f"{record['loss']:.3f}", kd=f"{record['kd']:.3f}")
         if step % eval_every == 0 or step == steps:
             _evaluate(student, greedy, eval_clips, config, device, step, history)
+            if history["best"]["step"] == step:  # the weights exported are those of the best evaluation
+                _save_student(student, ck, out / "student")
             save_checkpoint(checkpoint, student, optimizer, step, history)
             _write_log(out, config, history, teacher)
     bar.close()
     seconds = time.perf_counter() - started
 
-    student.eval()
     student_folder = out / "student"
-    student.save_pretrained(student_folder)
-    shutil.copy(ck.tokenizer_file, student_folder / "tokenizer.json")
+    if not (student_folder / "config.json").exists():  # a resumed run that had nothing left to do
+        _save_student(student, ck, student_folder)
     voices = {getattr(ex, "voice", None) for ex in examples.values()} - {None}
     sources = {getattr(ex, "source", None) for ex in examples.values()} - {None}
     last_eval = history["eval"][-1] if history["eval"] else {}
@@ -580,13 +581,24 @@ def distill_speech(
         "device": str(device),
         "held_out_clips": len(eval_clips),
         "wer_teacher": history["wer_teacher"],
-        "wer_student": last_eval.get("wer_student"),
+        "wer_student": (history["best"] or {}).get("metric") if eval_clips else None,  # of the weights kept
+        "wer_student_last": last_eval.get("wer_student"),
         "best": history["best"],
         "config": _jsonable(asdict(config)),
     }
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     _write_log(out, config, history, teacher)
     return recipe
+
+
+def _save_student(student, ck: WhisperCheckpoint, folder: Path) -> None:
+    """The student as a transformers folder (+ the teacher's tokenizer), written whole before it replaces ``folder``."""
+    scratch = folder.with_name(folder.name + ".new")
+    shutil.rmtree(scratch, ignore_errors=True)
+    student.save_pretrained(scratch)
+    shutil.copy(ck.tokenizer_file, scratch / "tokenizer.json")
+    shutil.rmtree(folder, ignore_errors=True)
+    scratch.rename(folder)
 
 
 def _evaluate(student, greedy, clips, config, device, step, history) -> None:
