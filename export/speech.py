@@ -29,7 +29,7 @@ from edgemm.export.errors import ExportError
 from edgemm.export.quantize import RECIPE, quantize_int8
 from edgemm.export.whisper_onnx import EncoderWithCrossKV, encode_frames, export_whisper
 from edgemm.export.whisper_source import WhisperCheckpoint, load_whisper
-from edgemm.runtime.bundle import Bundle
+from edgemm.runtime.bundle import Bundle, is_encoder_lengths
 from edgemm.runtime.packages import package_file
 from edgemm.runtime.speech import features
 from edgemm.runtime.speech.audio import load_audio
@@ -231,8 +231,7 @@ def describe(ck: WhisperCheckpoint, quant: str, tokens: dict, vad: bool) -> dict
 def check_encoder_lengths(lengths: list[int], full: int) -> list[int]:
     """``lengths`` as the runtime accepts them (even, ascending, ending with the full window), else ExportError."""
     lengths = list(lengths)
-    even = all(isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= full and n % 2 == 0 for n in lengths)
-    if not (even and lengths == sorted(set(lengths)) and lengths[-1:] == [full]):
+    if not is_encoder_lengths(lengths, full):
         raise ExportError(f"encoder lengths {lengths} must be even mel-frame counts, ascending, ending with {full}")
     return lengths
 

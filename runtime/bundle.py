@@ -257,7 +257,8 @@ def check_numbers(bundle: Bundle) -> None:
         _check_file_field(bundle, "vad.file")
 
 
-def _is_encoder_lengths(value, full: int) -> bool:
+def is_encoder_lengths(value, full: int) -> bool:
+    """Even mel-frame counts from 2 to ``full``, strictly ascending, the last ``full`` (the whole window)."""
     return (
         isinstance(value, list)
         and all(_is_int(n) and 2 <= n <= full and n % 2 == 0 for n in value)
@@ -273,7 +274,7 @@ def check_encoder_lengths(bundle: Bundle) -> list[int]:
     window has one."""
     full = 2 * bundle.int_field("model", "max_source_positions")
     expected = f"a list of even integers from 2 to {full}, ascending, ending with {full}"
-    return bundle.field("model", "encoder_lengths", lambda v: _is_encoder_lengths(v, full), expected)
+    return bundle.field("model", "encoder_lengths", lambda v: is_encoder_lengths(v, full), expected)
 
 
 def _is_side(value) -> bool:

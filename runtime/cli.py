@@ -6,6 +6,7 @@ Every user error prints one line (``edgemm: error: ...``) and exits with status 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import logging
@@ -319,24 +320,22 @@ def _show(events, verbose: bool) -> None:
                 print(f"  [from end of speech: {latency}]", file=sys.stderr)
 
 
-def cmd_export(args) -> int:
+def _export_side(module: str, doing: str):
+    """``edgemm.export.<module>``, or a one-line error naming the missing package of the export extra."""
     try:
-        from edgemm.export.cli import run_export
+        return importlib.import_module(f"edgemm.export.{module}")
     except ImportError as e:
         raise EdgemmError(
-            f"exporting needs the export extra ({e.name} is missing): pip install 'edgemm[export]'"
+            f"{doing} needs the export extra ({e.name} is missing): pip install 'edgemm[export]'"
         ) from None
-    return run_export(args)
+
+
+def cmd_export(args) -> int:
+    return _export_side("cli", "exporting").run_export(args)
 
 
 def cmd_distill(args) -> int:
-    try:
-        from edgemm.export.distill.cli import run_distill
-    except ImportError as e:
-        raise EdgemmError(
-            f"distilling needs the export extra ({e.name} is missing): pip install 'edgemm[export]'"
-        ) from None
-    return run_distill(args)
+    return _export_side("distill.cli", "distilling").run_distill(args)
 
 
 def _lengths(text: str) -> list[int]:

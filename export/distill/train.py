@@ -55,6 +55,7 @@ from edgemm.export.whisper_source import WhisperCheckpoint, load_whisper
 from edgemm.runtime.speech.decoding import LogitFilters
 from edgemm.runtime.speech.features import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, LogMel, pad_or_trim
 from edgemm.runtime.speech.tokenizer import SpecialTokens, WhisperTokenizer
+from edgemm.runtime.speech.transcribe import encoder_length
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ def shrink_decoder(model, layers: int):
 
 def bucket_length(n_samples: int, lengths: Sequence[int], margin_frames: int) -> int:
     """The smallest encoder length (mel frames) covering ``n_samples`` of audio plus a margin; the largest if none."""
-    need = math.ceil(n_samples / HOP_LENGTH) + margin_frames
-    return next((n for n in sorted(lengths) if n >= need), max(lengths))
+    return encoder_length(math.ceil(n_samples / HOP_LENGTH), sorted(lengths), margin_frames)
 
 
 def _tokenizer(ck: WhisperCheckpoint) -> tuple[WhisperTokenizer, dict]:

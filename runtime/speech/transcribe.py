@@ -95,6 +95,12 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+def encoder_length(frames: int, lengths, margin: int = LENGTH_MARGIN) -> int:
+    """The smallest of ``lengths`` (mel frames, ascending, the last the full window) that holds ``frames`` of audio
+    plus ``margin``; the full window when none does. The runtime and the distillation trainer both pick with it."""
+    return next((n for n in lengths if n >= frames + margin), lengths[-1])
+
+
 class Transcriber:
     """``Transcriber.load(bundle).transcribe(audio) -> Transcription``.
 
@@ -143,10 +149,8 @@ class Transcriber:
         return Transcription(text, segments, language, duration)
 
     def encoder_frames(self, size: int) -> int:
-        """The encoder length for a window holding ``size`` frames of audio: the smallest of the bundle's lengths
-        that holds them plus LENGTH_MARGIN (capped at the full window), i.e. the full window for plain Whisper."""
-        needed = min(size + LENGTH_MARGIN, self.window_frames)
-        return next((n for n in self.encoder_lengths if n >= needed), self.window_frames)
+        """The encoder length for a window holding ``size`` frames of audio (the full window for plain Whisper)."""
+        return encoder_length(size, self.encoder_lengths)
 
     def _encode(self, samples: np.ndarray, seek: int, frames: int | None = None):
         """Cross K/V of the window at ``seek`` padded to ``frames`` (default: the full 30 s window)."""
