@@ -6,7 +6,8 @@ The teacher labels the audio, so the corpus only needs sounds that resemble what
   ("What is the capital of France?", "Set a timer for 5 minutes.", arithmetic, questions about a picture, ...);
 - ``fortunes``: sentences of the Debian ``fortunes-min`` package (BSD licence; ``literature`` and ``fortunes``);
 - ``recording``: real recordings that are installed but are not evaluation clips (pocketsphinx-testdata's ``*.raw``);
-- ``nonspeech``: silence, white/pink/brown noise and mains hum, whose text is "" (they must transcribe to nothing).
+- ``nonspeech``: silence, white/pink/brown noise and mains hum (``edgemm.bench.nonspeech``), whose text is "" (they
+  must transcribe to nothing).
 
 Sentences are spoken by the project's Piper voice (several speaking rates) and by espeak-ng voices and variants
 (``apt-get install espeak-ng``) when installed. Each example is then augmented with its own seeded random
@@ -50,6 +51,7 @@ import soundfile as sf
 import soxr
 from scipy import signal
 
+from edgemm.bench.nonspeech import coloured_noise, nonspeech, rms
 from edgemm.export.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -136,10 +138,6 @@ def resample(audio: np.ndarray, rate_in: float, rate_out: float) -> np.ndarray:
 def normalise_text(text: str | None) -> str:
     """Lower case letters and digits, single spaces: "Ten of clubs." and "ten of clubs" are the same text."""
     return " ".join(re.sub(r"[^a-z0-9']+", " ", (text or "").lower()).replace("'", "").split())
-
-
-def _rms(audio: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
 
 
 # ------------------------------------------------------------------------------------------------------------ texts
@@ -266,39 +264,6 @@ class Espeak:
         return resample(audio.mean(axis=1), rate, SAMPLE_RATE), f"espeak:{voice}", [f"wpm={speed}", f"pitch={pitch}"]
 
 
-# ------------------------------------------------------------------------------------------------------- non-speech
-
-
-def coloured_noise(rng: np.random.Generator, frames: int, colour: str) -> np.ndarray:
-    """White, pink (1/f) or brown (1/f²) noise of unit RMS, shaped in the frequency domain."""
-    white = rng.standard_normal(frames)
-    if colour != "white":
-        spectrum = np.fft.rfft(white)
-        f = np.fft.rfftfreq(frames, 1 / SAMPLE_RATE)
-        f[0] = f[1] if frames > 1 else 1.0
-        spectrum /= f ** (0.5 if colour == "pink" else 1.0)
-        white = np.fft.irfft(spectrum, frames)
-    return (white / max(_rms(white), 1e-12)).astype(np.float32)
-
-
-def nonspeech(rng: np.random.Generator) -> tuple[np.ndarray, str, list[str]]:
-    """(audio, kind, parameters): silence, noise or hum of 0.5 to 10 s, at -70 to -20 dBFS."""
-    seconds = round(float(rng.uniform(0.5, 10.0)), 2)
-    frames = int(seconds * SAMPLE_RATE)
-    kind = str(rng.choice(["silence", "white", "pink", "brown", "hum"]))
-    level = round(float(rng.uniform(-70.0, -60.0) if kind == "silence" else rng.uniform(-45.0, -20.0)), 1)
-    if kind == "hum":
-        mains = int(rng.choice([50, 60]))
-        t = np.arange(frames) / SAMPLE_RATE
-        audio = sum(np.sin(2 * np.pi * mains * k * t + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3, 5))
-        audio = audio + 0.05 * coloured_noise(rng, frames, "pink")
-        kind = f"hum{mains}"
-    else:
-        audio = coloured_noise(rng, frames, "white" if kind == "silence" else kind)
-    audio = audio / max(_rms(audio), 1e-12) * 10 ** (level / 20)
-    return audio.astype(np.float32), kind, [f"level={level}dBFS", f"seconds={seconds}"]
-
-
 # ----------------------------------------------------------------------------------------------------- augmentation
 
 
@@ -313,11 +278,11 @@ def reverb(audio: np.ndarray, rng: np.random.Generator, rt60: float) -> np.ndarr
     response = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60) * 0.3
     response[0] = 1.0
     wet = signal.fftconvolve(audio, response)[: len(audio)]
-    return (wet * _rms(audio) / max(_rms(wet), 1e-12)).astype(np.float32)
+    return (wet * rms(audio) / max(rms(wet), 1e-12)).astype(np.float32)
 
 
 def add_noise(audio: np.ndarray, rng: np.random.Generator, colour: str, snr_db: float) -> np.ndarray:
-    noise = coloured_noise(rng, len(audio), colour) * _rms(audio) / 10 ** (snr_db / 20)
+    noise = coloured_noise(rng, len(audio), colour) * rms(audio) / 10 ** (snr_db / 20)
     return (audio + noise).astype(np.float32)
 
 
