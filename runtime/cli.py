@@ -472,15 +472,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", type=Path, required=True, help="corpus folder from `edgemm distill data`")
     d.add_argument("--out", type=Path, required=True, help="work folder: checkpoints, curves, the student bundle")
     d.add_argument("--steps", type=_positive_int, default=2000)
-    d.add_argument("--lengths", type=_lengths, default="5,10,15,20,30", help="encoder lengths in seconds")
+    d.add_argument("--lengths", type=_lengths, default="3,5,7,10,15,30", help="encoder lengths in seconds")
     d.add_argument("--decoder-layers", type=_positive_int, default=None, help="keep this many decoder layers")
     d.add_argument("--batch-size", type=_positive_int, default=8)
-    d.add_argument("--lr", type=float, default=1e-5)
-    d.add_argument("--eval-every", type=_positive_int, default=200, help="steps between held-out evaluations")
+    d.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (after the warm-up)")
+    d.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up, then lr x sqrt(warmup / step)")
+    d.add_argument("--eval-every", type=_positive_int, default=100, help="steps between held-out evaluations")
+    d.add_argument(
+        "--patience", type=int, default=10, help="stop after this many evaluations without a better WER (0: never)"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     d.add_argument("--quant", choices=["fp32", "int8"], default="int8", help="the student bundle's quantization")
     d.add_argument("--bundle", type=Path, default=None, help="where the student bundle goes (default: OUT/bundle)")
+    d.add_argument(
+        "--teacher-bundle",
+        type=Path,
+        default=None,
+        help="teacher bundle whose WER the manifest records beside the student's (default: the teacher's built "
+        "preset at --quant, e.g. whisper-tiny.en-int8)",
+    )
     d.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from edgemm.export.distill.data import build_corpus, load_corpus, read_manifest
-from edgemm.export.distill.train import distill_speech, export_student
+from edgemm.export.distill.train import distill_speech, export_student, teacher_bundle
 from edgemm.export.quiet import quiet_libraries
 
 log = logging.getLogger("edgemm.distill")
@@ -31,8 +31,13 @@ def run_distill(args) -> int:
             lr=args.lr,
             seed=args.seed,
             resume=args.resume,
+            warmup_steps=args.warmup_steps,
+            patience=args.patience,
         )
     bundle = args.bundle or args.out / "bundle"
-    export_student(args.out / "student", bundle, recipe=recipe, quant=args.quant)
+    teacher = args.teacher_bundle or teacher_bundle(args.teacher, args.quant)
+    if teacher is None:
+        log.info("no %s bundle of the teacher is built: the manifest records the student's WER alone", args.quant)
+    export_student(args.out / "student", bundle, recipe=recipe, quant=args.quant, teacher=teacher)
     log.info("student bundle: %s", bundle)
     return 0

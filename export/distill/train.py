@@ -5,9 +5,11 @@ The recipe (:func:`distill_speech`):
 - **Teacher**: any Whisper source :func:`~edgemm.export.whisper_source.load_whisper` reads, run as Whisper was
   trained: on the full 3000-frame (30 s) log-mel window.
 - **Student**: a deep copy of the teacher, optionally with fewer decoder layers (:func:`shrink_decoder`, the
-  distil-whisper recipe: keep maximally spaced teacher layers). Each example is padded to the smallest of a few
-  encoder lengths (``lengths``, in mel frames) that covers its audio plus a margin, and the student's encoder runs on
-  just those frames (:func:`~edgemm.export.whisper_onnx.encode_frames` slices the positional embeddings).
+  distil-whisper recipe: keep maximally spaced teacher layers). Each example is cut where the runtime would start
+  its window (the speech onset its VAD finds: :func:`runtime_window`), then padded to the smallest of a few encoder
+  lengths (``lengths``, in mel frames) that covers it plus the runtime's margin, and the student's encoder runs on
+  just those frames (:func:`~edgemm.export.whisper_onnx.encode_frames` slices the positional embeddings). Teacher
+  and student see the same audio, so the student is trained on exactly the windows it will be given.
 - **Targets** (computed once per example id with the teacher, cached on disk under ``out/teacher/``):
 
   * the pseudo-label: the teacher's greedy transcript *with timestamps* (the runtime decodes with timestamps by
@@ -22,7 +24,10 @@ The recipe (:func:`distill_speech`):
 
 - **Loss** = ``ce`` x cross-entropy on the pseudo-label + ``kd`` x T^2 x KL(teacher top-k || student)
   + ``enc`` x MSE(student encoder, teacher encoder) (weights in ``weights``).
-- **Training**: AdamW, seeded (torch, numpy, python), batches drawn from one length bucket at a time, resumable
+- **Non-speech** (examples whose text is known to be ""): no cross-entropy on the teacher's guessed words, only the
+  KL terms (see :func:`is_speech`).
+- **Training**: AdamW with a linear warm-up then a 1 / sqrt(step) decay (:func:`learning_rate`), seeded (torch,
+  numpy, python), batches drawn from one length bucket at a time, resumable
   checkpoints in ``out/checkpoint/``, evaluation every ``eval_every`` steps on held-out real clips (student WER with
   its short encoder vs the teacher's WER on 30 s windows), early stopping with ``patience``, ``out/curve.png`` and
   ``out/log.json`` rewritten at each evaluation. The student is saved as a transformers folder in ``out/student/``.
@@ -55,11 +60,11 @@ from edgemm.export.whisper_source import WhisperCheckpoint, load_whisper
 from edgemm.runtime.speech.decoding import LogitFilters
 from edgemm.runtime.speech.features import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, LogMel, pad_or_trim
 from edgemm.runtime.speech.tokenizer import SpecialTokens, WhisperTokenizer
-from edgemm.runtime.speech.transcribe import encoder_length
+from edgemm.runtime.speech.transcribe import LENGTH_MARGIN, encoder_length
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LENGTHS = (500, 1000, 1500, 2000, 3000)  # encoder lengths in mel frames (100 per second)
+DEFAULT_LENGTHS = (300, 500, 700, 1000, 1500, 3000)  # encoder lengths in mel frames (100 per second)
 DEFAULT_WEIGHTS = {"ce": 1.0, "kd": 1.0, "enc": 1.0}
 CHECKPOINT = "checkpoint"  # folder under out/
 
@@ -88,8 +93,9 @@ def shrink_decoder(model, layers: int):
 
 
 def bucket_length(n_samples: int, lengths: Sequence[int], margin_frames: int) -> int:
-    """The smallest encoder length (mel frames) covering ``n_samples`` of audio plus a margin; the largest if none."""
-    return encoder_length(math.ceil(n_samples / HOP_LENGTH), sorted(lengths), margin_frames)
+    """The smallest encoder length (mel frames) covering ``n_samples`` of audio plus a margin; the largest if none.
+    Whole frames, as the runtime counts them."""
+    return encoder_length(n_samples // HOP_LENGTH, sorted(lengths), margin_frames)
 
 
 def _tokenizer(ck: WhisperCheckpoint) -> tuple[WhisperTokenizer, dict]:
@@ -176,6 +182,8 @@ class Target:
     topk_ids: torch.Tensor  # [len(sequence) - 1, k] teacher's top-k next tokens at each position
     topk_logprobs: torch.Tensor  # [len(sequence) - 1, k] their log-probabilities at `temperature`
     temperature: float
+    text_loss: bool = True  # False for non-speech: the teacher's words there are guesses, learnt only through KL
+    settings: dict = field(default_factory=dict)  # what it was computed with (TeacherCache.settings)
 
 
 class TeacherCache:
@@ -184,6 +192,7 @@ class TeacherCache:
     def __init__(self, ck: WhisperCheckpoint, folder: Path, greedy: Greedy, config: DistillConfig, device):
         self.ck, self.folder, self.greedy, self.config, self.device = ck, folder, greedy, config, device
         self.mel = LogMel(n_mels=ck.model.config.num_mel_bins)
+        self.vad = speech_vad() if config.vad_window else None
         self.folder.mkdir(parents=True, exist_ok=True)
         self.memory: dict[str, Target] = {}
 
@@ -201,13 +210,10 @@ class TeacherCache:
                 target = Target(**torch.load(path, weights_only=False))
             except Exception:  # a damaged or outdated cache file: recompute it
                 target = None
-            if target is not None and (target.temperature, target.topk_ids.shape[-1]) != (
-                self.config.temperature,
-                self.config.topk,
-            ):
+            if target is not None and not self.fits(target, example):
                 target = None
         if target is None:
-            target = self.compute(example.audio)
+            target = self.compute(example)
             tmp = path.with_suffix(".tmp")
             torch.save(asdict(target), tmp)
             tmp.replace(path)
@@ -215,9 +221,27 @@ class TeacherCache:
             self.memory[key] = target
         return target
 
+    def settings(self, example) -> dict:
+        """Everything a target depends on besides the teacher and the audio: a cached target made with other
+        settings is recomputed."""
+        c = self.config
+        return {
+            "lengths": list(c.lengths),
+            "margin_frames": c.margin_frames,
+            "vad_window": c.vad_window,
+            "topk": c.topk,
+            "temperature": c.temperature,
+            "max_new_tokens": c.max_new_tokens,
+            "timestamps": c.timestamps,
+            "text_loss": is_speech(example),
+        }
+
+    def fits(self, target: Target, example) -> bool:
+        return target.settings == self.settings(example)
+
     @torch.no_grad()
-    def compute(self, audio: np.ndarray) -> Target:
-        audio = np.asarray(audio, dtype=np.float32)[: N_FRAMES * HOP_LENGTH]
+    def compute(self, example) -> Target:
+        audio = runtime_window(np.asarray(example.audio, dtype=np.float32), self.vad)[: N_FRAMES * HOP_LENGTH]
         frames = bucket_length(len(audio), self.config.lengths, self.config.margin_frames)
         # The student's mel is computed on the audio padded to its own length, as the runtime will.
         student_mel = torch.from_numpy(self.mel(pad_or_trim(audio, frames * HOP_LENGTH)))
@@ -239,7 +263,39 @@ class TeacherCache:
             topk_ids=top.indices.cpu(),
             topk_logprobs=top.values.cpu(),
             temperature=self.config.temperature,
+            text_loss=is_speech(example),
+            settings=self.settings(example),
         )
+
+
+def speech_vad():
+    """The runtime's Silero VAD (the model the speech bundles carry), or None when silero-vad is not installed."""
+    from edgemm.export.speech import silero_vad_model
+    from edgemm.runtime.speech.vad import SileroVAD
+
+    path = silero_vad_model()
+    if path is None:
+        log.warning("silero-vad is not installed: students are trained on whole clips, not on the VAD's windows")
+        return None
+    return SileroVAD(path)
+
+
+def runtime_window(audio: np.ndarray, vad) -> np.ndarray:
+    """``audio`` from where the runtime's first window starts: the first speech region the VAD finds, to the end
+    (``Transcriber`` jumps there, whole frames, and encodes from it). Without ``vad``, or without speech, the whole
+    clip (as ``vad=False`` decodes it)."""
+    regions = vad.speech_regions(audio) if vad is not None else []
+    return audio[regions[0][0] // HOP_LENGTH * HOP_LENGTH :] if regions else audio
+
+
+def is_speech(example) -> bool:
+    """Whether ``example`` may hold speech: only audio known to be non-speech (text "") is not.
+
+    On noise and silence Whisper guesses words ("you", "I'm going to go to the next one.") with a low log-probability
+    and a high no-speech probability, and the runtime drops such a window by exactly those two numbers. Cross-entropy on
+    those words would make the student sure of them, so non-speech is learnt through the KL terms alone (which carry
+    the teacher's no-speech probability at the first position and its doubt after it)."""
+    return getattr(example, "text", None) != ""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -279,11 +335,16 @@ def distill_losses(student, batch: list[Target], config: DistillConfig, device) 
         # Only the tokens the teacher produced are targets, not the fixed start sequence.
         labels[i, t.prefix_len - 1 : n] = torch.tensor(t.sequence[t.prefix_len :])
         top_ids[i, :n], top_logprobs[i, :n] = t.topk_ids, t.topk_logprobs
-    inputs, labels, top_ids, top_logprobs = (x.to(device) for x in (inputs, labels, top_ids, top_logprobs))
+    text_loss = torch.tensor([t.text_loss for t in batch])[:, None]
+    inputs, labels, top_ids, top_logprobs, text_loss = (
+        x.to(device) for x in (inputs, labels, top_ids, top_logprobs, text_loss)
+    )
     logits = student(encoder_outputs=(hidden,), decoder_input_ids=inputs).logits.float()
     mask = labels != -100
+    text = mask & text_loss
 
-    ce = nn.functional.cross_entropy(logits[mask], labels[mask])
+    # A batch of non-speech alone has no text to learn: its cross-entropy is 0 (still a tensor, for the log).
+    ce = nn.functional.cross_entropy(logits[text], labels[text]) if text.any() else logits.sum() * 0
     temp = config.temperature
     kd = topk_kl(top_logprobs[mask], nn.functional.log_softmax(logits / temp, dim=-1).gather(-1, top_ids)[mask])
     kd = kd * temp**2
@@ -303,18 +364,31 @@ class DistillConfig:
     decoder_layers: int | None = None
     eval_every: int = 200
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 3e-5
     weight_decay: float = 0.01
     seed: int = 0
     temperature: float = 2.0
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     topk: int = 64
-    margin_frames: int = 50  # 0.5 s of padding after the audio
+    margin_frames: int = LENGTH_MARGIN  # frames of padding after the audio: the runtime's, so each clip is trained
+    # at the encoder length it will run at
+    warmup_steps: int = 100  # the learning rate rises linearly over these steps, then falls as 1 / sqrt(step)
     max_new_tokens: int = 224
     timestamps: bool = True  # pseudo-labels with segment timestamps (as the runtime decodes by default)
+    vad_window: bool = True  # train (and evaluate) on the window the runtime's VAD gives: from the speech onset
     patience: int = 5  # evaluations without improvement before stopping (0: never stop early)
     max_grad_norm: float = 1.0
     keep_targets_in_memory: bool = False  # else read from the disk cache per batch
+
+
+def learning_rate(step: int, config: DistillConfig) -> float:
+    """The learning rate of update ``step`` (0-based): a linear warm-up over ``warmup_steps``, then ``lr`` x
+    sqrt(warmup / step). It does not depend on the total number of steps, so a run resumed with more steps
+    continues exactly as an uninterrupted one."""
+    if config.warmup_steps <= 0:
+        return config.lr
+    n = step + 1
+    return config.lr * min(n / config.warmup_steps, math.sqrt(config.warmup_steps / n))
 
 
 def batch_schedule(frames: dict[str, int], batch_size: int, seed: int, epoch: int) -> list[list[str]]:
@@ -378,11 +452,13 @@ def _clip_audio(clip) -> np.ndarray:
 
 @torch.no_grad()
 def transcribe_clips(model, greedy: Greedy, clips: list, config: DistillConfig, device, full_window: bool) -> list:
-    """Greedy transcripts of each clip's first 30 s: on the full window (teacher) or on its own length (student)."""
+    """Greedy transcripts of each clip's first 30 s from where the runtime starts it (:func:`runtime_window`): on the
+    full window (teacher) or on its own length (student)."""
     mel = LogMel(n_mels=model.config.num_mel_bins)
+    vad = speech_vad() if config.vad_window else None
     texts = []
     for clip in clips:
-        audio = _clip_audio(clip)[: N_FRAMES * HOP_LENGTH]
+        audio = runtime_window(_clip_audio(clip), vad)[: N_FRAMES * HOP_LENGTH]
         frames = N_FRAMES if full_window else bucket_length(len(audio), config.lengths, config.margin_frames)
         features = torch.from_numpy(mel(pad_or_trim(audio, frames * HOP_LENGTH)))[None].to(device)
         hidden = encode_frames(model.model.encoder, features)
@@ -436,7 +512,7 @@ def distill_speech(
     decoder_layers: int | None = None,
     eval_every: int = 200,
     batch_size: int = 8,
-    lr: float = 1e-4,
+    lr: float = 3e-5,
     seed: int = 0,
     resume: bool = False,
     eval_clips: list | None = None,
@@ -454,7 +530,7 @@ def distill_speech(
     :func:`edgemm.bench.clips.dev_clips`; an empty list evaluates the mean training loss instead of WER.
     ``student_init``: start the student from another Whisper source (same vocabulary and mel bins) instead of a copy
     of the teacher. ``targets_dir``: where teacher targets are cached (default ``out/teacher/``; runs with the same
-    teacher, lengths, margin, topk, temperature and max_new_tokens can share it). ``options``: any other :class:`DistillConfig` field (temperature, weights, topk, margin_frames, patience, ...).
+    teacher can share it: a target made with other settings is recomputed, see :meth:`TeacherCache.settings`). ``options``: any other :class:`DistillConfig` field (temperature, weights, topk, margin_frames, patience, ...).
     Writes ``out/student/`` (transformers folder + tokenizer.json), ``out/checkpoint/``, ``out/teacher/`` (target
     cache), ``out/log.json`` and ``out/curve.png``.
     """
@@ -539,6 +615,8 @@ def distill_speech(
         epoch, index = divmod(step, per_epoch)
         batch = [cache.get(examples[key]) for key in batch_schedule(frames, batch_size, seed, epoch)[index]]
         losses = distill_losses(student, batch, config, device)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
@@ -639,15 +717,49 @@ def _write_log(out: Path, config: DistillConfig, history: dict, teacher: str) ->
 # Export
 
 
-def export_student(student_folder: Path, out: Path, recipe: dict | None = None, quant: str = "int8", **kwargs) -> dict:
+# What the student bundle's manifest keeps of the recipe (recipe.json in the run folder has all of it).
+MANIFEST_RECIPE = ("teacher", "decoder_layers_kept", "data_hours", "voices", "examples", "sources", "steps")
+
+
+def teacher_bundle(teacher: str, quant: str) -> Path | None:
+    """The built preset bundle of ``teacher`` at ``quant`` (e.g. whisper-tiny.en-int8 for packaged:whisper-tiny.en),
+    if there is one: the student's WER is compared with it."""
+    from edgemm.models import presets
+    from edgemm.runtime.bundle import models_dir
+
+    for name, preset in presets()["speech"]["presets"].items():
+        folder = models_dir() / name
+        if (preset["source"], preset["quant"]) == (teacher, quant) and (folder / "manifest.json").is_file():
+            return folder
+    return None
+
+
+def export_student(
+    student_folder: Path,
+    out: Path,
+    recipe: dict | None = None,
+    quant: str = "int8",
+    teacher: Path | None = None,
+    **kwargs,
+) -> dict:
     """Build a speech bundle from the distilled student (a transformers folder) with the export path: its encoder
     lengths, and the recipe (teacher, data, steps, held-out WER) in the manifest's ``distillation``; returns the
-    manifest."""
-    from edgemm.export.speech import export_speech
+    manifest. The student bundle's own held-out WER (fp32 and int8, as the runtime decodes) is in its ``fidelity``;
+    ``teacher``: a teacher bundle whose WER is measured the same way, beside it (``wer_teacher_bundle``)."""
+    from edgemm.export.speech import export_speech, measure_wer
+    from edgemm.runtime.bundle import open_bundle
 
     recipe = recipe or {}
-    keys = ("teacher", "decoder_layers", "data_hours", "voices", "examples", "steps", "wer_teacher", "wer_student")
-    summary = {k: recipe[k] for k in keys if k in recipe}
+    summary = {k: recipe[k] for k in MANIFEST_RECIPE if k in recipe}
+    # The recipe's WERs are PyTorch greedy decoding without fallback: the teacher on 30 s windows, the student
+    # (the weights kept) on its own lengths.
+    for key in ("wer_teacher", "wer_student"):
+        if key in recipe:
+            summary[f"{key}_pytorch"] = recipe[key]
+    if teacher is not None:
+        measured = measure_wer({"teacher": open_bundle(teacher, "speech")})
+        if "wer_teacher" in measured:
+            summary["wer_teacher_bundle"] = {"bundle": Path(teacher).name, "wer": measured["wer_teacher"]}
     lengths = recipe.get("encoder_lengths")
     return export_speech(
         str(student_folder),
