@@ -10,10 +10,16 @@ is never imported here):
   ``max(1, runs // 2)`` passes;
 - WER: corpus word error rate of the first pass's texts, after Whisper's English normalization;
 - peak RSS: the worker's peak resident memory (``VmHWM``; ``ru_maxrss`` elsewhere) after loading the model
-  and transcribing every clip.
+  and transcribing every clip;
+- noise->text: how many of 20 non-speech clips (silence, noise, hum; ``edgemm.bench.nonspeech``) gave any text, as
+  the engine runs by default and, for ours, also without its VAD (the model's own no-speech decision).
 
 Both engines decode greedily (beam 1) in English with their default temperature fallback and conditioning
 on previous text; ours runs its Silero VAD first (default options), faster-whisper runs without VAD.
+
+Distilled students (``--student BUNDLE``, repeatable; by default the ``make distill`` bundle when it is built) get
+rows of their own beside the teacher bundle, measured the same way in the same run, and a line comparing their
+latency and peak RSS with the teacher's.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgemm.bench.nonspeech import bench_clips
 from edgemm.bench.worker import package_versions, peak_rss_mb, run_worker, serve
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.packages import installed
@@ -32,6 +39,7 @@ from edgemm.runtime.packages import installed
 log = logging.getLogger("edgemm.bench.asr")
 
 OURS, PEER = "edgemm int8", "faster-whisper int8"
+DEFAULT_STUDENT = "whisper-tiny.en-student-int8"  # what `make distill` builds in $EDGEMM_MODELS
 TARGET_SECONDS = 5.0
 NO_CLIPS = (
     "no development clips found: install Debian's pocketsphinx-testdata (apt-get install pocketsphinx-testdata) "
@@ -45,8 +53,8 @@ NO_CLIPS = (
 def _load_ours(model: str | None, threads: int):
     from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
 
-    transcriber, options = Transcriber.load(model, threads=threads), TranscribeOptions()
-    return lambda samples: transcriber.transcribe(samples, options=options).text
+    transcriber = Transcriber.load(model, threads=threads)
+    return lambda samples, vad=True: transcriber.transcribe(samples, options=TranscribeOptions(vad=vad)).text
 
 
 def _load_peer(model: str, threads: int):
@@ -54,7 +62,7 @@ def _load_peer(model: str, threads: int):
 
     peer = WhisperModel(model, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
 
-    def run(samples):
+    def run(samples, vad=False):  # always without VAD (see the module's docstring)
         segments, _ = peer.transcribe(samples, beam_size=1, language="en", vad_filter=False)
         return "".join(s.text for s in segments).strip()  # the generator is lazy: this does the work
 
@@ -81,10 +89,11 @@ def load_clips():
 
 
 def measure(job: dict) -> dict:
-    """One engine's figures; the job: {"engine": OURS or PEER, "model": folder or None, "threads": n, "runs": n}."""
+    """One engine's figures; the job: {"engine": a row name, "model": folder or None, "threads": n, "runs": n}.
+    Every row but PEER's is one of our bundles."""
     engine, model, threads, runs = job["engine"], job["model"], job["threads"], job["runs"]
     _, audio, durations, pick = load_clips()
-    load_s, transcribe = _timed(_load_ours if engine == OURS else _load_peer, model, threads)
+    load_s, transcribe = _timed(_load_peer if engine == PEER else _load_ours, model, threads)
     log.info("%s: loaded in %.2f s; %d latency runs", engine, load_s, runs)
     transcribe(audio[pick])  # warm-up
     latency = statistics.median(_timed(transcribe, audio[pick])[0] for _ in range(runs))
@@ -93,12 +102,17 @@ def measure(job: dict) -> dict:
         timed = [_timed(transcribe, a) for a in audio]
         rtfs.append(sum(t for t, _ in timed) / sum(durations))
         texts = texts or [text for _, text in timed]
+    peak = peak_rss_mb()  # of the real clips alone: read before the non-speech checks
+    noise = bench_clips()
     return {
         "load_s": load_s,
         "latency_s": latency,
         "rtf": statistics.median(rtfs),
         "texts": texts,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak,
+        "nonspeech_clips": len(noise),
+        "nonspeech_with_text": sum(bool(transcribe(a)) for a in noise),  # as the engine runs by default
+        "nonspeech_with_text_no_vad": sum(bool(transcribe(a, vad=False)) for a in noise),  # the model alone
     }
 
 
@@ -137,7 +151,7 @@ def _table(report: dict) -> str:
         f"edgemm bench asr: {report['threads']} threads, {report['clips']} dev clips "
         f"({report['audio_s']:.1f} s of audio); latency clip {clip['name']} ({clip['duration_s']:.2f} s)"
     )
-    rows = [("engine", "load s", "latency s", "RTF", "WER %", "peak RSS MB")]
+    rows = [("engine", "load s", "latency s", "RTF", "WER %", "peak RSS MB", "noise->text", "no-VAD")]
     for name, r in report["engines"].items():
         rows.append(
             (
@@ -147,9 +161,28 @@ def _table(report: dict) -> str:
                 f"{r['rtf']:.3f}",
                 f"{100 * r['wer']:.1f}",
                 f"{r['peak_rss_mb']:.0f}",
+                f"{r['nonspeech_with_text']}/{r['nonspeech_clips']}",
+                f"{r['nonspeech_with_text_no_vad']}/{r['nonspeech_clips']}",
             )
         )
-    return "\n".join([head, *aligned(rows)])
+    lines = [head, *aligned(rows)]
+    teacher = report["engines"].get(OURS)
+    for name, r in report["engines"].items():
+        if name.startswith("student") and teacher:
+            lines.append(
+                f"{name} / {OURS}: latency x{r['latency_s'] / teacher['latency_s']:.2f}, "
+                f"peak RSS {r['peak_rss_mb'] - teacher['peak_rss_mb']:+.0f} MB, "
+                f"WER {100 * (r['wer'] - teacher['wer']):+.1f} points"
+            )
+    return "\n".join(lines)
+
+
+def _students(args) -> dict[str, str]:
+    """Row name -> student bundle: those given with --student, else the default student when it is built."""
+    from edgemm.runtime.bundle import models_dir
+
+    folders = args.student or [f for f in [models_dir() / DEFAULT_STUDENT] if (f / "manifest.json").is_file()]
+    return {f"student {Path(f).name}": str(f) for f in folders}
 
 
 def run_bench(args) -> int:
@@ -158,7 +191,7 @@ def run_bench(args) -> int:
     clips, _, durations, pick = load_clips()
     log.info("latency clip: %s (%.2f s)", clips[pick].path.name, durations[pick])
     say = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
-    jobs = {OURS: str(args.model) if args.model else None}
+    jobs = {OURS: str(args.model) if args.model else None, **_students(args)}
     if not installed("faster_whisper"):
         print("faster-whisper is not installed: the peer is skipped (pip install 'edgemm[bench]')", file=say)
     else:
@@ -169,8 +202,8 @@ def run_bench(args) -> int:
         job = {"engine": engine, "model": model, "threads": args.threads, "runs": args.runs}
         result = run_worker([sys.executable, "-m", "edgemm.bench.asr"], job)
         if "error" in result:
-            if engine == OURS:
-                raise EdgemmError(result["error"])
+            if engine != PEER:
+                raise EdgemmError(f"{engine}: {result['error']}")
             print(f"{engine}: skipped: {result['error']}", file=say)
             continue
         result["wer"] = wer([c.text for c in clips], result.pop("texts"))

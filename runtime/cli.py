@@ -477,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=_positive_int, default=8)
     d.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (after the warm-up)")
     d.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up, then lr x sqrt(warmup / step)")
+    d.add_argument(
+        "--ce-weight", type=float, default=1.0, help="weight of the cross-entropy on the teacher's transcript (KL: 1)"
+    )
     d.add_argument("--eval-every", type=_positive_int, default=100, help="steps between held-out evaluations")
     d.add_argument(
         "--patience", type=int, default=10, help="stop after this many evaluations without a better WER (0: never)"
@@ -498,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", choices=["asr", "llm", "vision", "assistant"])
     p.add_argument("--model", type=Path, default=None, help="our bundle (default: the speech or llm preset)")
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
+    p.add_argument(
+        "--student",
+        type=Path,
+        action="append",
+        help="asr: a distilled student bundle measured beside --model (repeatable; default: "
+        "$EDGEMM_MODELS/whisper-tiny.en-student-int8 when built)",
+    )
     p.add_argument("--peer-python", type=Path, default=None, help="llm: python of the peers' venv (.venv-peers)")
     p.add_argument("--ogenai-model", type=Path, default=None, help="llm: onnxruntime-genai model folder")
     p.add_argument("--gguf", type=Path, default=None, help="llm: GGUF file for llama.cpp (default: the packaged one)")

@@ -33,6 +33,7 @@ def run_distill(args) -> int:
             resume=args.resume,
             warmup_steps=args.warmup_steps,
             patience=args.patience,
+            weights={"ce": args.ce_weight},
         )
     bundle = args.bundle or args.out / "bundle"
     teacher = args.teacher_bundle or teacher_bundle(args.teacher, args.quant)
