@@ -476,9 +476,14 @@ def write_curve(path: Path, history: dict) -> None:
     fig, (ax_loss, ax_wer) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"wspace": 0.25})
     train = history["train"]
     steps = [r["step"] for r in train]
+    # Each step's batch is a single length bucket, so single steps jump: plot the mean of the last `span` steps.
+    span = max(1, min(50, len(train) // 10))
     for name in ("loss", "ce", "kd", "enc"):
-        ax_loss.plot(steps, [r[name] for r in train], label=name, linewidth=1)
-    ax_loss.set(xlabel="step", ylabel="loss", title="training loss", yscale="log")
+        values = np.array([r[name] for r in train])
+        (line,) = ax_loss.plot(steps, values, linewidth=0.5, alpha=0.25)
+        mean = np.convolve(values, np.ones(span) / span, mode="valid")
+        ax_loss.plot(steps[span - 1 :], mean, color=line.get_color(), linewidth=1.5, label=name)
+    ax_loss.set(xlabel="step", ylabel="loss", title=f"training loss (mean of {span} steps)", yscale="log")
     ax_loss.legend()
     evals = history["eval"]
     if evals:
