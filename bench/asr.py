@@ -19,7 +19,7 @@ on previous text; ours runs its Silero VAD first (default options), faster-whisp
 
 Distilled students (``--student BUNDLE``, repeatable; by default the ``make distill`` bundle when it is built) get
 rows of their own beside the teacher bundle, measured the same way in the same run, and a line comparing their
-latency and peak RSS with the teacher's.
+latency, peak RSS and WER with the teacher's.
 """
 
 from __future__ import annotations
