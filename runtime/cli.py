@@ -1,4 +1,4 @@
-"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``export``, ``bench``.
+"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``listen``, ``serve``, ``export``, ``bench``.
 
 Every user error prints one line (``edgemm: error: ...``) and exits with status 2; never a traceback.
 """
@@ -320,6 +320,36 @@ def _show(events, verbose: bool) -> None:
                 print(f"  [from end of speech: {latency}]", file=sys.stderr)
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    try:
+        from edgemm.runtime.server.app import ServerConfig, serve
+        from edgemm.runtime.server.models import ServerModels
+    except ImportError as e:
+        raise EdgemmError(
+            f"edgemm serve needs the serve extra ({e.name} is missing): pip install 'edgemm[serve]'"
+        ) from None
+    models = ServerModels.load(
+        args.model,
+        args.speech_model,
+        args.vision_model,
+        threads=args.threads,
+        context=args.context,
+        speech=not args.no_speech,
+        vision=not args.no_vision,
+        voice=not args.no_tts,
+        max_queue=args.max_queue,
+    )
+    config = ServerConfig(api_key=args.api_key or os.environ.get("EDGEMM_API_KEY") or None, timeout=args.timeout)
+
+    def ready(url: str) -> None:
+        print(f"edgemm serve: {url} (models: {', '.join(models.names())})", file=sys.stderr, flush=True)
+
+    serve(models, args.host, args.port, config, ready=ready)
+    return 0
+
+
 def _export_side(module: str, doing: str):
     """``edgemm.export.<module>``, or a one-line error naming the missing package of the export extra."""
     try:
@@ -358,6 +388,10 @@ def cmd_bench(args) -> int:
         from edgemm.bench.vision import run_bench_vision
 
         return run_bench_vision(args)
+    if args.target == "serve":
+        from edgemm.bench.serve import run_bench_serve
+
+        return run_bench_serve(args)
     if args.target == "assistant":
         from edgemm.bench.assistant import run_bench_assistant
 
@@ -430,6 +464,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_listen)
 
+    p = sub.add_parser(
+        "serve", parents=[verbose], help="OpenAI-compatible server + web assistant (serve extra)", formatter_class=fmt
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback: set --api-key)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one, printed at start)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $EDGEMM_API_KEY)")
+    p.add_argument("--model", type=Path, default=None, help="llm bundle (default preset)")
+    p.add_argument("--speech-model", type=Path, default=None, help="speech bundle (default preset)")
+    p.add_argument("--vision-model", type=Path, default=None, help="vision or vlm bundle (default preset)")
+    p.add_argument("--no-speech", action="store_true", help="no speech model: no transcription, no web assistant")
+    p.add_argument("--no-vision", action="store_true", help="no image questions")
+    p.add_argument("--no-tts", action="store_true", help="no spoken answers, no /v1/audio/speech")
+    p.add_argument("--max-queue", type=_positive_int, default=8, help="requests that may wait per model (then 429)")
+    p.add_argument("--timeout", type=_positive_seconds, default=300.0, help="seconds one request may take")
+    p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
+    p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("say", parents=[verbose], help="speak a text into a WAV file (tts extra)", formatter_class=fmt)
     p.add_argument("text")
     p.add_argument("--out", type=Path, required=True, help="WAV file to write")
@@ -498,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
-    p.add_argument("target", choices=["asr", "llm", "vision", "assistant"])
+    p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve"])
     p.add_argument("--model", type=Path, default=None, help="our bundle (default: the speech or llm preset)")
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
     p.add_argument(

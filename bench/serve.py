@@ -1,0 +1,279 @@
+"""``edgemm bench serve``: a live ``edgemm serve`` under load.
+
+- **Load**: ``chats`` chat completions and ``transcriptions`` transcriptions sent at once, while ``/health`` is polled.
+  Every request must be answered (200) or cleanly refused (429 with ``Retry-After``; 503); none may hang. Reported:
+  answered / refused per kind, the slowest ``/health``, and the server's resident memory idle (after a warm-up
+  turn), at its peak, and after the load has drained.
+- **Disconnect**: ``clients`` streaming chats asking for long answers; each reads its first piece and hangs up.
+  Reported: the seconds from the last hang-up until the llm worker is idle again (the generations were cancelled,
+  not run to their end) and how many tokens they would otherwise have run.
+
+The server runs in a subprocess started by :class:`ServerProcess` (the tests use it too).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.server.models import CACHE_SLOTS
+
+START_TIMEOUT_S = 180
+MAX_QUEUE = 12  # the server's queue per model in this bench: all 10 streaming clients of the disconnect test fit
+REQUEST_TIMEOUT_S = 300
+
+
+class ServerProcess:
+    """``edgemm serve --port 0 ARGS`` in a subprocess: ``url`` once it listens, ``pid``, ``stop()``."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="edgemm-serve-", suffix=".log", delete=False)
+        command = [sys.executable, "-m", "edgemm.runtime.cli", "serve", "--port", "0", *args]
+        self.proc = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or os.environ.copy()
+        )
+        self.pid = self.proc.pid
+        self.url = self._wait_ready()
+
+    def _wait_ready(self) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = Path(self.log.name).read_text()
+            for line in text.splitlines():
+                if line.startswith("edgemm serve: http"):
+                    return line.split()[2]
+            if self.proc.poll() is not None:
+                raise EdgemmError(f"edgemm serve exited ({self.proc.returncode}): {text.strip()[-500:]}")
+            time.sleep(0.2)
+        self.stop()
+        raise EdgemmError(f"edgemm serve did not start in {START_TIMEOUT_S} s")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        os.unlink(self.log.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def request(url: str, path: str, body=None, headers: dict | None = None, timeout: float = REQUEST_TIMEOUT_S):
+    """(status, headers, body bytes) of one request; ``body``: a dict (sent as JSON) or bytes."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    headers = dict(headers or {})
+    if isinstance(body, dict):
+        headers.setdefault("Content-Type", "application/json")
+    req = urllib.request.Request(url + path, data=data, headers=headers, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type; ``files``: name -> (filename, bytes)."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, data) in files.items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def health(url: str, headers: dict | None = None) -> dict:
+    status, _, body = request(url, "/health", headers=headers, timeout=10)
+    if status != 200:
+        raise EdgemmError(f"/health answered {status}")
+    return json.loads(body)
+
+
+def _chat(url: str, i: int, headers: dict) -> int:
+    body = {"model": "any", "messages": [{"role": "user", "content": f"Count from {i} to {i + 5}."}], "max_tokens": 24}
+    status, got, _ = request(url, "/v1/chat/completions", body, headers)
+    if status == 429 and "Retry-After" not in got and "retry-after" not in got:
+        return -429  # refused without saying when to retry
+    return status
+
+
+def _transcribe(url: str, audio: bytes, headers: dict) -> int:
+    data, kind = multipart({"model": "whisper-1"}, {"file": ("clip.wav", audio)})
+    return request(url, "/v1/audio/transcriptions", data, {**headers, "Content-Type": kind})[0]
+
+
+def load(server: ServerProcess, audio: bytes, chats: int = 64, transcriptions: int = 16, headers=None) -> dict:
+    """Send ``chats`` + ``transcriptions`` requests at once; see the module's docstring."""
+    headers = headers or {}
+    url = server.url
+    # Warm-up: the server's steady state, i.e. its kept KV caches filled with distinct conversations and a first
+    # transcription's buffers allocated. "Idle" is measured after it.
+    for i in range(CACHE_SLOTS):
+        _chat(url, 1000 + i, headers)
+    _transcribe(url, audio, headers)
+    time.sleep(1.0)
+    idle = server.rss_mb()
+    peak, health_s, health_failures = idle, [], 0
+    done = threading.Event()
+
+    def watch():
+        nonlocal peak, health_failures
+        while not done.is_set():
+            start = time.perf_counter()
+            try:
+                health(url, headers)
+                health_s.append(time.perf_counter() - start)
+            except (OSError, EdgemmError):
+                health_failures += 1
+            peak = max(peak, server.rss_mb())
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=chats + transcriptions) as pool:
+        chat_futures = [pool.submit(_chat, url, i, headers) for i in range(chats)]
+        asr_futures = [pool.submit(_transcribe, url, audio, headers) for _ in range(transcriptions)]
+        chat_status = [f.result() for f in chat_futures]
+        asr_status = [f.result() for f in asr_futures]
+    wall = time.perf_counter() - start
+    done.set()
+    watcher.join()
+    time.sleep(2.0)  # let freed memory settle
+    after = server.rss_mb()
+
+    def counts(statuses):
+        return {
+            "answered": statuses.count(200),
+            "refused_429": statuses.count(429),
+            "refused_503": statuses.count(503),
+            "other": sorted(s for s in statuses if s not in (200, 429, 503)),
+        }
+
+    return {
+        "chats": counts(chat_status),
+        "transcriptions": counts(asr_status),
+        "wall_s": round(wall, 2),
+        "health_polls": len(health_s),
+        "health_failures": health_failures,
+        "health_max_s": round(max(health_s, default=0.0), 3),
+        "rss_idle_mb": round(idle, 1),
+        "rss_peak_mb": round(peak, 1),
+        "rss_after_mb": round(after, 1),
+    }
+
+
+def _hang_up_after_first_piece(url: str, headers: dict, max_tokens: int) -> None:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=REQUEST_TIMEOUT_S)
+    body = {
+        "model": "any",
+        "stream": True,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "Write a very long story about a cat who travels the world."}],
+    }
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {**headers, "Content-Type": "application/json"})
+    response = conn.getresponse()
+    pieces = 0
+    while pieces < 2:  # the role chunk, then the first text piece
+        line = response.fp.readline()
+        if not line:
+            break
+        pieces += line.startswith(b"data: ")
+    conn.sock.shutdown(2)
+    conn.close()
+
+
+def disconnect(server: ServerProcess, clients: int = 10, max_tokens: int = 1000, headers=None) -> dict:
+    """``clients`` streaming chats that hang up after their first piece; see the module's docstring."""
+    headers = headers or {}
+    before = health(server.url, headers)["workers"]["llm"]["done"]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(lambda _: _hang_up_after_first_piece(server.url, headers, max_tokens), range(clients)))
+    hung_up = time.perf_counter()
+    while True:
+        llm = health(server.url, headers)["workers"]["llm"]
+        if llm["pending"] == 0:
+            break
+        if time.perf_counter() - hung_up > 120:
+            raise EdgemmError("the llm worker was still busy 120 s after every client hung up")
+        time.sleep(0.05)
+    return {
+        "clients": clients,
+        "max_tokens_each": max_tokens,
+        "jobs_finished": llm["done"] - before,
+        "worker_free_after_s": round(time.perf_counter() - hung_up, 2),
+        "all_clients_s": round(time.perf_counter() - start, 2),
+    }
+
+
+def run_bench_serve(args) -> int:
+    from edgemm.bench.clips import dev_clips
+
+    clips = dev_clips()
+    if not clips:
+        raise EdgemmError("no dev clips: install Debian pocketsphinx-testdata (make setup does)")
+    audio = Path(clips[0].path).read_bytes()
+    extra = ["--threads", str(args.threads), "--max-queue", str(MAX_QUEUE)]
+    if args.model:
+        extra += ["--model", str(args.model)]
+    with ServerProcess(*extra) as server:
+        report = {"load": load(server, audio), "disconnect": disconnect(server)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    lo, dc = report["load"], report["disconnect"]
+    print(
+        f"edgemm bench serve: {args.threads} threads, 64 chats + 16 transcriptions at once (max queue {MAX_QUEUE} per model)"
+    )
+    for kind in ("chats", "transcriptions"):
+        c = lo[kind]
+        print(
+            f"  {kind:15s} answered {c['answered']:3d}  refused 429 {c['refused_429']:3d}  503 {c['refused_503']:3d}"
+            f"  other {c['other']}"
+        )
+    print(
+        f"  /health: {lo['health_polls']} polls during the load, slowest {lo['health_max_s'] * 1000:.0f} ms, "
+        f"{lo['health_failures']} failed; load drained in {lo['wall_s']} s"
+    )
+    print(f"  RSS MB: idle {lo['rss_idle_mb']}, peak {lo['rss_peak_mb']}, after {lo['rss_after_mb']}")
+    print(
+        f"  {dc['clients']} streaming clients hung up after one piece (asking {dc['max_tokens_each']} tokens each): "
+        f"worker free {dc['worker_free_after_s']} s after the last, {dc['all_clients_s']} s for all "
+        "(they run one after another: each is cancelled when its client leaves)"
+    )
+    return 0

@@ -1,0 +1,646 @@
+"""The HTTP application: OpenAI's routes, the web assistant's route and the page, behind an API key and size limits.
+
+Routes: ``GET /`` (the page), ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
+``POST /v1/audio/transcriptions`` and ``/translations``, ``POST /v1/audio/speech``, and ``POST /v1/assistant`` (one
+turn of the web assistant: a spoken or typed question, optionally with a camera frame, answered as server-sent
+events).
+
+Every request's model work runs on that model's worker thread (models.py); this module waits for it without
+blocking the event loop, stops it when the client goes away or the request times out, and turns every error into
+OpenAI's error JSON with its status code.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import hmac
+import io
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import soundfile as sf
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from edgemm.runtime.errors import AudioError, BundleError, EdgemmError
+from edgemm.runtime.llm import ContextError, Generation
+from edgemm.runtime.llm.chat import ChatTemplate
+from edgemm.runtime.server import openai
+from edgemm.runtime.server.models import ServerModels
+from edgemm.runtime.server.openai import APIError, bad
+from edgemm.runtime.server.workers import Busy, Channel, Closed
+from edgemm.runtime.speech.decoding import DecodingOptions
+from edgemm.runtime.speech.transcribe import TEMPERATURES, TranscribeOptions
+from edgemm.runtime.tts import TTSError
+from edgemm.runtime.vision.image import ImageError
+
+log = logging.getLogger(__name__)
+
+MB = 1 << 20
+# Request bodies: the largest each route needs (an image is base64 in JSON: 4/3 of its size), 1 MB elsewhere.
+BODY_LIMITS = (
+    ("/v1/chat/completions", 28 * MB),
+    ("/v1/audio/transcriptions", 26 * MB),
+    ("/v1/audio/translations", 26 * MB),
+    ("/v1/assistant", 46 * MB),
+)
+JSON_LIMIT = 1 * MB
+POLL_S = 0.5  # how often a waiting request checks that its client is still there
+PCM_RATE = 24_000  # OpenAI's raw "pcm" format: 24 kHz, 16-bit signed little-endian, mono
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    api_key: str | None = None
+    timeout: float = 300.0  # seconds one request may take, queueing included
+
+
+# ---- errors ----
+
+
+def api_error(error: BaseException) -> APIError:
+    """OpenAI's error for a library error (one sentence, the right status)."""
+    if isinstance(error, APIError):
+        return error
+    message = (str(error).splitlines() or [type(error).__name__])[0]
+    if isinstance(error, Busy):
+        return APIError(
+            429, message, "requests", code="rate_limit_exceeded", headers={"Retry-After": str(error.retry_after)}
+        )
+    if isinstance(error, Closed):
+        return APIError(503, message, "server_error", code="unavailable", headers={"Retry-After": "5"})
+    if isinstance(error, ContextError):
+        return APIError(400, message, param="messages", code="context_length_exceeded")
+    if isinstance(error, ImageError):
+        return APIError(400, message, param="messages", code="invalid_image")
+    if isinstance(error, AudioError):
+        return APIError(400, message, param="file", code="invalid_audio")
+    if isinstance(error, TTSError):
+        return APIError(503, message, "server_error", code="voice_unavailable")
+    if isinstance(error, BundleError):
+        return APIError(500, message, "server_error", code="bundle_error")
+    if isinstance(error, EdgemmError):
+        return APIError(400, message)
+    log.error("internal error: %s", message, exc_info=error)
+    return APIError(500, f"internal error: {message}", "server_error")
+
+
+def error_response(error: BaseException) -> JSONResponse:
+    e = api_error(error)
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def _on_http_exception(request: Request, exc: HTTPException) -> JSONResponse:
+    kinds = {404: "not_found_error", 405: "invalid_request_error"}
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    e = APIError(
+        exc.status_code,
+        message.get(exc.status_code, str(exc.detail)),
+        kinds.get(exc.status_code, "invalid_request_error"),
+    )
+    return JSONResponse(e.body(), status_code=e.status, headers=exc.headers)
+
+
+# ---- API key and size limits ----
+
+
+class Guard:
+    """ASGI middleware: the API key on every route (a Bearer token; the page also takes it as the password of HTTP
+    Basic auth, which browsers ask for themselves) and the request body limits (413 past them, checked on the
+    declared length and again on the bytes received)."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    def _authorized(self, headers: dict) -> bool:
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                value = base64.b64decode(value).decode("utf-8").partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                return False
+        elif scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(value.strip().encode(), self.api_key.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.api_key and not self._authorized(headers):
+            e = APIError(
+                401,
+                "a valid API key is needed (Authorization: Bearer KEY)",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
+            page = scope["path"] == "/"
+            challenge = 'Basic realm="edgemm", charset="UTF-8"' if page else 'Bearer realm="edgemm"'
+            response = JSONResponse(e.body(), status_code=401, headers={"WWW-Authenticate": challenge})
+            return await response(scope, receive, send)
+        limit = next((size for prefix, size in BODY_LIMITS if scope["path"].startswith(prefix)), JSON_LIMIT)
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                return await error_response(bad("Content-Length is not a number"))(scope, receive, send)
+            if too_big:
+                return await error_response(_too_large(limit))(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _too_large(limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is over {limit // MB} MB", code="request_too_large")
+
+
+# ---- helpers ----
+
+
+async def _json(request: Request):
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad("the request body is not valid JSON") from None
+
+
+def _sse(data) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _event(name: str, data) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _wav(samples: np.ndarray, rate: int) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+class _Frame:
+    """The camera of a web turn: the frame the page sent with the question."""
+
+    def __init__(self, image: bytes):
+        self.image = image
+
+    def grab(self) -> bytes:
+        return self.image
+
+
+class Server:
+    def __init__(self, models: ServerModels, config: ServerConfig):
+        self.models, self.config = models, config
+        self.template = ChatTemplate(models.lm.chat_template, models.lm.special)
+        self.started = time.time()
+
+    # -- waiting for workers --
+
+    async def _first(self, channel: Channel, request: Request, deadline: float):
+        """The first item of a job: waits while the job queues, and cancels it if the client leaves or time runs
+        out (504)."""
+        while True:
+            try:
+                return await channel.next(timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    channel.cancel()
+                    raise APIError(
+                        504, f"the request took longer than {self.config.timeout:g} s", "server_error", code="timeout"
+                    ) from None
+                if await request.is_disconnected():
+                    channel.cancel()
+                    raise APIError(499, "the client closed the request") from None
+            except BaseException:
+                channel.cancel()
+                raise
+
+    def _start(self, worker: str, job) -> Channel:
+        channel = Channel()
+        self.models.workers[worker].submit(channel.run, job)
+        return channel
+
+    # -- routes --
+
+    async def page(self, request: Request) -> Response:
+        html = resources.files("edgemm.runtime.server").joinpath("web/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+
+    async def health(self, request: Request) -> Response:
+        m = self.models
+        return JSONResponse(
+            {
+                "status": "ok",
+                "uptime_s": round(time.time() - self.started, 1),
+                "models": m.names(),
+                "workers": {name: w.status() for name, w in m.workers.items()},
+                "image_route": m.images.route if m.images is not None else None,
+            }
+        )
+
+    async def list_models(self, request: Request) -> Response:
+        created = int(self.started)
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "edgemm"} for name in self.models.names()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def get_model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        if name not in self.models.names():
+            raise APIError(
+                404, f"no model {name!r} here (see /v1/models)", "not_found_error", "model", "model_not_found"
+            )
+        return JSONResponse({"id": name, "object": "model", "created": int(self.started), "owned_by": "edgemm"})
+
+    def _generation(self, req: openai.ChatRequest) -> tuple[Generation, str]:
+        """Start the answer to a chat request (on the llm worker's thread)."""
+        m = self.models
+        if req.images:
+            answer = m.images.ask(req.question, req.images, req.options, system=req.system)
+            return answer.generation, m.images.model_name
+        prompt = self.template.encode(m.lm.tokenizer, req.messages)
+        if len(prompt) >= m.lm.context:
+            raise ContextError(
+                f"the messages are {len(prompt)} tokens; the context window is {m.lm.context} (send fewer or shorter)"
+            )
+        return Generation(m.lm, m.cache_pool.take(prompt), prompt, req.options), m.lm.name
+
+    async def chat_completions(self, request: Request) -> Response:
+        deadline = time.monotonic() + self.config.timeout
+        req = openai.chat_request(await _json(request), self.models.lm.context)
+        if req.images and self.models.images is None:
+            raise bad("this server answers no image questions (it was started without a vision model)", "messages")
+
+        def job(channel: Channel):
+            generation, model = self._generation(req)
+            channel.on_cancel(generation.close)
+            channel.put(("start", model))
+            for piece in generation:
+                channel.put(("text", piece))
+            stats = generation.stats
+            channel.put(
+                (
+                    "end",
+                    generation.finish_reason,
+                    openai.usage(stats.prompt_tokens, stats.new_tokens, stats.prompt_tokens - stats.prefilled_tokens),
+                )
+            )
+
+        channel = self._start("llm", job)
+        _, model = await self._first(channel, request, deadline)
+        cid = openai.completion_id()
+        if req.stream:
+            return StreamingResponse(
+                self._chat_events(channel, cid, model, req.include_usage, deadline),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        text, finish, usage = "", None, None
+        while True:
+            try:
+                item = await self._first(channel, request, deadline)
+            except StopAsyncIteration:
+                break
+            if item[0] == "text":
+                text += item[1]
+            else:
+                finish, usage = item[1], item[2]
+        return JSONResponse(openai.completion(cid, model, text, finish, usage))
+
+    async def _chat_events(self, channel, cid, model, include_usage, deadline):
+        usage = None
+        try:
+            yield _sse(openai.chunk(cid, model, {"role": "assistant", "content": ""}))
+            while True:
+                try:
+                    item = await channel.next(timeout=max(0.0, deadline - time.monotonic()))
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    channel.cancel()
+                    yield _sse(
+                        APIError(
+                            504,
+                            f"the answer took longer than {self.config.timeout:g} s",
+                            "server_error",
+                            code="timeout",
+                        ).body()
+                    )
+                    break
+                except Exception as e:  # the model failed mid-answer: the stream ends with OpenAI's error object
+                    yield _sse(api_error(e).body())
+                    break
+                if item[0] == "text":
+                    yield _sse(openai.chunk(cid, model, {"content": item[1]}))
+                else:
+                    usage = item[2]
+                    yield _sse(openai.chunk(cid, model, {}, openai.FINISH.get(item[1], "stop")))
+            if include_usage and usage is not None:
+                yield _sse(openai.chunk(cid, model, {}, usage_=usage))
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client disconnects: the generation stops after its current token
+            channel.cancel()
+
+    async def _run(self, worker: str, request: Request, fn, *args):
+        """``fn(*args)`` on a worker, with the request's timeout and cancellation."""
+
+        def job(channel: Channel):
+            channel.put(fn(*args))
+
+        channel = self._start(worker, job)
+        return await self._first(channel, request, time.monotonic() + self.config.timeout)
+
+    async def transcriptions(self, request: Request) -> Response:
+        return await self._transcribe(request, "transcribe")
+
+    async def translations(self, request: Request) -> Response:
+        return await self._transcribe(request, "translate")
+
+    async def _transcribe(self, request: Request, task: str) -> Response:
+        transcriber = self.models.transcriber
+        if transcriber is None:
+            raise APIError(404, "this server has no speech model", "not_found_error", code="model_not_found")
+        form = await request.form(max_files=1, max_fields=32)
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise bad("send the audio as the multipart field 'file'", "file")
+            audio = await upload.read(openai.MAX_AUDIO_BYTES + 1)
+            if len(audio) > openai.MAX_AUDIO_BYTES:
+                raise APIError(
+                    413,
+                    f"the audio file is over {openai.MAX_AUDIO_BYTES // MB} MB",
+                    param="file",
+                    code="file_too_large",
+                )
+            if not audio:
+                raise bad("the audio file is empty", "file")
+            fmt = form.get("response_format") or "json"
+            if fmt not in openai.TRANSCRIPTION_FORMATS:
+                raise bad(
+                    f"response_format must be one of {', '.join(openai.TRANSCRIPTION_FORMATS)}", "response_format"
+                )
+            temperature = _form_number(form, "temperature", 0.0, 1.0, 0.0)
+            options = TranscribeOptions(
+                decoding=DecodingOptions(
+                    task=task, language=(form.get("language") or None) if task == "transcribe" else None
+                ),
+                temperatures=TEMPERATURES if temperature == 0 else (temperature,),
+                initial_prompt=form.get("prompt") or None,
+            )
+        finally:
+            await form.close()
+        result = await self._run("speech", request, transcriber.transcribe, audio, None, options)
+        body, media = openai.transcription_body(result, fmt, task)
+        if isinstance(body, dict):
+            return JSONResponse(body)
+        return Response(body, media_type=media)
+
+    async def speech(self, request: Request) -> Response:
+        synthesizer = self.models.synthesizer
+        if synthesizer is None:
+            raise APIError(
+                404,
+                "this server has no voice (install the tts extra and a Piper voice)",
+                "not_found_error",
+                code="model_not_found",
+            )
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise bad("the request body must be a JSON object")
+        text = body.get("input")
+        if not isinstance(text, str) or not text.strip():
+            raise bad("'input' must be a non-empty text", "input")
+        if len(text) > openai.MAX_SPEECH_INPUT:
+            raise bad(f"'input' is over {openai.MAX_SPEECH_INPUT} characters", "input")
+        fmt = body.get("response_format") or "wav"
+        if fmt not in openai.SPEECH_FORMATS:
+            raise bad(f"response_format must be one of {', '.join(openai.SPEECH_FORMATS)}", "response_format")
+        speed = openai._number(body, "speed", 0.25, 4.0, 1.0)
+        speech = await self._run("voice", request, synthesizer.synthesize, text, speed)
+        if fmt == "pcm":
+            import soxr
+
+            samples = soxr.resample(speech.samples, speech.sample_rate, PCM_RATE)
+            pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+            return Response(pcm, media_type="audio/pcm", headers={"X-Sample-Rate": str(PCM_RATE)})
+        out = io.BytesIO()
+        sf.write(out, speech.samples, speech.sample_rate, format=fmt.upper(), subtype="PCM_16")
+        return Response(out.getvalue(), media_type=f"audio/{fmt}")
+
+    async def assistant(self, request: Request) -> Response:
+        """One turn of the web assistant: multipart ``session`` (the page's conversation id), ``audio`` (an
+        utterance the page cut) or ``text``, and optionally ``image`` (the camera frame at the time of the
+        question; the assistant looks at it only when the question is about the scene). Answers as server-sent
+        events: ``transcript``, ``answer`` (text pieces), ``audio`` (a WAV per spoken sentence), ``done`` (the
+        turn with its latencies) or ``nothing`` (no speech heard), ``error``."""
+        from edgemm.runtime.assistant import AnswerAudio, AnswerText, Transcript, TurnEnd
+
+        m = self.models
+        if m.transcriber is None:
+            raise APIError(404, "the assistant needs a speech model", "not_found_error")
+        deadline = time.monotonic() + self.config.timeout
+        form = await request.form(max_files=2, max_fields=16)
+        try:
+            session = form.get("session")
+            if not isinstance(session, str) or not 8 <= len(session) <= 64:
+                raise bad("'session' must be the page's conversation id (8 to 64 characters)", "session")
+            audio = await _upload(form, "audio", openai.MAX_AUDIO_BYTES)
+            image = await _upload(form, "image", openai.MAX_IMAGE_BYTES)
+            text = form.get("text")
+            if audio is None and not (isinstance(text, str) and text.strip()):
+                raise bad("send 'audio' (a recorded question) or 'text'", "text")
+        finally:
+            await form.close()
+        received = time.perf_counter()
+
+        def job(channel: Channel):
+            assistant = m.assistant(session)
+            camera = _Frame(image) if image else None
+            events = (
+                assistant.hear(audio, camera=camera) if audio is not None else assistant.respond(text, camera=camera)
+            )
+            try:
+                for event in events:
+                    channel.put(event)
+            finally:
+                events.close()
+
+        channel = self._start("llm", job)
+
+        async def events():
+            heard = False
+            try:
+                yield ": turn\n\n"  # headers out at once: the page shows that the question was received
+                while True:
+                    try:
+                        item = await self._first(channel, request, deadline)
+                    except StopAsyncIteration:
+                        break
+                    except Exception as e:
+                        yield _event("error", api_error(e).body()["error"])
+                        break
+                    if isinstance(item, Transcript):
+                        heard = True
+                        yield _event("transcript", {"text": item.text})
+                    elif isinstance(item, AnswerText):
+                        yield _event("answer", {"text": item.text})
+                    elif isinstance(item, AnswerAudio):
+                        wav = _wav(item.speech.samples, item.speech.sample_rate)
+                        yield _event("audio", {"wav": base64.b64encode(wav).decode(), "seconds": item.speech.seconds})
+                    elif isinstance(item, TurnEnd):
+                        heard = True
+                        turn = item.turn
+                        latency = {k: round(v, 3) for k, v in turn.latency.items()}
+                        latency["server_s"] = round(time.perf_counter() - received, 3)
+                        yield _event("done", {"answer": turn.answer, "looked": turn.looked, "latency": latency})
+                if not heard:
+                    yield _event("nothing", {"message": "no speech heard"})
+            finally:
+                channel.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _upload(form, name: str, limit: int) -> bytes | None:
+    upload = form.get(name)
+    if upload is None or upload == "":
+        return None
+    if not isinstance(upload, UploadFile):
+        raise bad(f"'{name}' must be a file", name)
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise APIError(413, f"'{name}' is over {limit // MB} MB", param=name, code="file_too_large")
+    return data or None
+
+
+def _form_number(form, name: str, low: float, high: float, default: float) -> float:
+    value = form.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not low <= number <= high:
+        raise bad(f"'{name}' must be a number from {low:g} to {high:g}", name)
+    return number
+
+
+def _answering_errors(endpoint):
+    """Every failure of ``endpoint`` becomes OpenAI's error JSON with its status: no traceback, no dropped
+    connection."""
+
+    @functools.wraps(endpoint)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except HTTPException as e:  # e.g. a malformed multipart body
+            return error_response(APIError(e.status_code, str(e.detail)))
+        except Exception as e:
+            return error_response(e)
+
+    return wrapped
+
+
+def create_app(models: ServerModels, config: ServerConfig | None = None):
+    """The ASGI application serving ``models`` (run it with uvicorn; ``edgemm serve`` does)."""
+    config = config or ServerConfig()
+    server = Server(models, config)
+    routes = [
+        ("/", server.page, ["GET"]),
+        ("/health", server.health, ["GET"]),
+        ("/v1/models", server.list_models, ["GET"]),
+        ("/v1/models/{model:path}", server.get_model, ["GET"]),
+        ("/v1/chat/completions", server.chat_completions, ["POST"]),
+        ("/v1/audio/transcriptions", server.transcriptions, ["POST"]),
+        ("/v1/audio/translations", server.translations, ["POST"]),
+        ("/v1/audio/speech", server.speech, ["POST"]),
+        ("/v1/assistant", server.assistant, ["POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        models.shutdown()
+
+    app = Starlette(
+        routes=[Route(path, _answering_errors(endpoint), methods=methods) for path, endpoint, methods in routes],
+        exception_handlers={HTTPException: _on_http_exception},
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    return Guard(app, config.api_key)
+
+
+def new_api_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free one); a clear error when it cannot be had."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        raise EdgemmError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(
+    models: ServerModels, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None, ready=None
+) -> None:
+    """Serve ``models`` over HTTP until interrupted. ``ready(url)`` is called once the socket listens."""
+    import uvicorn
+
+    config = config or ServerConfig()
+    if not config.api_key and not is_loopback(host):
+        log.warning(
+            "listening on %s without an API key: anyone who can reach this machine can use it (set --api-key)", host
+        )
+    sock = listen_socket(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    uv = uvicorn.Server(
+        uvicorn.Config(create_app(models, config), log_level="warning", timeout_keep_alive=5, lifespan="on")
+    )
+    if ready is not None:
+        ready(f"http://{shown}:{bound}")
+    uv.run(sockets=[sock])

@@ -1,0 +1,152 @@
+"""The models a server holds: each bundle loaded once, each model with its own worker thread.
+
+Which jobs go where: chat completions, image questions and the web assistant's turns run on the ``llm`` worker (the
+language model answers all of them); transcriptions on the ``speech`` worker; ``/v1/audio/speech`` on the ``voice``
+worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgemm.runtime.llm import LanguageModel
+from edgemm.runtime.llm.model import KVCache
+from edgemm.runtime.server.workers import Worker
+from edgemm.runtime.speech import Transcriber
+
+log = logging.getLogger(__name__)
+
+CACHE_SLOTS = 4  # KV caches kept between chat requests (each grows only as far as its conversation)
+ASSISTANT_SESSIONS = 16  # web assistant conversations kept (the least recently used one is forgotten first)
+SESSION_IDLE_S = 3600
+CONTINUATION_SLACK = 8  # tokens at the end of a cached sequence that a continuing conversation may encode differently  # a web conversation idle this long is forgotten
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class CachePool:
+    """KV caches kept between chat requests. A client resends the whole conversation each turn; the cache holding
+    the longest beginning of the new prompt is reused, so only the new turn runs through the model. Used from the
+    llm worker's thread only.
+
+    The answer is the same up to rounding: a token run in a batch (prefill) or alone (after a reused prefix) rounds
+    differently in the int4 kernels, so a long greedy answer, or a sampled one, can differ late, as in every engine
+    that reuses caches."""
+
+    def __init__(self, lm: LanguageModel, slots: int = CACHE_SLOTS):
+        self.lm, self.slots = lm, slots
+        self.caches: list[KVCache] = []  # least recently used first
+
+    def take(self, prompt: list[int]) -> KVCache:
+        """The cache to run ``prompt`` in: the one whose sequence it continues (the earlier turns of the same
+        conversation; the last few generated tokens may differ from the re-encoded answer) or repeats (the same
+        request again), else a new one while there are free slots, else the least recently used."""
+        shared = {id(c): _common_prefix(c.tokens, prompt) for c in self.caches}
+
+        def is_ours(cache: KVCache) -> bool:
+            n = shared[id(cache)]
+            return n > 0 and (n >= len(cache.tokens) - CONTINUATION_SLACK or n >= len(prompt) - 1)
+
+        ours = [c for c in self.caches if is_ours(c)]
+        if ours:
+            cache = max(ours, key=lambda c: shared[id(c)])
+            self.caches.remove(cache)
+        elif len(self.caches) < self.slots:
+            cache = self.lm.new_cache()
+        else:
+            cache = self.caches.pop(0)
+        self.caches.append(cache)
+        return cache
+
+
+@dataclass
+class ServerModels:
+    lm: LanguageModel
+    transcriber: Transcriber | None = None
+    images: object | None = None  # ImageQuestion
+    synthesizer: object | None = None  # tts.Synthesizer
+    max_queue: int = 8
+    workers: dict = field(default_factory=dict)
+    cache_pool: CachePool | None = None
+    _sessions: OrderedDict = field(default_factory=OrderedDict)
+    _sessions_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        self.workers = {"llm": Worker("llm", self.max_queue)}
+        if self.transcriber is not None:
+            self.workers["speech"] = Worker("speech", self.max_queue)
+        if self.synthesizer is not None:
+            self.workers["voice"] = Worker("voice", self.max_queue)
+        self.cache_pool = CachePool(self.lm)
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        speech_model: str | Path | None = None,
+        vision_model: str | Path | None = None,
+        threads: int | None = None,
+        context: int | None = None,
+        speech: bool = True,
+        vision: bool = True,
+        voice: bool = True,
+        max_queue: int = 8,
+    ) -> ServerModels:
+        """The default bundles (or those named). The language model is required; a speech, vision or voice part
+        that is turned off is not loaded, and its routes answer 404 (a missing default bundle is an error: the
+        message says how to build it)."""
+        from edgemm.runtime import tts
+        from edgemm.runtime.vision import ImageQuestion
+
+        lm = LanguageModel.load(model, threads=threads, context=context)
+        transcriber = Transcriber.load(speech_model, threads=threads) if speech else None
+        images = ImageQuestion.load(vision_model=vision_model, threads=threads, lm=lm) if vision else None
+        synthesizer = None
+        if voice and tts.available():
+            synthesizer = tts.Synthesizer(threads=threads)
+        elif voice:
+            log.warning("spoken answers need the tts extra (pip install 'edgemm[tts]'): /v1/audio/speech is off")
+        return cls(lm, transcriber, images, synthesizer, max_queue=max_queue)
+
+    def names(self) -> dict[str, str]:
+        """Model id -> what it does, for /v1/models."""
+        names = {self.lm.name: "chat"}
+        if self.images is not None:
+            names.setdefault(self.images.model_name, "chat")
+        if self.transcriber is not None:
+            names[self.transcriber.bundle.manifest.get("name") or self.transcriber.bundle.path.name] = "transcription"
+        if self.synthesizer is not None:
+            names[self.synthesizer.name] = "speech"
+        return names
+
+    def assistant(self, session: str):
+        """The web assistant conversation ``session`` (created on first use; the least recently used is forgotten
+        beyond ASSISTANT_SESSIONS). Its models are the server's own: nothing is loaded again."""
+        from edgemm.runtime.assistant import Assistant
+
+        now = time.monotonic()
+        with self._sessions_lock:
+            for key in [k for k, (_, used) in self._sessions.items() if now - used > SESSION_IDLE_S]:
+                del self._sessions[key]
+            entry = self._sessions.pop(session, None)
+            assistant = entry[0] if entry else Assistant(self.transcriber, self.lm, self.images, self.synthesizer)
+            self._sessions[session] = (assistant, now)
+            while len(self._sessions) > ASSISTANT_SESSIONS:
+                self._sessions.popitem(last=False)
+            return assistant
+
+    def shutdown(self) -> None:
+        for worker in self.workers.values():
+            worker.shutdown()

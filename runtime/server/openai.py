@@ -1,0 +1,294 @@
+"""OpenAI's HTTP formats: request checks, responses, streamed chunks and errors.
+
+Requests are checked field by field; a bad one raises :class:`APIError` naming the field (``param``), which the app
+turns into OpenAI's error JSON ``{"error": {"message", "type", "param", "code"}}``. Unknown fields are ignored, as
+OpenAI-compatible servers do, so clients written for OpenAI work unchanged; ``model`` is accepted whatever it names
+and the response says which model answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.llm import GenerationOptions
+from edgemm.runtime.llm.chat import clean_text
+from edgemm.runtime.speech import subtitles
+
+MAX_IMAGE_BYTES = 20 << 20  # one image in a chat request (decoded)
+MAX_AUDIO_BYTES = 25 << 20  # one uploaded audio file (OpenAI's limit)
+MAX_SPEECH_INPUT = 4096  # characters of text to speak (OpenAI's limit)
+MAX_STOP = 4
+DESCRIBE = "What is in this image?"
+ROLES = {"system", "developer", "user", "assistant"}
+TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+SPEECH_FORMATS = ("wav", "pcm", "flac")  # mp3, opus and aac would need an encoder this install does not have
+DATA_URI = re.compile(r"data:(image/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+
+
+class APIError(Exception):
+    """An HTTP error in OpenAI's format."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def _number(body: dict, name: str, low: float, high: float, default=None, integer: bool = False):
+    value = body.get(name)
+    if value is None:
+        return default
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not (math.isfinite(value) and low <= value <= high):
+        what = "an integer" if integer else "a number"
+        raise bad(f"'{name}' must be {what} from {low:g} to {high:g}, got {value!r}", name)
+    return value
+
+
+# ---- chat completions ----
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]  # role + text content, ready for the chat template
+    options: GenerationOptions
+    stream: bool = False
+    include_usage: bool = False
+    images: list[bytes] = field(default_factory=list)  # the images of the latest user message that has any
+    question: str = ""  # the last user message's text (the question about the images)
+    system: str | None = None
+
+
+def _image_bytes(url, param: str) -> bytes:
+    if not isinstance(url, str):
+        raise bad("image_url.url must be a text (a data: URI)", param)
+    if url.startswith(("http://", "https://")):
+        raise bad(
+            "this server is offline: it cannot fetch image URLs; send the image itself as a data: URI "
+            "(data:image/jpeg;base64,...)",
+            param,
+            "image_url_not_supported",
+        )
+    match = DATA_URI.match(url)
+    if not match:
+        raise bad("image_url.url must be a base64 data: URI (data:image/png;base64,...)", param)
+    encoded = url[match.end() :]
+    if len(encoded) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise APIError(413, f"an image is over {MAX_IMAGE_BYTES >> 20} MB", param=param, code="image_too_large")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad("image_url.url is not valid base64", param) from None
+
+
+def _content(message: dict, index: int) -> tuple[str, list[bytes]]:
+    """A message's text and images (content as a text, or a list of text and image_url parts)."""
+    param = f"messages[{index}].content"
+    content = message.get("content")
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise bad("content must be a text or a list of content parts", param)
+    texts, images = [], []
+    for j, part in enumerate(content):
+        where = f"{param}[{j}]"
+        if not isinstance(part, dict):
+            raise bad("each content part must be an object with a 'type'", where)
+        kind = part.get("type")
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise bad("a text part needs 'text'", where)
+            texts.append(part["text"])
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            images.append(_image_bytes(url, f"{where}.image_url"))
+        else:
+            raise bad(f"content parts of type {kind!r} are not supported (use text and image_url)", where)
+    return "\n".join(texts), images
+
+
+def chat_request(body, max_tokens_limit: int) -> ChatRequest:
+    """Check a /v1/chat/completions body. ``max_tokens_limit``: the context window (an answer never runs longer)."""
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise bad("'messages' must be a non-empty list", "messages")
+    messages, images, question, system = [], [], "", None
+    for i, message in enumerate(raw):
+        if not isinstance(message, dict):
+            raise bad("each message must be an object with 'role' and 'content'", f"messages[{i}]")
+        role = message.get("role")
+        if role not in ROLES:
+            raise bad(
+                f"role {role!r} is not supported (use system, developer, user or assistant)", f"messages[{i}].role"
+            )
+        role = "system" if role == "developer" else role
+        text, found = _content(message, i)
+        if found and not text.strip():
+            text = DESCRIBE  # an image sent without a question
+        try:
+            text = clean_text(text)
+        except EdgemmError as e:
+            raise bad(str(e), f"messages[{i}].content") from None
+        if found and role != "user":
+            raise bad("only user messages may hold images", f"messages[{i}].content")
+        if found:
+            images = found
+        if role == "user":
+            question = text
+        if role == "system":
+            system = text
+        messages.append({"role": role, "content": text})
+    if messages[-1]["role"] == "assistant":
+        raise bad("the last message must not be the assistant's (nothing to answer)", "messages")
+
+    max_tokens = _number(body, "max_completion_tokens", 1, 1 << 20, None, integer=True)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_tokens", 1, 1 << 20, None, integer=True)
+    n = _number(body, "n", 1, 128, 1, integer=True)
+    if n != 1:
+        raise bad("only n=1 is supported", "n")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (
+        not isinstance(stop, list) or len(stop) > MAX_STOP or any(not isinstance(s, str) or not s for s in stop)
+    ):
+        raise bad(f"'stop' must be a text or a list of up to {MAX_STOP} non-empty texts", "stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad("'stream' must be true or false", "stream")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise bad("'stream_options' must be an object", "stream_options")
+    seed = _number(body, "seed", -(2**63), 2**63 - 1, None, integer=True)
+    options = GenerationOptions(
+        max_new_tokens=min(max_tokens or max_tokens_limit, max_tokens_limit),
+        # Greedy unless asked: OpenAI's default (1.0) makes a small model ramble.
+        temperature=_number(body, "temperature", 0.0, 2.0, 0.0),
+        top_p=_number(body, "top_p", 0.0, 1.0, 1.0) or 1.0,
+        seed=None if seed is None else seed % (2**63),
+        stop=tuple(stop or ()),
+    )
+    return ChatRequest(
+        messages,
+        options,
+        stream=stream,
+        include_usage=bool(stream_options.get("include_usage")),
+        images=images,
+        question=question,
+        system=system,
+    )
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "interrupted": "stop"}
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """Token counts; ``cached_tokens``: prompt tokens that came from a kept KV cache (not run again)."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+
+
+def completion(cid: str, model: str, text: str, finish: str | None, usage_: dict) -> dict:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": FINISH.get(finish or "", "stop"),
+            }
+        ],
+        "usage": usage_,
+    }
+
+
+def chunk(cid: str, model: str, delta: dict, finish: str | None = None, usage_: dict | None = None) -> dict:
+    out = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if usage_ is not None:
+        out["choices"], out["usage"] = [], usage_
+    return out
+
+
+# ---- audio ----
+
+
+def transcription_body(result, response_format: str, task: str) -> tuple[str | dict, str]:
+    """The body and its media type for ``response_format``."""
+    if response_format == "json":
+        return {"text": result.text}, "application/json"
+    if response_format == "text":
+        return result.text + "\n", "text/plain; charset=utf-8"
+    if response_format == "srt":
+        return subtitles.srt(result.segments), "application/x-subrip; charset=utf-8"
+    if response_format == "vtt":
+        return subtitles.vtt(result.segments), "text/vtt; charset=utf-8"
+    segments = [
+        {
+            "id": i,
+            "seek": 0,
+            "start": s.start,
+            "end": s.end,
+            "text": s.text,
+            "tokens": list(s.tokens),
+            "temperature": 0.0,
+            "avg_logprob": s.avg_logprob,
+            "compression_ratio": 0.0,
+            "no_speech_prob": s.no_speech_prob,
+        }
+        for i, s in enumerate(result.segments)
+    ]
+    return {
+        "task": task,
+        "language": result.language or "en",
+        "duration": result.duration,
+        "text": result.text,
+        "segments": segments,
+    }, "application/json"

@@ -1,0 +1,366 @@
+"""`edgemm serve` as a live process, driven with the real `openai` client: chat (streamed and not), an image
+question, transcription in every format, speech that transcribes back, bad input -> OpenAI's error JSON, load and
+disconnecting clients."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edgemm.bench.serve import MAX_QUEUE, ServerProcess, disconnect, health, load, multipart, request
+from edgemm.bench.wer import normalize, wer
+from edgemm.runtime.bundle import default_bundle
+
+openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow
+
+MAX_WER = 0.10  # as the speech tests: tiny.en int8 on the 11 real clips
+
+
+def _require_bundles():
+    for kind in ("llm", "speech", "vision"):
+        if not (default_bundle(kind) / "manifest.json").exists():
+            pytest.skip(f"default {kind} bundle missing: run `make setup`")
+    pytest.importorskip("starlette")
+
+
+@pytest.fixture(scope="module")
+def server():
+    _require_bundles()
+    with ServerProcess("--max-queue", str(MAX_QUEUE)) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", max_retries=0, timeout=300)
+
+
+def _jpeg_data_uri(array) -> str:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, "JPEG", quality=92)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def test_health_and_models(server, client):
+    status = health(server.url)
+    assert status["status"] == "ok" and set(status["workers"]) == {"llm", "speech", "voice"}
+    ids = {m.id for m in client.models.list()}
+    assert default_bundle("llm").name in ids and default_bundle("speech").name in ids
+
+
+def test_chat_answers_paris(client):
+    reply = client.chat.completions.create(
+        model="anything", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=32
+    )
+    choice = reply.choices[0]
+    assert "Paris" in choice.message.content
+    assert choice.finish_reason == "stop" and choice.message.role == "assistant"
+    assert reply.usage.completion_tokens > 0 and reply.usage.prompt_tokens > 5
+    assert reply.model == default_bundle("llm").name
+
+
+def test_chat_streams_paris_with_usage(client):
+    stream = client.chat.completions.create(
+        model="anything",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=32,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 2  # really streamed
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_chat_limits_and_stops(client):
+    reply = client.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Write a long story about a dog."}], max_tokens=5
+    )
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 5
+    reply = client.chat.completions.create(
+        model="x",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_completion_tokens=32,
+        stop=["Paris"],
+    )
+    assert "Paris" not in reply.choices[0].message.content and reply.choices[0].finish_reason == "stop"
+    sampled = client.chat.completions.create(
+        model="x",
+        messages=[{"role": "user", "content": "Name a fruit."}],
+        max_tokens=12,
+        temperature=1.0,
+        top_p=0.9,
+        seed=7,
+    )
+    assert sampled.choices[0].message.content.strip() and sampled.usage.completion_tokens <= 12
+
+
+def test_second_turn_reuses_the_first_turns_cache(client):
+    messages = [{"role": "user", "content": "My name is Ada. What is the capital of France?"}]
+    first = client.chat.completions.create(model="x", messages=messages, max_tokens=24)
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And of Italy?"},
+    ]
+    second = client.chat.completions.create(model="x", messages=messages, max_tokens=24)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    # Everything the first turn ran (its prompt and most of its answer) is reused; only the new turn is run.
+    assert cached >= first.usage.prompt_tokens, (cached, first.usage)
+    # The same request again runs in the cache the second answer left: all but one prompt token reused, and the
+    # same answer (its start: a prompt run in one batch or token by token rounds differently in int4, so a long
+    # greedy answer may drift late, as in any engine that reuses caches).
+    again = client.chat.completions.create(model="x", messages=messages, max_tokens=24)
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    assert again.choices[0].message.content.split()[:6] == second.choices[0].message.content.split()[:6]
+
+
+def test_image_question_with_a_data_uri_names_the_cat(client):
+    import skimage.data
+
+    reply = client.chat.completions.create(
+        model="x",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What animal is in this photo?"},
+                    {"type": "image_url", "image_url": {"url": _jpeg_data_uri(skimage.data.chelsea())}},
+                ],
+            }
+        ],
+        max_tokens=40,
+    )
+    assert "cat" in reply.choices[0].message.content.lower()
+
+
+def test_transcription_of_real_clips(client, clips):
+    texts = [client.audio.transcriptions.create(model="whisper-1", file=clip.path.open("rb")).text for clip in clips]
+    score = wer([c.text for c in clips], texts)
+    print(f"WER through the server: {score:.4f} on {len(clips)} clips")
+    assert score <= MAX_WER
+
+
+@pytest.mark.parametrize("fmt", ["json", "text", "verbose_json", "srt", "vtt"])
+def test_transcription_formats(client, clips, fmt):
+    clip = next(c for c in clips if c.path.name.endswith("0870.wav"))  # 7.1 s, one sentence
+    result = client.audio.transcriptions.create(
+        model="whisper-1", file=clip.path.open("rb"), response_format=fmt, language="en", temperature=0
+    )
+    if fmt == "json":
+        text = result.text
+    elif fmt == "verbose_json":
+        text = result.text
+        assert result.language == "en" and abs(result.duration - 7.1) < 0.05
+        assert result.segments and 0 <= result.segments[0].start < result.segments[-1].end <= 7.1
+    else:
+        assert isinstance(result, str)
+        if fmt == "text":
+            text = result
+        else:
+            lines = result.strip().splitlines()
+            timing = next(line for line in lines if "-->" in line)
+            assert (timing[8] == ",") == (fmt == "srt"), timing  # 00:00:00,000 vs 00:00:00.000
+            assert lines[0] == ("1" if fmt == "srt" else "WEBVTT")
+            text = " ".join(line for line in lines if line and "-->" not in line and line not in ("1", "WEBVTT"))
+            text = " ".join(t for t in text.split() if not t.isdigit() or len(t) > 2)
+    assert wer([clip.text], [text]) <= 0.1, text
+
+
+def test_transcription_prompt_is_used(client, clips):
+    """A prompt in words makes the model write the card's number in words, as Whisper's initial prompt does."""
+    clip = next(c for c in clips if c.path.name == "001.wav")  # "ten of clubs"
+    plain = client.audio.transcriptions.create(model="whisper-1", file=clip.path.open("rb")).text
+    prompted = client.audio.transcriptions.create(
+        model="whisper-1", file=clip.path.open("rb"), prompt="ten of clubs, four of hearts, seven of spades"
+    ).text
+    assert plain.split()[0] == "10" and prompted.lower().split()[0] == "ten", (plain, prompted)
+
+
+def test_speech_transcribes_back(client, server):
+    sentence = "The quick brown fox jumps over the lazy dog."
+    wav = client.audio.speech.create(model="tts-1", voice="alloy", input=sentence, response_format="wav").content
+    samples, rate = sf.read(io.BytesIO(wav))
+    assert rate == 22050 and 1.5 < len(samples) / rate < 6
+    heard = client.audio.transcriptions.create(model="whisper-1", file=("speech.wav", wav)).text
+    assert normalize(heard) == normalize(sentence), heard
+    pcm = client.audio.speech.create(model="tts-1", voice="alloy", input=sentence, response_format="pcm").content
+    # Raw 16-bit at 24 kHz: about the same duration (the voice varies its timing a little from call to call).
+    assert abs(len(pcm) / 2 / 24000 - len(samples) / rate) < 0.15 * len(samples) / rate
+    faster = client.audio.speech.create(model="tts-1", voice="alloy", input=sentence, speed=2.0).content
+    assert len(faster) < 0.7 * len(wav)
+
+
+def _error(status: int, body: bytes) -> dict:
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert "\n" not in error["message"] and "Traceback" not in error["message"]
+    return error
+
+
+def _chat(messages, **fields):
+    return {"model": "x", "messages": messages, **fields}
+
+
+USER = [{"role": "user", "content": "Hi"}]
+# A PNG signature followed by garbage: valid base64, not a decodable image.
+BROKEN_PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4).decode()
+BAD_JSON = [
+    # (name, path, body, status, param, code)
+    ("not JSON", "/v1/chat/completions", b"{not json", 400, None, None),
+    ("no messages", "/v1/chat/completions", {"model": "x"}, 400, "messages", None),
+    ("empty messages", "/v1/chat/completions", _chat([]), 400, "messages", None),
+    ("bad role", "/v1/chat/completions", _chat([{"role": "robot", "content": "hi"}]), 400, "messages[0].role", None),
+    ("empty text", "/v1/chat/completions", _chat([{"role": "user", "content": " "}]), 400, "messages[0].content", None),
+    ("temperature", "/v1/chat/completions", _chat(USER, temperature=5), 400, "temperature", None),
+    ("max_tokens 0", "/v1/chat/completions", _chat(USER, max_tokens=0), 400, "max_tokens", None),
+    ("max_tokens text", "/v1/chat/completions", _chat(USER, max_tokens="9"), 400, "max_tokens", None),
+    ("n=2", "/v1/chat/completions", _chat(USER, n=2), 400, "n", None),
+    ("stop list", "/v1/chat/completions", _chat(USER, stop=["a", "b", "c", "d", "e"]), 400, "stop", None),
+    ("stream text", "/v1/chat/completions", _chat(USER, stream="yes"), 400, "stream", None),
+    (
+        "over the context",
+        "/v1/chat/completions",
+        _chat([{"role": "user", "content": "word " * 5000}]),
+        400,
+        "messages",
+        "context_length_exceeded",
+    ),
+    (
+        "http image",
+        "/v1/chat/completions",
+        _chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x.org/a.jpg"}}]}]),
+        400,
+        "messages[0].content[0].image_url",
+        "image_url_not_supported",
+    ),
+    (
+        "not base64",
+        "/v1/chat/completions",
+        _chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]),
+        400,
+        "messages[0].content[0].image_url",
+        None,
+    ),
+    (
+        "corrupt image",
+        "/v1/chat/completions",
+        _chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": BROKEN_PNG}}]}]),
+        400,
+        "messages",
+        "invalid_image",
+    ),
+    ("speech no input", "/v1/audio/speech", {"model": "tts-1", "voice": "alloy"}, 400, "input", None),
+    ("speech mp3", "/v1/audio/speech", {"input": "hi", "response_format": "mp3"}, 400, "response_format", None),
+    ("speech speed", "/v1/audio/speech", {"input": "hi", "speed": 9}, 400, "speed", None),
+    ("speech too long", "/v1/audio/speech", {"input": "a" * 5000}, 400, "input", None),
+]
+
+
+@pytest.mark.parametrize("name, path, body, status, param, code", BAD_JSON, ids=[c[0] for c in BAD_JSON])
+def test_bad_json_requests(server, name, path, body, status, param, code):
+    got, _, raw = request(server.url, path, body, {"Content-Type": "application/json"})
+    error = _error(got, raw)
+    assert got == status, error
+    assert error["param"] == param and (code is None or error["code"] == code), error
+    assert health(server.url)["status"] == "ok"
+
+
+def _wav_bytes(samples, rate=16000) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+BAD_UPLOADS = [
+    # (name, fields, files, status, param)
+    ("no file", {"model": "whisper-1"}, {}, 400, "file"),
+    ("empty file", {}, {"file": ("a.wav", b"")}, 400, "file"),
+    ("corrupt audio", {}, {"file": ("a.wav", b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)}, 400, "file"),
+    ("not audio", {}, {"file": ("a.wav", b"hello world, no audio here" * 100)}, 400, "file"),
+    ("bad format", {"response_format": "docx"}, {"file": ("a.wav", b"x")}, 400, "response_format"),
+    ("bad temperature", {"temperature": "hot"}, {"file": ("a.wav", b"x")}, 400, "temperature"),
+    ("other language", {"language": "fr"}, {"file": ("a.wav", _wav_bytes(np.zeros(16000)))}, 400, None),
+]
+
+
+@pytest.mark.parametrize("name, fields, files, status, param", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_uploads(server, name, fields, files, status, param):
+    data, kind = multipart(fields, files)
+    got, _, raw = request(server.url, "/v1/audio/transcriptions", data, {"Content-Type": kind})
+    error = _error(got, raw)
+    assert got == status and error["param"] == param, error
+    assert health(server.url)["status"] == "ok"
+
+
+def test_silence_transcribes_to_nothing_and_translation_needs_a_multilingual_model(server):
+    data, kind = multipart({}, {"file": ("quiet.wav", _wav_bytes(np.zeros(32000)))})
+    got, _, raw = request(server.url, "/v1/audio/transcriptions", data, {"Content-Type": kind})
+    assert got == 200 and json.loads(raw) == {"text": ""}
+    got, _, raw = request(server.url, "/v1/audio/translations", data, {"Content-Type": kind})
+    assert got == 400 and "English-only" in _error(got, raw)["message"]
+
+
+def _declared(server, path: str, length: int, chunks=()) -> tuple[int, bytes]:
+    """Send headers declaring ``length`` bytes (or, with ``chunks``, a chunked body), then read the answer: the
+    server must refuse an oversized body without waiting for all of it."""
+    parts = urlsplit(server.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding" if chunks else "Content-Length", "chunked" if chunks else str(length))
+    conn.endheaders()
+    try:
+        for chunk in chunks:
+            conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+    except OSError:  # the server answered and closed while we were still sending
+        pass
+    response = conn.getresponse()
+    status, body = response.status, response.read()
+    conn.close()
+    return status, body
+
+
+def test_sizes_routes_and_methods(server):
+    got, raw = _declared(server, "/v1/audio/transcriptions", 27 << 20)  # over the 26 MB of a transcription
+    assert got == 413 and _error(got, raw)["code"] == "request_too_large"
+    got, raw = _declared(server, "/v1/audio/speech", 0, chunks=[b" " * 65536] * 20)  # 1.3 MB, no length given
+    assert got == 413 and _error(got, raw)["code"] == "request_too_large"
+    got, _, raw = request(server.url, "/v1/nothing")
+    assert got == 404 and _error(got, raw)["type"] == "not_found_error"
+    got, _, raw = request(server.url, "/v1/chat/completions")  # GET
+    assert got == 405 and _error(got, raw)
+    assert health(server.url)["status"] == "ok"
+
+
+def test_load_is_answered_or_refused_and_memory_returns(server, clips):
+    report = load(server, clips[0].path.read_bytes(), chats=64, transcriptions=16)
+    print(json.dumps(report))
+    for kind in ("chats", "transcriptions"):
+        counts = report[kind]
+        assert counts["other"] == [], report  # nothing failed, hung or was refused without Retry-After
+        assert counts["answered"] >= 1 and counts["answered"] + counts["refused_429"] + counts["refused_503"] == (
+            64 if kind == "chats" else 16
+        )
+    assert report["health_failures"] == 0 and report["health_max_s"] < 2.0, report
+    assert report["rss_after_mb"] <= report["rss_idle_mb"] * 1.05 + 10, report
+
+
+def test_disconnecting_streams_frees_the_worker(server):
+    report = disconnect(server, clients=10, max_tokens=1000)
+    print(json.dumps(report))
+    assert report["jobs_finished"] == 10
+    # Ten 1000-token stories would take minutes; cancelled at their first piece they take seconds.
+    assert report["worker_free_after_s"] < 3.0 and report["all_clients_s"] < 60, report
