@@ -89,7 +89,8 @@ class ServerProcess:
 
 
 def request(url: str, path: str, body=None, headers: dict | None = None, timeout: float = REQUEST_TIMEOUT_S):
-    """(status, headers, body bytes) of one request; ``body``: a dict (sent as JSON) or bytes."""
+    """(status, headers, body bytes) of one request (headers: a case-insensitive mapping); ``body``: a dict (sent as
+    JSON) or bytes."""
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     headers = dict(headers or {})
     if isinstance(body, dict):
@@ -97,9 +98,9 @@ def request(url: str, path: str, body=None, headers: dict | None = None, timeout
     req = urllib.request.Request(url + path, data=data, headers=headers, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, e.headers, e.read()
 
 
 def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
@@ -125,7 +126,7 @@ def health(url: str, headers: dict | None = None) -> dict:
 def _chat(url: str, i: int, headers: dict) -> int:
     body = {"model": "any", "messages": [{"role": "user", "content": f"Count from {i} to {i + 5}."}], "max_tokens": 24}
     status, got, _ = request(url, "/v1/chat/completions", body, headers)
-    if status == 429 and "Retry-After" not in got and "retry-after" not in got:
+    if status == 429 and "Retry-After" not in got:
         return -429  # refused without saying when to retry
     return status
 

@@ -43,7 +43,7 @@ def _run(code: str, cwd: Path) -> str:
 
 
 def test_readme_has_one_example_per_job():
-    jobs = ["Transcriber", "LanguageModel", "ImageQuestion", "Assistant"]
+    jobs = ["Transcriber", "LanguageModel", "ImageQuestion", "Assistant", "OpenAI"]  # the last: the server's client
     assert [next(job for job in jobs if job in block) for block in BLOCKS] == jobs
 
 
@@ -65,3 +65,15 @@ def test_assistant_example(workdir):
     out = _run(BLOCKS[3], workdir)
     assert "you: what animal is in this picture" in out and "cat" in out and "paris" in out
     assert out.count("to first audio") == 2 and sf.info(workdir / "answer.wav").duration > 0.5
+
+
+def test_openai_client_example(workdir):
+    """Against a live `edgemm serve` (on a free port instead of 8000)."""
+    pytest.importorskip("openai")
+    pytest.importorskip("starlette")
+    from edgemm.bench.serve import ServerProcess
+
+    with ServerProcess("--no-vision", "--no-tts") as server:
+        out = _run(BLOCKS[4].replace("http://127.0.0.1:8000", server.url), workdir)
+    assert "paris" in out.splitlines()[0]
+    assert re.search(r"^1\n00:00:0\d,\d{3} --> 00:00:0\d,\d{3}\nwhat animal is in this picture", out, re.MULTILINE), out

@@ -89,6 +89,7 @@ class Ran:
     seconds: float
     folders: dict[str, Path]  # work, home, models: {work} etc. in the expectations
     still_running: bool = True  # interrupted runs: whether it was still running when interrupted
+    live_error: str | None = None  # servers: what their live check found wrong
 
 
 @dataclass(frozen=True)
@@ -160,11 +161,40 @@ class Interrupted:
         assert not list(out.parent.glob(f".{out.name}.*")), "scratch folder left behind"
 
 
+@dataclass(frozen=True)
+class Serves:
+    """A server: once it prints ``first_line`` (a regex whose group 1 is its URL), ``live(url)`` checks it; Ctrl-C
+    then stops it cleanly ("edgemm: interrupted", status 130)."""
+
+    first_line: str
+    live: Callable[[str], None]
+    seconds: float = 180.0
+    needs: tuple[str, ...] = ()
+    stdin: str | None = None
+    devices_absent: bool = False
+
+    def verify(self, r: Ran) -> None:
+        assert r.still_running, f"ended by itself (exit {r.code}):\n{r.stderr[-3000:]}"
+        assert r.live_error is None, f"{r.live_error}\n{r.stderr[-3000:]}"
+        last = (r.stderr.strip().splitlines() or [""])[-1]
+        assert (r.code, last) == (130, "edgemm: interrupted"), f"exit {r.code}:\n{r.stderr[-3000:]}"
+
+
+def _serves_page_and_chat(url: str) -> None:
+    from edgemm.bench.serve import request
+
+    status, _, page = request(url, "/")
+    assert status == 200 and b"edgemm assistant" in page
+    body = {"model": "x", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    status, _, raw = request(url, "/v1/chat/completions", body)
+    assert status == 200 and "Paris" in json.loads(raw)["choices"][0]["message"]["content"], raw
+
+
 def long_export(full: Succeeds, first_line: str, seconds: float, out: str) -> Succeeds | Interrupted:
     return full if FULL_EXPORTS else Interrupted(first_line, seconds, out)
 
 
-Expectation = Succeeds | FailsWith | Interrupted
+Expectation = Succeeds | FailsWith | Interrupted | Serves
 
 QUESTION = r"what animal is in this picture"
 CAT = r"\b(cats?|tabby|kitten)\b"
@@ -280,6 +310,7 @@ EXPECTED: dict[str, Expectation] = {
         stdout=("you: " + QUESTION, CAT), stderr=("listening",), wav="answers.wav"
     ),
     "edgemm listen --list-devices": Succeeds(check=_devices_listed),
+    "edgemm serve": Serves(r"^edgemm serve: (http://\S+)", _serves_page_and_chat),
     'edgemm say "Hello there" --out hello.wav': Succeeds(wav="hello.wav", stderr=("wrote hello.wav",)),
     "edgemm export speech --preset whisper-tiny.en-int8": Succeeds(
         stderr=("measure WER", "wrote {models}/whisper-tiny.en-int8"), bundle="{models}/whisper-tiny.en-int8"
@@ -465,7 +496,7 @@ class Runner:
             for needed in expect.needs:
                 self.run(needed)
             start = time.perf_counter()
-            if isinstance(expect, Interrupted):
+            if isinstance(expect, Interrupted | Serves):
                 ran = self._interrupted(command, expect)
             else:
                 out = subprocess.run(
@@ -484,7 +515,7 @@ class Runner:
             self.results[command] = ran
         return self.results[command]
 
-    def _interrupted(self, command: str, expect: Interrupted) -> Ran:
+    def _interrupted(self, command: str, expect: Interrupted | Serves) -> Ran:
         proc = subprocess.Popen(
             command,
             shell=True,
@@ -508,12 +539,22 @@ class Runner:
                 break
             time.sleep(0.2)
         running = proc.poll() is None
+        live_error = None
+        if running and isinstance(expect, Serves):
+            found = re.search(expect.first_line, b"".join(chunks).decode(errors="replace"), re.MULTILINE)
+            try:
+                assert found, "the server never said where it listens"
+                expect.live(found.group(1))
+            except Exception as e:  # reported by verify, after the server is stopped
+                live_error = f"{type(e).__name__}: {e}"
         if running:
             os.kill(_child(proc.pid), signal.SIGINT)
         proc.wait(timeout=120)
         reader.join(timeout=10)
         output = b"".join(chunks).decode(errors="replace")
-        return Ran(command, proc.returncode, "", output, 0.0, self.folders, still_running=running)
+        return Ran(
+            command, proc.returncode, "", output, 0.0, self.folders, still_running=running, live_error=live_error
+        )
 
 
 @pytest.fixture(scope="module")

@@ -364,3 +364,58 @@ def test_disconnecting_streams_frees_the_worker(server):
     assert report["jobs_finished"] == 10
     # Ten 1000-token stories would take minutes; cancelled at their first piece they take seconds.
     assert report["worker_free_after_s"] < 3.0 and report["all_clients_s"] < 60, report
+
+
+def _events(raw: bytes) -> list[tuple[str, dict]]:
+    """Server-sent events of a /v1/assistant answer: (name, data)."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        if "data" in lines:
+            out.append((lines.get("event", "message"), json.loads(lines["data"])))
+    return out
+
+
+def _turn(server, fields: dict, files: dict):
+    data, kind = multipart({"session": "test-session-0001", **fields}, files)
+    return request(server.url, "/v1/assistant", data, {"Content-Type": kind})
+
+
+def test_web_assistant_turns(server):
+    import skimage.data
+    from PIL import Image
+
+    from edgemm.runtime import tts
+
+    status, headers, raw = _turn(server, {"text": "What is the capital of France?"}, {})
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    events = _events(raw)
+    names = [name for name, _ in events]
+    assert "Paris" in "".join(d["text"] for n, d in events if n == "answer")
+    assert names[-1] == "done" and "audio" in names and "first_audio" in events[-1][1]["latency"]
+    wav = base64.b64decode(next(d["wav"] for n, d in events if n == "audio"))
+    assert sf.info(io.BytesIO(wav)).duration > 0.3
+
+    speech = tts.Synthesizer(varied=False).synthesize("What animal is in this picture?")
+    photo = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).save(photo, "JPEG")
+    status, _, raw = _turn(
+        server,
+        {},
+        {"audio": ("q.wav", _wav_bytes(speech.samples, speech.sample_rate)), "image": ("f.jpg", photo.getvalue())},
+    )
+    events = _events(raw)
+    assert status == 200 and events[0][0] == "transcript" and "animal" in events[0][1]["text"].lower()
+    done = events[-1][1]
+    assert events[-1][0] == "done" and done["looked"] and "cat" in done["answer"].lower(), events[-1]
+    # Silence: no turn; unreadable audio and missing fields: 400 before any event.
+    status, _, raw = _turn(server, {}, {"audio": ("q.wav", _wav_bytes(np.zeros(16000)))})
+    assert status == 200 and [n for n, _ in _events(raw)] == ["nothing"]
+    status, _, raw = _turn(server, {}, {"audio": ("q.wav", b"RIFF....WAVEjunk" * 50)})
+    assert status == 400 and _error(status, raw)["code"] == "invalid_audio"
+    status, _, raw = _turn(server, {}, {})
+    assert status == 400 and _error(status, raw)["param"] == "text"
+    data, kind = multipart({"text": "hi"}, {})
+    status, _, raw = request(server.url, "/v1/assistant", data, {"Content-Type": kind})
+    assert status == 400 and _error(status, raw)["param"] == "session"
+    assert health(server.url)["workers"]["llm"]["pending"] == 0

@@ -300,9 +300,12 @@ class Server:
         def job(channel: Channel):
             generation, model = self._generation(req)
             channel.on_cancel(generation.close)
-            channel.put(("start", model))
-            for piece in generation:
-                channel.put(("text", piece))
+            try:
+                channel.put(("start", model))
+                for piece in generation:
+                    channel.put(("text", piece))
+            finally:  # a reader that left stops the answer here: its KV cache is free for the next request at once
+                generation.close()
             stats = generation.stats
             channel.put(
                 (
@@ -493,19 +496,27 @@ class Server:
                 events.close()
 
         channel = self._start("llm", job)
+        # The first event (the transcript, or the answer's start for a typed question) comes before the response
+        # starts: unreadable audio or a bad image is a 400 like anywhere else, not an event in a 200 stream.
+        try:
+            first = [await self._first(channel, request, deadline)]
+        except StopAsyncIteration:
+            first = []
+
+        async def items():
+            for item in first:
+                yield item
+            if first:
+                while True:
+                    try:
+                        yield await self._first(channel, request, deadline)
+                    except StopAsyncIteration:
+                        return
 
         async def events():
             heard = False
             try:
-                yield ": turn\n\n"  # headers out at once: the page shows that the question was received
-                while True:
-                    try:
-                        item = await self._first(channel, request, deadline)
-                    except StopAsyncIteration:
-                        break
-                    except Exception as e:
-                        yield _event("error", api_error(e).body()["error"])
-                        break
+                async for item in items():
                     if isinstance(item, Transcript):
                         heard = True
                         yield _event("transcript", {"text": item.text})
@@ -522,6 +533,8 @@ class Server:
                         yield _event("done", {"answer": turn.answer, "looked": turn.looked, "latency": latency})
                 if not heard:
                     yield _event("nothing", {"message": "no speech heard"})
+            except Exception as e:  # a part failed mid-turn (the assistant itself apologises for model errors)
+                yield _event("error", api_error(e).body()["error"])
             finally:
                 channel.cancel()
 

@@ -1,0 +1,107 @@
+"""`edgemm serve` with an API key, a queue of one and a short timeout: who gets in, who is refused and how."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from edgemm.bench.serve import ServerProcess, health, request
+from edgemm.runtime.bundle import default_bundle
+
+openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow
+
+KEY = "sk-test-0123456789"
+BEARER = {"Authorization": f"Bearer {KEY}"}
+LONG = {"model": "x", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (default_bundle("llm") / "manifest.json").exists():
+        pytest.skip("default llm bundle missing: run `make setup`")
+    pytest.importorskip("starlette")
+    args = ["--api-key", KEY, "--max-queue", "1", "--timeout", "3", "--no-speech", "--no-vision", "--no-tts"]
+    with ServerProcess(*args) as process:
+        yield process
+
+
+def test_every_route_needs_the_key(server):
+    for path in ("/health", "/v1/models", "/"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            status, got, body = request(server.url, path, headers=headers)
+            assert status == 401, (path, headers)
+            assert json.loads(body)["error"]["code"] == "invalid_api_key"
+            assert "WWW-Authenticate" in got
+    status, _, _ = request(server.url, "/v1/chat/completions", {"model": "x", "messages": []})
+    assert status == 401  # refused before the body is even looked at
+    assert health(server.url, BEARER)["status"] == "ok"
+    # The page: a browser asks for the key itself (HTTP Basic, the key as the password).
+    basic = "Basic " + base64.b64encode(f"me:{KEY}".encode()).decode()
+    status, _, body = request(server.url, "/", headers={"Authorization": basic})
+    assert status == 200 and b"edgemm assistant" in body
+
+
+def test_the_openai_client_with_the_key(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    reply = client.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24
+    )
+    assert "Paris" in reply.choices[0].message.content
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_routes_of_models_not_loaded(server):
+    status, _, body = request(server.url, "/v1/audio/speech", {"input": "hi"}, BEARER)
+    assert status == 404 and "voice" in json.loads(body)["error"]["message"]
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    status, _, body = request(
+        server.url, "/v1/chat/completions", {"model": "x", "messages": [{"role": "user", "content": [image]}]}, BEARER
+    )
+    assert status == 400 and "image" in json.loads(body)["error"]["message"]
+
+
+def test_a_full_queue_refuses_with_retry_after(server):
+    body = {**LONG, "max_tokens": 40}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda _: request(server.url, "/v1/chat/completions", body, BEARER), range(6)))
+    statuses = [status for status, _, _ in results]
+    assert statuses.count(200) >= 2 and statuses.count(429) >= 1 and set(statuses) <= {200, 429}, statuses
+    for status, headers, raw in results:
+        if status == 429:
+            assert int(headers["Retry-After"]) >= 1
+            assert json.loads(raw)["error"]["code"] == "rate_limit_exceeded"
+    assert health(server.url, BEARER)["workers"]["llm"]["pending"] == 0
+
+
+def test_a_request_over_the_timeout_gets_504_and_frees_the_worker(server):
+    status, _, raw = request(server.url, "/v1/chat/completions", {**LONG, "max_tokens": 4000}, BEARER)
+    assert status == 504 and json.loads(raw)["error"]["code"] == "timeout"
+    _idle_soon(server)
+    # Streamed: the answer so far, then OpenAI's error object, then the end of the stream.
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    pieces = []
+    with pytest.raises(openai.APIError, match="longer than"):
+        for chunk in client.chat.completions.create(**LONG, max_tokens=4000, stream=True):
+            pieces.append(chunk.choices[0].delta.content or "")
+    assert "".join(pieces)  # some of the answer came before the timeout
+    _idle_soon(server)
+
+
+def _idle_soon(server, within_s: float = 2.0) -> None:
+    """The llm worker is idle within ``within_s`` (a cancelled answer stops after the token being computed)."""
+    deadline = time.monotonic() + within_s
+    while health(server.url, BEARER)["workers"]["llm"]["pending"]:
+        assert time.monotonic() < deadline, "the worker is still busy"
+        time.sleep(0.05)
+
+
+def test_listening_beyond_this_machine_without_a_key_warns():
+    with ServerProcess("--host", "0.0.0.0", "--no-speech", "--no-vision", "--no-tts") as process:
+        assert health(process.url)["status"] == "ok"
+        assert "without an API key" in process.output()
