@@ -220,6 +220,9 @@ BROKEN_PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + 
 BAD_JSON = [
     # (name, path, body, status, param, code)
     ("not JSON", "/v1/chat/completions", b"{not json", 400, None, None),
+    ("nested JSON", "/v1/chat/completions", b"[" * 100_000 + b"]" * 100_000, 400, None, None),
+    ("not UTF-8", "/v1/chat/completions", b'{"messages": "\xff\xfe"}', 400, None, None),
+    ("JSON list", "/v1/chat/completions", b"[1, 2]", 400, None, None),
     ("no messages", "/v1/chat/completions", {"model": "x"}, 400, "messages", None),
     ("empty messages", "/v1/chat/completions", _chat([]), 400, "messages", None),
     ("bad role", "/v1/chat/completions", _chat([{"role": "robot", "content": "hi"}]), 400, "messages[0].role", None),

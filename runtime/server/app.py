@@ -187,6 +187,8 @@ async def _json(request: Request):
         return json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise bad("the request body is not valid JSON") from None
+    except RecursionError:
+        raise bad("the request body's JSON is nested too deeply") from None
 
 
 def _sse(data) -> str:
