@@ -1,5 +1,7 @@
 """Multilingual Whisper base (packaged): language detection, forced language, and the translate task."""
 
+import warnings
+
 import pytest
 
 from edgemm.bench.wer import wer
@@ -44,3 +46,24 @@ def test_translate_task_gives_english(base, clips):
 def test_unknown_language_is_refused(base, clips):
     with pytest.raises(OptionsError, match="unknown language 'xx'"):
         base.transcribe(clips[0].path, options=TranscribeOptions(DecodingOptions(language="xx")))
+
+
+def test_served_translation_and_forced_language(base, clips):
+    """The server's /v1/audio/translations on a multilingual bundle (an English-only one answers 400)."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("starlette")
+    from edgemm.bench.serve import ServerProcess
+
+    args = ["--speech-model", str(base.bundle.path), "--no-vision", "--no-tts"]
+    with ServerProcess(*args) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        with warnings.catch_warnings():  # the client marks its translations call deprecated; the route is served
+            warnings.simplefilter("ignore", DeprecationWarning)
+            translated = client.audio.translations.create(model="whisper-1", file=clips[-1].path.open("rb"))
+        assert wer([clips[-1].text], [translated.text]) <= 0.3
+        detected = client.audio.transcriptions.create(
+            model="whisper-1", file=clips[0].path.open("rb"), response_format="verbose_json"
+        )
+        assert detected.language == "en" and wer([clips[0].text], [detected.text]) <= 0.15
+        with pytest.raises(openai.BadRequestError, match="unknown language 'xx'"):
+            client.audio.transcriptions.create(model="whisper-1", file=clips[0].path.open("rb"), language="xx")
