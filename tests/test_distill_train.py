@@ -300,3 +300,17 @@ def test_trained_window_is_the_runtime_window(clips, transcriber, monkeypatch):
         assert train.bucket_length(len(window), lengths, train.DistillConfig(steps=1).margin_frames) == runtime_frames
     noise = np.random.default_rng(0).normal(0, 0.01, 16000).astype(np.float32)
     assert train.runtime_window(noise, vad) is noise  # no speech: the whole clip, as vad=False decodes it
+
+
+def test_frozen_decoder_trains_the_encoder_only(teacher, targets, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    options = {**FAST, "targets_dir": targets, "train_decoder": False}
+    recipe = train.distill_speech(str(teacher), tmp_path, synthetic_corpus(4), steps=2, eval_every=2, **options)
+    assert recipe["trained"] == "encoder (the decoder is the teacher's)"
+    before = WhisperForConditionalGeneration.from_pretrained(teacher).state_dict()
+    after = WhisperForConditionalGeneration.from_pretrained(tmp_path / "student").state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("model.encoder.") for name in changed), sorted(changed)[:5]
+    with pytest.raises(ExportError, match="must train its decoder"):
+        train.distill_speech(str(teacher), tmp_path / "b", synthetic_corpus(2), steps=1, decoder_layers=1, **options)

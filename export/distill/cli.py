@@ -34,6 +34,7 @@ def run_distill(args) -> int:
             warmup_steps=args.warmup_steps,
             patience=args.patience,
             weights={"ce": args.ce_weight},
+            train_decoder=not args.freeze_decoder,
         )
     bundle = args.bundle or args.out / "bundle"
     teacher = args.teacher_bundle or teacher_bundle(args.teacher, args.quant)

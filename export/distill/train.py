@@ -379,6 +379,7 @@ class DistillConfig:
     patience: int = 5  # evaluations without improvement before stopping (0: never stop early)
     max_grad_norm: float = 1.0
     keep_targets_in_memory: bool = False  # else read from the disk cache per batch
+    train_decoder: bool = True  # False: only the encoder learns; the decoder stays the teacher's
 
 
 def learning_rate(step: int, config: DistillConfig) -> float:
@@ -577,10 +578,14 @@ def distill_speech(
             if getattr(student.config, name) != getattr(ck.model.config, name):
                 raise ExportError(f"student_init {student_init} has another {name} than the teacher")
     kept = shrink_decoder(student, decoder_layers) if decoder_layers else list(range(len(student.model.decoder.layers)))
-    for p in student.parameters():
-        p.requires_grad_(True)
+    if decoder_layers and not config.train_decoder:
+        raise ExportError("a student with fewer decoder layers must train its decoder (train_decoder=True)")
+    for name, p in student.named_parameters():
+        # The output projection is tied to the decoder's token embedding: frozen with it.
+        p.requires_grad_(config.train_decoder or name.startswith("model.encoder."))
     student.train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=config.weight_decay)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
 
     greedy = Greedy(ck, timestamps=config.timestamps, max_new_tokens=config.max_new_tokens)
     cache = TeacherCache(ck, Path(targets_dir or out / "teacher"), greedy, config, device)
@@ -624,7 +629,7 @@ def distill_speech(
             group["lr"] = learning_rate(step, config)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
+        nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         step += 1
         record = {"step": step, "frames": batch[0].frames, **{k: float(v.detach()) for k, v in losses.items()}}
@@ -651,6 +656,7 @@ def distill_speech(
         "student": str(student_folder),
         "student_init": student_init or "copy of the teacher",
         "decoder_layers_kept": kept,
+        "trained": "encoder and decoder" if config.train_decoder else "encoder (the decoder is the teacher's)",
         "encoder_lengths": list(config.lengths),
         "pseudo_labels": "teacher greedy, English transcribe, "
         + ("timestamps" if config.timestamps else "no timestamps"),
@@ -723,7 +729,7 @@ def _write_log(out: Path, config: DistillConfig, history: dict, teacher: str) ->
 
 
 # What the student bundle's manifest keeps of the recipe (recipe.json in the run folder has all of it).
-MANIFEST_RECIPE = ("teacher", "decoder_layers_kept", "data_hours", "voices", "examples", "sources", "steps")
+MANIFEST_RECIPE = ("teacher", "decoder_layers_kept", "trained", "data_hours", "voices", "examples", "sources", "steps")
 
 
 def teacher_bundle(teacher: str, quant: str) -> Path | None:
