@@ -77,15 +77,6 @@ class Worker:
             self.pending -= 1
             self.done += 1
 
-    async def run(self, fn, *args):
-        """Run ``fn(*args)`` on the worker's thread and return its result. If the caller is cancelled first, a job
-        that has not started is dropped (one that has started finishes: use a Channel to stop it early)."""
-        future = self.submit(fn, *args)
-        try:
-            return await asyncio.wrap_future(future)
-        finally:
-            future.cancel()  # no effect once it runs or ran
-
     def status(self) -> dict:
         return {"pending": self.pending, "max_queue": self.max_queue, "done": self.done}
 
