@@ -80,7 +80,7 @@ DISTILL_STEPS ?= 2000
 .PHONY: distill
 distill: setup $(DISTILL)/data/manifest.json
 	$(BIN)/edgemm distill speech --teacher packaged:whisper-tiny.en --data $(DISTILL)/data --out $(DISTILL)/run \
-		--steps $(DISTILL_STEPS) --bundle $(STUDENT) $$(test -d $(DISTILL)/run/checkpoint && echo --resume)
+		--steps $(DISTILL_STEPS) --freeze-decoder --bundle $(STUDENT) $$(test -d $(DISTILL)/run/checkpoint && echo --resume)
 
 $(DISTILL)/data/manifest.json: $(STAMP)
 	$(BIN)/edgemm distill data --out $(DISTILL)/data --examples $(DISTILL_EXAMPLES)

@@ -261,6 +261,7 @@ def test_export_student(trained, tmp_path):
     assert (
         manifest["distillation"]["teacher"] == recipe["teacher"]
         and manifest["distillation"]["steps"] == recipe["steps"]
+        and manifest["distillation"]["kept_step"] == recipe["best"]["step"]
     )
     audio = np.random.default_rng(0).normal(0, 0.05, 16000 * 3).astype(np.float32)
     result = Transcriber.load(tmp_path / "bundle").transcribe(audio, 16000, TranscribeOptions(vad=False))

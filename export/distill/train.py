@@ -767,6 +767,8 @@ def export_student(
     for key in ("wer_teacher", "wer_student"):
         if key in recipe:
             summary[f"{key}_pytorch"] = recipe[key]
+    if recipe.get("best"):  # "steps" counts every step run; the weights kept may be an earlier evaluation's
+        summary["kept_step"] = recipe["best"]["step"]
     if teacher is not None:
         measured = measure_wer({"teacher": open_bundle(teacher, "speech")})
         if "wer_teacher" in measured:
