@@ -146,11 +146,7 @@ class Assistant:
         from edgemm.runtime import tts
         from edgemm.runtime.vision import ImageQuestion
 
-        synthesizer = None
-        if speak and tts.available():
-            synthesizer = tts.Synthesizer(threads=threads)
-        elif speak:
-            log.warning("spoken answers need the tts extra (pip install 'edgemm[tts]'): text only")
+        synthesizer = tts.optional_synthesizer(threads, without="text only") if speak else None
         lm = LanguageModel.load(model, threads=threads, context=context)
         images = ImageQuestion.load(vision_model=vision_model, threads=threads, lm=lm) if vision else None
         transcriber = Transcriber.load(speech_model, threads=threads)

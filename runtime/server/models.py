@@ -113,11 +113,7 @@ class ServerModels:
         lm = LanguageModel.load(model, threads=threads, context=context)
         transcriber = Transcriber.load(speech_model, threads=threads) if speech else None
         images = ImageQuestion.load(vision_model=vision_model, threads=threads, lm=lm) if vision else None
-        synthesizer = None
-        if voice and tts.available():
-            synthesizer = tts.Synthesizer(threads=threads)
-        elif voice:
-            log.warning("spoken answers need the tts extra (pip install 'edgemm[tts]'): /v1/audio/speech is off")
+        synthesizer = tts.optional_synthesizer(threads, without="/v1/audio/speech is off") if voice else None
         return cls(lm, transcriber, images, synthesizer, max_queue=max_queue)
 
     def names(self) -> dict[str, str]:
