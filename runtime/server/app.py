@@ -20,7 +20,6 @@ import io
 import ipaddress
 import json
 import logging
-import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -447,7 +446,7 @@ class Server:
         fmt = body.get("response_format") or "wav"
         if fmt not in openai.SPEECH_FORMATS:
             raise bad(f"response_format must be one of {', '.join(openai.SPEECH_FORMATS)}", "response_format")
-        speed = openai._number(body, "speed", 0.25, 4.0, 1.0)
+        speed = openai.number(body, "speed", 0.25, 4.0, 1.0)
         speech = await self._run("voice", request, synthesizer.synthesize, text, speed)
         if fmt == "pcm":
             import soxr
@@ -556,16 +555,15 @@ async def _upload(form, name: str, limit: int) -> bytes | None:
 
 
 def _form_number(form, name: str, low: float, high: float, default: float) -> float:
+    """A number field of a multipart form (text), checked as openai.number checks JSON fields."""
     value = form.get(name)
     if value in (None, ""):
         return default
     try:
-        number = float(value)
+        value = float(value)
     except (TypeError, ValueError):
-        number = float("nan")
-    if not low <= number <= high:
-        raise bad(f"'{name}' must be a number from {low:g} to {high:g}", name)
-    return number
+        raise bad(f"{name} must be a number, not {value!r}", name) from None
+    return openai.number({name: value}, name, low, high)
 
 
 def _answering_errors(endpoint):
@@ -612,10 +610,6 @@ def create_app(models: ServerModels, config: ServerConfig | None = None):
     )
     app.state.server = server
     return Guard(app, config.api_key)
-
-
-def new_api_key() -> str:
-    return secrets.token_urlsafe(24)
 
 
 def listen_socket(host: str, port: int) -> socket.socket:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
 
-from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.errors import EdgemmError, OptionsError
+from edgemm.runtime.limits import check_float, check_int
 from edgemm.runtime.llm import GenerationOptions
 from edgemm.runtime.llm.chat import clean_text
 from edgemm.runtime.speech import subtitles
@@ -56,15 +56,20 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> APIE
     return APIError(400, message, param=param, code=code)
 
 
-def _number(body: dict, name: str, low: float, high: float, default=None, integer: bool = False):
+def number(body: dict, name: str, low: float, high: float, default=None, integer: bool = False):
+    """Field ``name`` of a JSON body (``default`` when absent), range-checked by the library's own checks; a bad
+    value is a 400 naming the field. Integer fields take JSON integers only."""
     value = body.get(name)
     if value is None:
         return default
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not (math.isfinite(value) and low <= value <= high):
-        what = "an integer" if integer else "a number"
-        raise bad(f"'{name}' must be {what} from {low:g} to {high:g}, got {value!r}", name)
-    return value
+    try:
+        if integer:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise OptionsError(f"{name} must be an integer, not {value!r}")
+            return check_int(value, name, low, high)
+        return check_float(value, name, low, high)
+    except OptionsError as e:
+        raise bad(str(e), name) from None
 
 
 # ---- chat completions ----
@@ -168,10 +173,10 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
     if messages[-1]["role"] == "assistant":
         raise bad("the last message must not be the assistant's (nothing to answer)", "messages")
 
-    max_tokens = _number(body, "max_completion_tokens", 1, 1 << 20, None, integer=True)
+    max_tokens = number(body, "max_completion_tokens", 1, 1 << 20, None, integer=True)
     if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", 1, 1 << 20, None, integer=True)
-    n = _number(body, "n", 1, 128, 1, integer=True)
+        max_tokens = number(body, "max_tokens", 1, 1 << 20, None, integer=True)
+    n = number(body, "n", 1, 128, 1, integer=True)
     if n != 1:
         raise bad("only n=1 is supported", "n")
     stop = body.get("stop")
@@ -187,12 +192,12 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise bad("'stream_options' must be an object", "stream_options")
-    seed = _number(body, "seed", -(2**63), 2**63 - 1, None, integer=True)
+    seed = number(body, "seed", -(2**63), 2**63 - 1, None, integer=True)
     options = GenerationOptions(
         max_new_tokens=min(max_tokens or max_tokens_limit, max_tokens_limit),
         # Greedy unless asked: OpenAI's default (1.0) makes a small model ramble.
-        temperature=_number(body, "temperature", 0.0, 2.0, 0.0),
-        top_p=_number(body, "top_p", 0.0, 1.0, 1.0) or 1.0,
+        temperature=number(body, "temperature", 0.0, 2.0, 0.0),
+        top_p=number(body, "top_p", 0.0, 1.0, 1.0) or 1.0,
         seed=None if seed is None else seed % (2**63),
         stop=tuple(stop or ()),
     )
