@@ -222,8 +222,8 @@ class Server:
 
     # -- waiting for workers --
 
-    async def _first(self, channel: Channel, request: Request, deadline: float):
-        """The first item of a job: waits while the job queues, and cancels it if the client leaves or time runs
+    async def _next(self, channel: Channel, request: Request, deadline: float):
+        """The next item of a job: waits while the job queues, and cancels it if the client leaves or time runs
         out (504)."""
         while True:
             try:
@@ -317,18 +317,18 @@ class Server:
             )
 
         channel = self._start("llm", job)
-        _, model = await self._first(channel, request, deadline)
+        _, model = await self._next(channel, request, deadline)
         cid = openai.completion_id()
         if req.stream:
             return StreamingResponse(
-                self._chat_events(channel, cid, model, req.include_usage, deadline),
+                self._chat_events(channel, request, cid, model, req.include_usage, deadline),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         text, finish, usage = "", None, None
         while True:
             try:
-                item = await self._first(channel, request, deadline)
+                item = await self._next(channel, request, deadline)
             except StopAsyncIteration:
                 break
             if item[0] == "text":
@@ -337,27 +337,16 @@ class Server:
                 finish, usage = item[1], item[2]
         return JSONResponse(openai.completion(cid, model, text, finish, usage))
 
-    async def _chat_events(self, channel, cid, model, include_usage, deadline):
+    async def _chat_events(self, channel, request, cid, model, include_usage, deadline):
         usage = None
         try:
             yield _sse(openai.chunk(cid, model, {"role": "assistant", "content": ""}))
             while True:
                 try:
-                    item = await channel.next(timeout=max(0.0, deadline - time.monotonic()))
+                    item = await self._next(channel, request, deadline)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    channel.cancel()
-                    yield _sse(
-                        APIError(
-                            504,
-                            f"the answer took longer than {self.config.timeout:g} s",
-                            "server_error",
-                            code="timeout",
-                        ).body()
-                    )
-                    break
-                except Exception as e:  # the model failed mid-answer: the stream ends with OpenAI's error object
+                except Exception as e:  # a timeout, or the model failed mid-answer: OpenAI's error object ends it
                     yield _sse(api_error(e).body())
                     break
                 if item[0] == "text":
@@ -378,7 +367,7 @@ class Server:
             channel.put(fn(*args))
 
         channel = self._start(worker, job)
-        return await self._first(channel, request, time.monotonic() + self.config.timeout)
+        return await self._next(channel, request, time.monotonic() + self.config.timeout)
 
     async def transcriptions(self, request: Request) -> Response:
         return await self._transcribe(request, "transcribe")
@@ -500,7 +489,7 @@ class Server:
         # The first event (the transcript, or the answer's start for a typed question) comes before the response
         # starts: unreadable audio or a bad image is a 400 like anywhere else, not an event in a 200 stream.
         try:
-            first = [await self._first(channel, request, deadline)]
+            first = [await self._next(channel, request, deadline)]
         except StopAsyncIteration:
             first = []
 
@@ -510,7 +499,7 @@ class Server:
             if first:
                 while True:
                     try:
-                        yield await self._first(channel, request, deadline)
+                        yield await self._next(channel, request, deadline)
                     except StopAsyncIteration:
                         return
 
