@@ -67,10 +67,11 @@ class Synthesizer:
 
     def synthesize(self, text: str, speed: float = 1.0) -> Speech:
         """``text`` spoken (at most MAX_SPEECH_CHARS characters, about 5 minutes; longer texts raise InputError),
-        ``speed`` times the voice's own pace (0.25 to 4)."""
+        ``speed`` times the pace of ``self.config`` (the voice's own unless its ``length_scale`` is set; 0.25 to 4)."""
         text = check_text(text, "the text to speak", MAX_SPEECH_CHARS)
         speed = check_float(speed, "speed", 0.25, 4.0)
-        config = replace(self.config, length_scale=self.voice.config.length_scale / speed)
+        pace = self.config.length_scale or self.voice.config.length_scale  # Piper's length_scale: > 1 is slower
+        config = replace(self.config, length_scale=pace / speed)
         chunks = [chunk.audio_float_array for chunk in self.voice.synthesize(text, config)] if text.strip() else []
         samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
         return Speech(samples, self.sample_rate)

