@@ -25,7 +25,14 @@ from tqdm import tqdm
 from edgemm.export.driver import Component, ExportJob, Step, build
 from edgemm.export.errors import ExportError
 from edgemm.export.llm_onnx import BLOCK, SCHEMES, DecoderConfig, DecoderWeights, build_decoder, build_embed, save
-from edgemm.export.llm_source import LLMCheckpoint, decoder_config, decoder_weights, load_llm, save_tokenizer
+from edgemm.export.llm_source import (
+    LLMCheckpoint,
+    decoder_config,
+    decoder_weights,
+    gguf_packed_weights,
+    load_llm,
+    save_tokenizer,
+)
 from edgemm.runtime.bundle import Bundle
 from edgemm.runtime.llm.chat import Chat
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
@@ -130,6 +137,15 @@ def write_graphs(folder: Path, cfg, weights, quant: str) -> None:
 
 def quantization_info(quant: str, ck: LLMCheckpoint) -> dict:
     bits, lm_bits = SCHEMES[quant]
+    if quant == "gguf":
+        return {
+            "scheme": "gguf",
+            "linear": "the GGUF's own blocks, not rounded again: 4-bit types as MatMulNBits 4-bit, 5-, 6- and 8-bit "
+            "types as 8-bit; asymmetric types (Q4_1, Q4_K, ...) with a per-block offset correction",
+            "embedding_and_lm_head": "the GGUF's own blocks (one byte per value)",
+            "activations": "int8 inside MatMulNBits (accuracy_level 4)",
+            "source_blocks": ck.gguf_types,
+        }
     if bits is None:
         return {"scheme": "fp32"}
     return {
@@ -180,6 +196,10 @@ def load(job: ExportJob) -> str:
     """The checkpoint and its weights, its tokenizer and chat template (written into the bundle), the manifest's
     description."""
     ck = load_llm(job.source)
+    if job.quant == "gguf" and ck.gguf_path is None:
+        raise ExportError(
+            f"{job.source}: the gguf recipe keeps a GGUF file's own blocks; this source is not a GGUF file"
+        )
     cfg = decoder_config(ck.model.config)
     job.loaded = LoadedLLM(ck, cfg, decoder_weights(ck.model.model, ck.model.lm_head, cfg))
     job.body.update(
@@ -207,7 +227,11 @@ def parity(job: ExportJob) -> str:
 
 
 def quantized_graphs(job: ExportJob) -> str:
-    write_graphs(job.work, job.loaded.config, job.loaded.weights, job.quant)
+    loaded = job.loaded
+    weights = loaded.weights
+    if job.quant == "gguf":
+        weights = gguf_packed_weights(loaded.checkpoint, loaded.config, weights)
+    write_graphs(job.work, loaded.config, weights, job.quant)
     return f"{graphs_megabytes(job.work):.0f} MB"
 
 

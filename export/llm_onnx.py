@@ -30,8 +30,9 @@ from edgemm.export import nbits
 OPSET = 17
 MS = "com.microsoft"
 BLOCK = 32
-# Bits per quantization: (linear layers, embedding and lm_head). None = fp32.
-SCHEMES = {"fp32": (None, None), "int8": (8, 8), "int4": (4, 8)}
+# Bits per quantization: (linear layers, embedding and lm_head). None = fp32, or for "gguf" the bits of the source's
+# own blocks (the weights arrive packed, see gguf_blocks).
+SCHEMES = {"fp32": (None, None), "int8": (8, 8), "int4": (4, 8), "gguf": (None, None)}
 
 
 @dataclass
@@ -51,12 +52,16 @@ class DecoderConfig:
         return dict(self.__dict__)
 
 
+Weight = np.ndarray | nbits.Packed  # float32 [out, in], or blocks already quantized (a GGUF source's own)
+
+
 @dataclass
 class DecoderWeights:
-    """float32 numpy arrays in Hugging Face layout (linear weights are [out, in])."""
+    """Hugging Face layout (linear weights are [out, in]): float32 numpy arrays, except that the embedding, lm_head
+    and linear weights may be packed blocks taken as they are from a quantized source."""
 
-    embed: np.ndarray  # [V, D]
-    lm_head: np.ndarray  # [V, D]
+    embed: Weight  # [V, D]
+    lm_head: Weight  # [V, D]
     final_norm: np.ndarray
     layers: list[
         dict[str, np.ndarray]
@@ -86,15 +91,16 @@ class _Graph:
         self.names.add(name)
         return name
 
-    def linear(self, x: str, w: np.ndarray, name: str, bits: int | None, bias: np.ndarray | None = None) -> str:
-        """y = x @ w.T (+ bias) for w [N, K]."""
-        if bits is None:
+    def linear(self, x: str, w: Weight, name: str, bits: int | None, bias: np.ndarray | None = None) -> str:
+        """y = x @ w.T (+ bias) for w [N, K]: float (quantized here to ``bits``; None keeps fp32) or already packed
+        blocks (a GGUF source's own, see gguf_blocks)."""
+        if isinstance(w, np.ndarray) and bits is None:
             (y,) = self.node("MatMul", [x, self.const(f"{name}.weight", w.T.astype(np.float32))])
         else:
-            p = nbits.quantize(w, bits, BLOCK)
+            p = w if isinstance(w, nbits.Packed) else nbits.quantize(w, bits, BLOCK)
             if p.offsets is not None and p.k % BLOCK == 0:
-                # 4-bit: add back each block's mean error (see nbits) inside the same kernel. The input gains the
-                # sums of its blocks of 32, the weight gains matching columns holding the offsets:
+                # Add back each block's mean error (see nbits) inside the same kernel. The input gains the sums of
+                # its blocks of 32, the weight gains matching columns holding the offsets:
                 # [x, blocksum(x)] @ [W_q, offsets].T = x @ W_q.T + blocksum(x) @ offsets.T
                 blocks = p.k // BLOCK
                 width = -(-blocks // BLOCK) * BLOCK  # the sums padded to whole blocks
@@ -106,16 +112,23 @@ class _Graph:
                 (x,) = self.node("Concat", [x, sums], axis=-1)
                 offsets = np.zeros((p.n, width), np.float32)
                 offsets[:, :blocks] = p.offsets
-                p = nbits.quantize(np.concatenate([w, offsets], axis=1), bits, BLOCK)
+                p = nbits.join_columns(p, nbits.quantize(offsets, p.bits, p.block))
             inputs = [x, self.const(f"{name}.qweight", p.codes), self.const(f"{name}.scales", p.scales)]
             if p.zero_points is not None:
                 inputs.append(self.const(f"{name}.zero_points", p.zero_points))
             (y,) = self.node(
-                "MatMulNBits", inputs, domain=MS, K=p.k, N=p.n, bits=bits, block_size=BLOCK, accuracy_level=4
+                "MatMulNBits", inputs, domain=MS, K=p.k, N=p.n, bits=p.bits, block_size=p.block, accuracy_level=4
             )
         if bias is not None:
             (y,) = self.node("Add", [y, self.const(f"{name}.bias", bias.astype(np.float32))])
         return y
+
+
+def _stack(parts: list[Weight]) -> Weight:
+    """Weights stacked along N (q|k|v, gate|up) into one."""
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate(parts, axis=0)
+    return nbits.join_rows(parts)
 
 
 def _model(g: _Graph, inputs, outputs, name: str) -> onnx.ModelProto:
@@ -128,19 +141,28 @@ def _model(g: _Graph, inputs, outputs, name: str) -> onnx.ModelProto:
 def build_embed(cfg: DecoderConfig, w: DecoderWeights, bits: int | None) -> onnx.ModelProto:
     g = _Graph()
     ids = "input_ids"
-    if bits is None:
+    if bits is None and isinstance(w.embed, np.ndarray):
         g.node("Gather", [g.const("embed.weight", w.embed.astype(np.float32)), ids])
     else:
-        # Gather the int8 rows and their block scales, then dequantize only the gathered rows.
-        p = nbits.quantize(w.embed, bits, BLOCK)
-        blocks = p.codes.shape[1]
-        (codes,) = g.node("Gather", [g.const("embed.codes", p.codes.reshape(p.n, -1)), ids])
-        (scales,) = g.node("Gather", [g.const("embed.scales", p.scales.reshape(p.n, blocks, 1)), ids])
+        # Gather the rows' codes and block scales, then dequantize only the gathered rows.
+        p = w.embed if isinstance(w.embed, nbits.Packed) else nbits.quantize(w.embed, bits, BLOCK)
+        codes = nbits.unpack(p.codes, p.bits).reshape(p.n, -1)  # one byte per value
+        (codes,) = g.node("Gather", [g.const("embed.codes", codes), ids])
+        (scales,) = g.node("Gather", [g.const("embed.scales", p.scales.reshape(p.n, p.blocks, 1)), ids])
         (x,) = g.node("Cast", [codes], to=TensorProto.FLOAT)
-        (x,) = g.node("Sub", [x, g.const("embed.zero", np.array(128, np.float32))])
-        shape4 = g.const("embed.block_shape", np.array([0, 0, blocks, BLOCK], np.int64))
-        (x,) = g.node("Reshape", [x, shape4])
-        (x,) = g.node("Mul", [x, scales])
+        (x,) = g.node("Reshape", [x, g.const("embed.block_shape", np.array([0, 0, p.blocks, p.block], np.int64))])
+        if p.zero_points is None and p.offsets is None:
+            (x,) = g.node("Sub", [x, g.const("embed.zero", np.array(1 << (p.bits - 1), np.float32))])
+            (x,) = g.node("Mul", [x, scales])
+        else:
+            # value = code * scale - minimum, minimum = zero * scale - offset (per block)
+            offsets = np.zeros((p.n, p.blocks), np.float32)
+            if p.offsets is not None:
+                offsets = np.repeat(p.offsets, nbits.OFFSET_BLOCK // p.block, axis=1)[:, : p.blocks]
+            minimums = p.zeros() * p.scales.reshape(p.n, -1) - offsets
+            (minimums,) = g.node("Gather", [g.const("embed.minimums", minimums[..., None].astype(np.float32)), ids])
+            (x,) = g.node("Mul", [x, scales])
+            (x,) = g.node("Sub", [x, minimums])
         g.node("Reshape", [x, g.const("embed.out_shape", np.array([0, 0, -1], np.int64))])
     g.nodes[-1].output[0] = "inputs_embeds"
     inputs = [helper.make_tensor_value_info(ids, TensorProto.INT64, ["batch", "seq"])]
@@ -178,7 +200,7 @@ def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bi
     for i, lw in enumerate(w.layers):
         p = f"layers.{i}"
         h, residual = norm(x, residual, f"{p}.input_norm", lw["input_norm"])
-        qkv_w = np.concatenate([lw["q"], lw["k"], lw["v"]], axis=0)
+        qkv_w = _stack([lw["q"], lw["k"], lw["v"]])
         qkv_b = np.concatenate([lw["q_bias"], lw["k_bias"], lw["v_bias"]]) if cfg.attention_bias else None
         qkv = g.linear(h, qkv_w, f"{p}.qkv_proj", bits, qkv_b)
         attn, present_k, present_v = g.node(
@@ -196,7 +218,7 @@ def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bi
         outputs += [f"present.{i}.key", f"present.{i}.value"]
         x = g.linear(attn, lw["o"], f"{p}.o_proj", bits)
         h, residual = norm(x, residual, f"{p}.post_norm", lw["post_norm"])
-        gate_up = g.linear(h, np.concatenate([lw["gate"], lw["up"]], axis=0), f"{p}.gate_up_proj", bits)
+        gate_up = g.linear(h, _stack([lw["gate"], lw["up"]]), f"{p}.gate_up_proj", bits)
         i_size = cfg.intermediate_size
         gate, up = g.node("Split", [gate_up, g.const(f"{p}.split", np.array([i_size, i_size], np.int64))], 2, axis=-1)
         (sig,) = g.node("Sigmoid", [gate])

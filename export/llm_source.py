@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ class LLMCheckpoint:
     tokenizer: object  # transformers PreTrainedTokenizerFast
     source: str
     gguf_types: dict[str, int] | None = None  # tensor type counts of a GGUF source (e.g. {"Q4_1": 210})
+    gguf_path: Path | None = None  # the GGUF file itself
     byte_level: bool = False  # a GGUF "gpt2" (byte-level BPE) vocabulary: its decoder is rewritten on save
 
     @property
@@ -146,7 +147,14 @@ def load_llm(source: str) -> LLMCheckpoint:
     if not tokenizer.is_fast:
         raise SourceError(f"{source}: needs a fast (tokenizers) tokenizer")
     model.eval()
-    return LLMCheckpoint(model, tokenizer, source, gguf_types=gguf_types, byte_level=byte_level)
+    return LLMCheckpoint(
+        model,
+        tokenizer,
+        source,
+        gguf_types=gguf_types,
+        gguf_path=gguf_path if gguf_types else None,
+        byte_level=byte_level,
+    )
 
 
 def decoder_config(c) -> DecoderConfig:
@@ -226,3 +234,67 @@ def save_tokenizer(ck: LLMCheckpoint, folder: Path) -> dict:
         raise SourceError(f"{ck.source}: the checkpoint has no chat template")
     (folder / "chat_template.jinja").write_text(template)
     return {"tokenizer": "tokenizer.json", "chat_template": "chat_template.jinja"}
+
+
+# ---- a GGUF source's own blocks (the "gguf" recipe: no second rounding) ----
+
+_GGUF_NAMES = {  # DecoderWeights layer key -> GGUF tensor name
+    "q": "attn_q",
+    "k": "attn_k",
+    "v": "attn_v",
+    "o": "attn_output",
+    "gate": "ffn_gate",
+    "up": "ffn_up",
+    "down": "ffn_down",
+}
+
+
+def _unpermute_rows(n: int, heads: int) -> np.ndarray:
+    """Row order that undoes llama.cpp's q/k interleaving of rotary halves for the llama architecture."""
+    return np.arange(n).reshape(heads, n // heads // 2, 2).swapaxes(1, 2).reshape(n)
+
+
+def gguf_packed_weights(ck: LLMCheckpoint, cfg: DecoderConfig, weights: DecoderWeights) -> DecoderWeights:
+    """``weights`` with every quantized matrix replaced by its GGUF blocks, packed for MatMulNBits as they are.
+
+    Each one is checked against the dequantized weight the PyTorch model holds: the blocks must give the same values
+    bit for bit (and after packing, to float32 rounding)."""
+    import gguf
+
+    from edgemm.export import gguf_blocks
+
+    reader = gguf.GGUFReader(ck.gguf_path)
+    tensors = {t.name: t for t in reader.tensors}
+    llama = ck.model.config.model_type == "llama"
+
+    def packed(name: str, reference: np.ndarray, heads: int | None = None):
+        t = tensors.get(name)
+        if t is None or t.tensor_type.name in ("F32", "F16", "BF16"):
+            return reference  # stored unquantized: nothing to keep
+        try:
+            blocks = gguf_blocks.decode(np.asarray(t.data), t.tensor_type.name, int(t.shape[0]))
+        except ValueError as e:
+            raise SourceError(f"{ck.gguf_path.name}: {name}: {e}") from None
+        if llama and heads:
+            order = _unpermute_rows(blocks.shape[0], heads)
+            blocks = replace(
+                blocks, codes=blocks.codes[order], scales=blocks.scales[order], minimums=blocks.minimums[order]
+            )
+        if not np.array_equal(blocks.dequantize(), reference):
+            raise SourceError(f"{ck.gguf_path.name}: {name}: its blocks do not decode to the weights transformers read")
+        p = gguf_blocks.to_packed(blocks)
+        error = float(np.abs(p.dequantize(offsets=True) - reference).max())
+        if error > 1e-5 * max(float(np.abs(reference).max()), 1e-6):
+            raise SourceError(f"{ck.gguf_path.name}: {name}: packed blocks are off by {error:.2e}")
+        return p
+
+    layers = []
+    for i, lw in enumerate(weights.layers):
+        lw = dict(lw)
+        for key, gguf_name in _GGUF_NAMES.items():
+            heads = {"q": cfg.num_heads, "k": cfg.num_kv_heads}.get(key)
+            lw[key] = packed(f"blk.{i}.{gguf_name}.weight", lw[key], heads)
+        layers.append(lw)
+    embed = packed("token_embd.weight", weights.embed)
+    lm_head = packed("output.weight", weights.lm_head) if "output.weight" in tensors else embed
+    return DecoderWeights(embed, lm_head, weights.final_norm, layers, weights.cos, weights.sin)

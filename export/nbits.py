@@ -14,9 +14,11 @@ A weight ``W`` of shape [N, K] (out, in) is cut into blocks of ``block`` values 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+OFFSET_BLOCK = 32  # offsets are per 32 values along K, whatever the block size
 
 
 @dataclass
@@ -30,18 +32,92 @@ class Packed:
     block: int
     n: int
     k: int
-    offsets: np.ndarray | None = None  # float32 [N, blocks]: mean of (weight - decoded) per block (4-bit only)
+    offsets: np.ndarray | None = None  # float32 [N, K / OFFSET_BLOCK]: mean of (weight - decoded) per 32 values
 
-    def dequantize(self) -> np.ndarray:
-        """Back to float [N, K] (for tests and error measurements)."""
-        q = unpack(self.codes, self.bits).astype(np.float32)  # [N, blocks, block]
-        blocks = q.shape[1]
+    @property
+    def blocks(self) -> int:
+        return self.codes.shape[1]
+
+    def zeros(self) -> np.ndarray:
+        """The zero point of every block, uint8 [N, blocks] (the operator's default when there is no input)."""
         if self.zero_points is None:
-            z = np.float32(1 << (self.bits - 1))
+            return np.full((self.n, self.blocks), 1 << (self.bits - 1), np.uint8)
+        return unpack(self.zero_points.reshape(self.n, -1), self.bits)[:, : self.blocks]
+
+    def dequantize(self, offsets: bool = False) -> np.ndarray:
+        """Back to float [N, K] (for tests and error measurements); ``offsets``: with the offsets added back."""
+        q = unpack(self.codes, self.bits).astype(np.float32)  # [N, blocks, block]
+        z = self.zeros()[..., None].astype(np.float32)
+        s = self.scales.reshape(self.n, self.blocks, 1)
+        w = ((q - z) * s).reshape(self.n, -1)[:, : self.k]
+        if offsets and self.offsets is not None:
+            w = w + np.repeat(self.offsets, OFFSET_BLOCK, axis=1)[:, : self.k]
+        return w
+
+    def as_format(self, bits: int, block: int) -> Packed:
+        """The same values with more bits per code and/or smaller blocks (so that unlike weights can be joined)."""
+        if bits < self.bits or self.block % block:
+            raise ValueError(f"cannot hold {self.bits}-bit blocks of {self.block} as {bits}-bit blocks of {block}")
+        if (bits, block) == (self.bits, self.block):
+            return self
+        split = self.block // block
+        q = unpack(self.codes, self.bits).reshape(self.n, -1, block)
+        z = np.repeat(self.zeros(), split, axis=1)
+        if self.zero_points is None:  # keep using the default zero point of the new width
+            q = q.astype(np.int16) + ((1 << (bits - 1)) - (1 << (self.bits - 1)))
+            zero_points = None
         else:
-            z = unpack(self.zero_points.reshape(self.n, -1), self.bits)[:, :blocks, None].astype(np.float32)
-        s = self.scales.reshape(self.n, blocks, 1)
-        return ((q - z) * s).reshape(self.n, -1)[:, : self.k]
+            zero_points = pack(z, bits).ravel()
+        scales = np.repeat(self.scales.reshape(self.n, -1), split, axis=1).ravel()
+        return replace(self, codes=pack(q, bits), scales=scales, zero_points=zero_points, bits=bits, block=block)
+
+    def with_zero_points(self) -> Packed:
+        return (
+            self if self.zero_points is not None else replace(self, zero_points=pack(self.zeros(), self.bits).ravel())
+        )
+
+
+def join_rows(parts: list[Packed]) -> Packed:
+    """One weight from several stacked along N (q|k|v, gate|up), in the widest bits and smallest block among them."""
+    bits, block = max(p.bits for p in parts), min(p.block for p in parts)
+    parts = [p.as_format(bits, block) for p in parts]
+    if any(p.zero_points is not None for p in parts):
+        parts = [p.with_zero_points() for p in parts]
+    offsets = None
+    if any(p.offsets is not None for p in parts):
+        offsets = np.concatenate(
+            [
+                p.offsets if p.offsets is not None else np.zeros((p.n, -(-p.k // OFFSET_BLOCK)), np.float32)
+                for p in parts
+            ]
+        )
+    first = parts[0]
+    if any(p.k != first.k for p in parts):
+        raise ValueError("rows to join must have the same length")
+    zero_points = None if first.zero_points is None else np.concatenate([p.zero_points for p in parts])
+    return Packed(
+        np.concatenate([p.codes for p in parts]),
+        np.concatenate([p.scales for p in parts]),
+        zero_points,
+        bits,
+        block,
+        sum(p.n for p in parts),
+        first.k,
+        offsets,
+    )
+
+
+def join_columns(left: Packed, right: Packed) -> Packed:
+    """[left | right] along K (whole blocks of the same format; ``left.k`` a multiple of the block). Offsets are
+    dropped: the result is what the operator computes."""
+    if (left.bits, left.block, left.n) != (right.bits, right.block, right.n) or left.k % left.block:
+        raise ValueError("columns to join must be whole blocks of the same format and rows")
+    zero_points = None
+    if left.zero_points is not None or right.zero_points is not None:
+        zero_points = pack(np.concatenate([left.zeros(), right.zeros()], axis=1), left.bits).ravel()
+    scales = np.concatenate([left.scales.reshape(left.n, -1), right.scales.reshape(right.n, -1)], axis=1).ravel()
+    codes = np.concatenate([left.codes, right.codes], axis=1)
+    return Packed(codes, scales, zero_points, left.bits, left.block, left.n, left.k + right.k)
 
 
 def pack(q: np.ndarray, bits: int) -> np.ndarray:

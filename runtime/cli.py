@@ -497,9 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="packaged:NAME, a GGUF file, a CTranslate2 or transformers folder, or a hub id")
     p.add_argument(
         "--quant",
-        choices=["fp32", "int8", "int4"],
+        choices=["fp32", "int8", "int4", "gguf"],
         default=None,
-        help="default: the preset's, else int8 (speech, vision) / int4 (llm, vlm)",
+        help="default: the preset's, else int8 (speech, vision) / int4 (llm, vlm); gguf (llm): keep a GGUF source's "
+        "own quantized blocks",
     )
     p.add_argument("--out", type=Path, help="bundle folder to write (replaced only on success)")
     p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity measurements (WER, perplexity, ...)")
