@@ -7,3 +7,41 @@ from importlib import resources
 
 def presets() -> dict:
     return json.loads(resources.files(__name__).joinpath("presets.json").read_text())
+
+
+def _quality(kind: str, quant: str, fidelity: dict) -> str:
+    """One line from a bundle's measured fidelity."""
+    if kind == "llm" and "perplexity_fp32" in fidelity:
+        line = f"perplexity {fidelity.get(f'perplexity_{quant}', fidelity['perplexity_fp32'])}"
+        if f"{quant}_perplexity_increase" in fidelity:
+            agreement = fidelity[f"{quant}_vs_fp32"]["token_agreement"]
+            line += f" ({fidelity[f'{quant}_perplexity_increase']:+.1%} vs fp32, token agreement {agreement:.1%})"
+        return line
+    if kind == "speech" and "wer_fp32" in fidelity:
+        return f"WER {fidelity.get(f'wer_{quant}', fidelity['wer_fp32']):.1%} on {fidelity.get('clips', '?')} clips"
+    if f"{quant}_vs_fp32" in fidelity and "top1_agreement" in fidelity[f"{quant}_vs_fp32"]:
+        return f"top-1 agreement with fp32 {fidelity[f'{quant}_vs_fp32']['top1_agreement']}"
+    return ""
+
+
+def catalogue(folder=None) -> list[dict]:
+    """Every preset with what its built bundle (if any) in ``folder`` (default: $EDGEMM_MODELS) measured: size on
+    disk and quality from its manifest."""
+    from edgemm.runtime.bundle import models_dir
+
+    folder = models_dir() if folder is None else folder
+    rows = []
+    for kind, table in presets().items():
+        for name, preset in table["presets"].items():
+            row = {"kind": kind, "name": name, "default": name == table["default"], "built": False, **preset}
+            manifest = folder / name / "manifest.json"
+            try:
+                body = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                rows.append(row)
+                continue
+            row["built"] = True
+            row["megabytes"] = round(sum(f.get("bytes", 0) for f in body.get("files", {}).values()) / 1e6, 1)
+            row["quality"] = _quality(kind, preset["quant"], body.get("fidelity") or {})
+            rows.append(row)
+    return rows

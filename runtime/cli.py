@@ -237,6 +237,23 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
 
 
+def cmd_models(args) -> int:
+    from edgemm.models import catalogue
+
+    rows = catalogue()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for kind in dict.fromkeys(row["kind"] for row in rows):
+        print(f"{kind}:")
+        for row in (r for r in rows if r["kind"] == kind):
+            mark = "*" if row["default"] else " "
+            size = f"{row['megabytes']:7.0f} MB" if row["built"] else "  not built"
+            print(f" {mark} {row['name']:38} {size}  {row.get('quality') or row['about']}")
+    print("* default; build one with: edgemm export KIND --preset NAME")
+    return 0
+
+
 def cmd_say(args) -> int:
     from edgemm.runtime.llm.chat import clean_text
 
@@ -481,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "models", parents=[verbose], help="presets, and size and quality of those built", formatter_class=fmt
+    )
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("say", parents=[verbose], help="speak a text into a WAV file (tts extra)", formatter_class=fmt)
     p.add_argument("text")

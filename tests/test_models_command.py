@@ -1,0 +1,48 @@
+"""`edgemm models`: every preset, with the size and measured quality of the bundles that are built."""
+
+import json
+import subprocess
+import sys
+
+from edgemm.models import catalogue, presets
+
+
+def _run(*args, env_models):
+    env = {"EDGEMM_MODELS": str(env_models), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "edgemm.runtime.cli", "models", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_lists_every_preset_and_reads_built_manifests(tmp_path):
+    bundle = tmp_path / "qwen2.5-coder-0.5b-instruct-gguf"
+    bundle.mkdir()
+    manifest = {
+        "files": {"decoder.onnx.data": {"bytes": 600_000_000}, "tokenizer.json": {"bytes": 7_000_000}},
+        "fidelity": {
+            "perplexity_fp32": 10.0,
+            "perplexity_gguf": 10.05,
+            "gguf_perplexity_increase": 0.005,
+            "gguf_vs_fp32": {"token_agreement": 0.98},
+        },
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "whisper-tiny.en-int8").mkdir()
+    (tmp_path / "whisper-tiny.en-int8" / "manifest.json").write_text("{ damaged")
+
+    rows = {row["name"]: row for row in catalogue(tmp_path)}
+    assert set(rows) == {name for table in presets().values() for name in table["presets"]}
+    qwen = rows["qwen2.5-coder-0.5b-instruct-gguf"]
+    assert qwen["built"] and qwen["megabytes"] == 607.0
+    assert qwen["quality"] == "perplexity 10.05 (+0.5% vs fp32, token agreement 98.0%)"
+    assert not rows["whisper-tiny.en-int8"]["built"]  # unreadable manifest: listed as not built, no traceback
+
+    out = _run(env_models=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "qwen2.5-coder-0.5b-instruct-gguf" in out.stdout and "607 MB" in out.stdout
+    listed = json.loads(_run("--json", env_models=tmp_path).stdout)
+    assert [r["name"] for r in listed if r["default"]] == [t["default"] for t in presets().values()]
