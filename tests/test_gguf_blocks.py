@@ -182,3 +182,13 @@ def test_real_k_quant_tensors_decode_exactly(qwen_gguf):
         assert np.array_equal(blocks.dequantize(), reference), t.name
         packed = gguf_blocks.to_packed(blocks)
         np.testing.assert_allclose(packed.dequantize(offsets=True), reference, rtol=0, atol=1e-6, err_msg=t.name)
+
+
+def test_llama_q_k_rows_go_back_to_hugging_face_order():
+    from edgemm.export.llm_source import _unpermute_rows
+
+    n, heads = 24, 3
+    hf_rows = np.arange(n)
+    # llama.cpp's converter interleaves the two rotary halves of each head's rows
+    gguf_rows = hf_rows.reshape(heads, 2, n // heads // 2).swapaxes(1, 2).reshape(n)
+    assert np.array_equal(gguf_rows[_unpermute_rows(n, heads)], hf_rows)

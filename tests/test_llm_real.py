@@ -30,7 +30,13 @@ def test_cli_ask_json_answers(llm_bundle):
 
 
 @pytest.mark.parametrize(
-    ("preset", "bound"), [("smollm2-135m-instruct-int4", 0.02), ("smollm2-135m-instruct-int8", 0.005)]
+    ("preset", "bound"),
+    [
+        ("smollm2-135m-instruct-int4", 0.02),
+        ("smollm2-135m-instruct-int8", 0.005),
+        # A Q4_K_M file imported block for block: the cost is only the int8 activations inside the kernels.
+        ("qwen2.5-coder-0.5b-instruct-gguf", 0.01),
+    ],
 )
 def test_quantized_fidelity_in_manifest(preset, bound):
     path = models_dir() / preset / "manifest.json"
@@ -42,3 +48,22 @@ def test_quantized_fidelity_in_manifest(preset, bound):
     assert fidelity[f"perplexity_{quant}"] <= fidelity["perplexity_fp32"] * (1 + bound)
     assert fidelity[f"{quant}_vs_fp32"]["token_agreement"] >= 0.9
     assert fidelity["parity_fp32_vs_pytorch"]["max_logit_diff"] < 1e-3
+
+
+def _preset_bundle(name: str):
+    path = models_dir() / name
+    if not (path / "manifest.json").exists():
+        pytest.skip(f"{path} missing: run `make setup`")
+    return path
+
+
+def test_qwen_gguf_bundle_answers():
+    lm = LanguageModel.load(_preset_bundle("qwen2.5-coder-0.5b-instruct-gguf"))
+    assert "Paris" in ask(lm, "What is the capital of France?").result()
+    assert "84" in ask(lm, "What is 12 times 7? Answer with the number only.").result()
+
+
+def test_qwen_gguf_bundle_keeps_the_files_blocks():
+    manifest = json.loads((_preset_bundle("qwen2.5-coder-0.5b-instruct-gguf") / "manifest.json").read_text())
+    assert manifest["quantization"]["scheme"] == "gguf"
+    assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0"} <= set(manifest["quantization"]["source_blocks"])
