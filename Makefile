@@ -18,7 +18,8 @@ APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min chrom
 STAMP := $(VENV)/.installed
 SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
 VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json
-LLM_BUNDLES := $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json $(EDGEMM_MODELS)/smollm2-135m-instruct-int8/manifest.json
+LLM_BUNDLES := $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json $(EDGEMM_MODELS)/smollm2-135m-instruct-int8/manifest.json \
+	$(EDGEMM_MODELS)/qwen2.5-coder-0.5b-instruct-gguf/manifest.json
 
 .PHONY: setup demo test lint clean-models
 
@@ -48,6 +49,9 @@ $(VISION_BUNDLE): $(STAMP)
 
 $(EDGEMM_MODELS)/smollm2-135m-instruct-%/manifest.json: $(STAMP)
 	$(BIN)/edgemm export llm --preset smollm2-135m-instruct-$*
+
+$(EDGEMM_MODELS)/qwen2.5-coder-0.5b-instruct-gguf/manifest.json: $(STAMP)
+	$(BIN)/edgemm export llm --preset qwen2.5-coder-0.5b-instruct-gguf
 
 # The main job: a spoken question about a real photo, answered aloud, all from files (cached under build/demo).
 DEMO := build/demo

@@ -221,9 +221,11 @@ def run_bench_llm(args) -> int:
     jobs = {OURS: ([sys.executable, "-m", "edgemm.bench.llm"], str(folder))}
     peer_jobs, skipped = _peer_jobs(args)
     jobs.update(peer_jobs)
+    names = dict(NAMES)
+    names[OURS] = f"edgemm {bundle.manifest.get('quantization', {}).get('scheme', 'int4')}"  # e.g. edgemm gguf
     engines, notes = {}, []
     for engine, (command, model) in jobs.items():
-        log.info("measuring %s (%d threads) in a subprocess ...", NAMES[engine], args.threads)
+        log.info("measuring %s (%d threads) in a subprocess ...", names[engine], args.threads)
         job = {"engine": engine, "model": model, "threads": args.threads, "runs": args.runs, **tokens}
         result = run_worker(command, job)
         if "error" in result:
@@ -231,7 +233,7 @@ def run_bench_llm(args) -> int:
                 raise EdgemmError(result["error"])
             skipped[engine] = result["error"]
             continue
-        engines[engine] = {"name": NAMES[engine], **result}
+        engines[engine] = {"name": names[engine], **result}
     ours_ids = engines[OURS]["probes"]
     for r in engines.values():
         differ = sum(ids != mine for ids, mine in zip(r.pop("probes"), ours_ids, strict=True))

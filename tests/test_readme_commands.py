@@ -255,6 +255,12 @@ def _gguf_blocks_kept(r: Ran) -> None:
     assert manifest["quantization"]["source_blocks"]["Q4_1"] > 0, manifest["quantization"]
 
 
+def _gguf_exact(r: Ran) -> None:
+    manifest = json.loads((r.folders["work"] / "my-gguf" / "manifest.json").read_text())
+    assert manifest["quantization"]["scheme"] == "gguf", manifest["quantization"]
+    assert manifest["fidelity"]["gguf_perplexity_increase"] < 0.01, manifest["fidelity"]
+
+
 WHISPER_BASE = "edgemm export speech --source packaged:whisper-base --quant int8 --out ~/models/whisper-base-int8"
 SMOLVLM = "edgemm export vlm --source HuggingFaceTB/SmolVLM-256M-Instruct --out ./smolvlm-int4"
 
@@ -346,6 +352,19 @@ EXPECTED: dict[str, Expectation] = {
     "edgemm export llm --source ./model.Q4_1.gguf --quant int4 --out ./my-int4": Succeeds(
         stderr=("measure fidelity", "wrote my-int4"), bundle="{work}/my-int4", check=_gguf_blocks_kept
     ),
+    "edgemm export llm --preset qwen2.5-coder-0.5b-instruct-gguf": long_export(
+        Succeeds(
+            stderr=("measure fidelity", "wrote {models}/qwen2.5-coder-0.5b-instruct-gguf"),
+            bundle="{models}/qwen2.5-coder-0.5b-instruct-gguf",
+        ),
+        first_line=r"load checkpoint .*qwen",
+        seconds=20,
+        out="{models}/qwen2.5-coder-0.5b-instruct-gguf",
+    ),
+    "edgemm export llm --source ./model.Q4_1.gguf --quant gguf --out ./my-gguf": Succeeds(
+        stderr=("measure fidelity", "wrote my-gguf"), bundle="{work}/my-gguf", check=_gguf_exact
+    ),
+    "edgemm models": Succeeds(stdout=("smollm2-135m-instruct-int4", "qwen2.5-coder-0.5b-instruct-gguf")),
     "edgemm export llm --source Qwen/Qwen2.5-0.5B-Instruct --quant int8 --out ./qwen-int8": FailsWith(
         hub_offline("Qwen/Qwen2.5-0.5B-Instruct")
     ),
