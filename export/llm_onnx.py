@@ -123,6 +123,21 @@ class _Graph:
             (y,) = self.node("Add", [y, self.const(f"{name}.bias", bias.astype(np.float32))])
         return y
 
+    def stacked_linear(
+        self, x: str, parts: list[Weight], name: str, bits: int | None, bias: np.ndarray | None = None
+    ) -> str:
+        """y = x @ [parts stacked along N].T (+ bias): one node, unless packed parts differ in bits or block size (a
+        K-quant file may store v in Q6_K beside a Q4_K q and k); then one node each, concatenated, so that no part
+        is widened to another's format."""
+        formats = {(p.bits, p.block) for p in parts if isinstance(p, nbits.Packed)}
+        if len(formats) <= 1:
+            return self.linear(x, _stack(parts), name, bits, bias)
+        outs = [self.linear(x, part, f"{name}.{i}", bits) for i, part in enumerate(parts)]
+        (y,) = self.node("Concat", outs, axis=-1)
+        if bias is not None:
+            (y,) = self.node("Add", [y, self.const(f"{name}.bias", bias.astype(np.float32))])
+        return y
+
 
 def _stack(parts: list[Weight]) -> Weight:
     """Weights stacked along N (q|k|v, gate|up) into one."""
@@ -200,9 +215,8 @@ def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bi
     for i, lw in enumerate(w.layers):
         p = f"layers.{i}"
         h, residual = norm(x, residual, f"{p}.input_norm", lw["input_norm"])
-        qkv_w = _stack([lw["q"], lw["k"], lw["v"]])
         qkv_b = np.concatenate([lw["q_bias"], lw["k_bias"], lw["v_bias"]]) if cfg.attention_bias else None
-        qkv = g.linear(h, qkv_w, f"{p}.qkv_proj", bits, qkv_b)
+        qkv = g.stacked_linear(h, [lw["q"], lw["k"], lw["v"]], f"{p}.qkv_proj", bits, qkv_b)
         attn, present_k, present_v = g.node(
             "GroupQueryAttention",
             [qkv, "", "", f"past.{i}.key", f"past.{i}.value", seqlens_k, total, cos, sin],
@@ -218,7 +232,7 @@ def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bi
         outputs += [f"present.{i}.key", f"present.{i}.value"]
         x = g.linear(attn, lw["o"], f"{p}.o_proj", bits)
         h, residual = norm(x, residual, f"{p}.post_norm", lw["post_norm"])
-        gate_up = g.linear(h, _stack([lw["gate"], lw["up"]]), f"{p}.gate_up_proj", bits)
+        gate_up = g.stacked_linear(h, [lw["gate"], lw["up"]], f"{p}.gate_up_proj", bits)
         i_size = cfg.intermediate_size
         gate, up = g.node("Split", [gate_up, g.const(f"{p}.split", np.array([i_size, i_size], np.int64))], 2, axis=-1)
         (sig,) = g.node("Sigmoid", [gate])

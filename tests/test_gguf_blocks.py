@@ -192,3 +192,18 @@ def test_llama_q_k_rows_go_back_to_hugging_face_order():
     # llama.cpp's converter interleaves the two rotary halves of each head's rows
     gguf_rows = hf_rows.reshape(heads, 2, n // heads // 2).swapaxes(1, 2).reshape(n)
     assert np.array_equal(gguf_rows[_unpermute_rows(n, heads)], hf_rows)
+
+
+def test_unlike_stacked_weights_keep_their_own_formats():
+    # q and k in Q4_K, v in Q6_K (as the 1.5B Qwen file has them): three nodes, q and k still 4-bit.
+    parts = [gguf_blocks.decode(random_blocks(kind, i), kind, K) for i, kind in enumerate(["Q4_K", "Q4_K", "Q6_K"])]
+    weight = np.concatenate([b.dequantize() for b in parts])
+    bias = np.linspace(-1, 1, 3 * N).astype(np.float32)
+    g = llm_onnx._Graph()
+    g.stacked_linear("x", [gguf_blocks.to_packed(b) for b in parts], "qkv", None, bias)
+    nodes = [n for n in g.nodes if n.op_type == "MatMulNBits"]
+    assert [next(a.i for a in n.attribute if a.name == "bits") for n in nodes] == [4, 4, 8]
+    x = np.random.default_rng(2).standard_normal((3, K)).astype(np.float32)
+    y, expected = _run(g, x), x @ weight.T + bias
+    assert y.shape == (3, 3 * N)
+    assert np.abs(y - expected).max() < 0.02 * np.abs(expected).max()
