@@ -126,11 +126,11 @@ class _Graph:
     def stacked_linear(
         self, x: str, parts: list[Weight], name: str, bits: int | None, bias: np.ndarray | None = None
     ) -> str:
-        """y = x @ [parts stacked along N].T (+ bias): one node, unless packed parts differ in bits or block size (a
-        K-quant file may store v in Q6_K beside a Q4_K q and k); then one node each, concatenated, so that no part
-        is widened to another's format."""
-        formats = {(p.bits, p.block) for p in parts if isinstance(p, nbits.Packed)}
-        if len(formats) <= 1:
+        """y = x @ [parts stacked along N].T (+ bias): one node when the parts share a format (all float, or packed
+        with the same bits and block size), else one node each, concatenated, so that no part is widened to another's
+        format (a K-quant file may store v in Q6_K beside a Q4_K q and k, or keep a small weight unquantized)."""
+        formats = {(p.bits, p.block) if isinstance(p, nbits.Packed) else None for p in parts}
+        if len(formats) == 1:
             return self.linear(x, _stack(parts), name, bits, bias)
         outs = [self.linear(x, part, f"{name}.{i}", bits) for i, part in enumerate(parts)]
         (y,) = self.node("Concat", outs, axis=-1)

@@ -54,23 +54,6 @@ class Packed:
             w = w + np.repeat(self.offsets, OFFSET_BLOCK, axis=1)[:, : self.k]
         return w
 
-    def as_format(self, bits: int, block: int) -> Packed:
-        """The same values with more bits per code and/or smaller blocks (so that unlike weights can be joined)."""
-        if bits < self.bits or self.block % block:
-            raise ValueError(f"cannot hold {self.bits}-bit blocks of {self.block} as {bits}-bit blocks of {block}")
-        if (bits, block) == (self.bits, self.block):
-            return self
-        split = self.block // block
-        q = unpack(self.codes, self.bits).reshape(self.n, -1, block)
-        z = np.repeat(self.zeros(), split, axis=1)
-        if self.zero_points is None:  # keep using the default zero point of the new width
-            q = q.astype(np.int16) + ((1 << (bits - 1)) - (1 << (self.bits - 1)))
-            zero_points = None
-        else:
-            zero_points = pack(z, bits).ravel()
-        scales = np.repeat(self.scales.reshape(self.n, -1), split, axis=1).ravel()
-        return replace(self, codes=pack(q, bits), scales=scales, zero_points=zero_points, bits=bits, block=block)
-
     def with_zero_points(self) -> Packed:
         return (
             self if self.zero_points is not None else replace(self, zero_points=pack(self.zeros(), self.bits).ravel())
@@ -78,9 +61,10 @@ class Packed:
 
 
 def join_rows(parts: list[Packed]) -> Packed:
-    """One weight from several stacked along N (q|k|v, gate|up), in the widest bits and smallest block among them."""
-    bits, block = max(p.bits for p in parts), min(p.block for p in parts)
-    parts = [p.as_format(bits, block) for p in parts]
+    """One weight from several of the same bits and block size stacked along N (q|k|v, gate|up)."""
+    first = parts[0]
+    if any((p.bits, p.block, p.k) != (first.bits, first.block, first.k) for p in parts):
+        raise ValueError("rows to join must have the same bits, block size and length")
     if any(p.zero_points is not None for p in parts):
         parts = [p.with_zero_points() for p in parts]
     offsets = None
@@ -91,16 +75,13 @@ def join_rows(parts: list[Packed]) -> Packed:
                 for p in parts
             ]
         )
-    first = parts[0]
-    if any(p.k != first.k for p in parts):
-        raise ValueError("rows to join must have the same length")
-    zero_points = None if first.zero_points is None else np.concatenate([p.zero_points for p in parts])
+    zero_points = np.concatenate([p.zero_points for p in parts]) if parts[0].zero_points is not None else None
     return Packed(
         np.concatenate([p.codes for p in parts]),
         np.concatenate([p.scales for p in parts]),
         zero_points,
-        bits,
-        block,
+        first.bits,
+        first.block,
         sum(p.n for p in parts),
         first.k,
         offsets,

@@ -70,20 +70,40 @@ def _run(graph: llm_onnx._Graph, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": x})[0]
 
 
-def test_linear_layers_join_unlike_blocks_and_compute_their_values():
-    # q|k|v as a Q4_K_M file can mix them: 4-bit with offsets, 8-bit in blocks of 16, 5-bit.
-    parts = [gguf_blocks.decode(random_blocks(kind, i), kind, K) for i, kind in enumerate(["Q4_K", "Q6_K", "Q5_0"])]
+def test_linear_layers_join_4_bit_blocks_and_compute_their_values():
+    # q|k|v in three 4-bit types: with zero points and offsets (Q4_K), with neither (Q4_0), with both (Q4_1).
+    parts = [gguf_blocks.decode(random_blocks(kind, i), kind, K) for i, kind in enumerate(["Q4_K", "Q4_0", "Q4_1"])]
     weight = np.concatenate([b.dequantize() for b in parts])
     joined = llm_onnx._stack([gguf_blocks.to_packed(b) for b in parts])
-    assert (joined.bits, joined.block, joined.n) == (8, 16, 3 * N)
+    assert (joined.bits, joined.block, joined.n) == (4, 32, 3 * N)
     np.testing.assert_allclose(joined.dequantize(offsets=True), weight, atol=1e-6 * np.abs(weight).max())
 
     g = llm_onnx._Graph()
-    g.linear("x", joined, "proj", bits=None)
+    g.stacked_linear("x", [gguf_blocks.to_packed(b) for b in parts], "proj", bits=None)
+    assert sum(n.op_type == "MatMulNBits" for n in g.nodes) == 1
     x = np.random.default_rng(1).standard_normal((3, K)).astype(np.float32)
     y, expected = _run(g, x), x @ weight.T
     # int8 activations inside the kernel: about 1% of the output's scale
     assert np.abs(y - expected).max() < 0.02 * np.abs(expected).max()
+
+
+def test_rows_of_unlike_formats_are_not_joined():
+    from edgemm.export import nbits
+
+    parts = [gguf_blocks.to_packed(gguf_blocks.decode(random_blocks(kind), kind, K)) for kind in ("Q4_K", "Q6_K")]
+    with pytest.raises(ValueError, match="same bits, block size and length"):
+        nbits.join_rows(parts)
+
+
+def test_unquantized_part_beside_packed_ones_gets_its_own_node():
+    q = gguf_blocks.decode(random_blocks("Q5_0"), "Q5_0", K)
+    k = (np.random.default_rng(3).standard_normal((N, K)) * 0.05).astype(np.float32)  # stored as F32 in the file
+    g = llm_onnx._Graph()
+    g.stacked_linear("x", [gguf_blocks.to_packed(q), k], "qk", None)
+    assert [n.op_type for n in g.nodes if n.op_type.startswith("MatMul")] == ["MatMulNBits", "MatMul"]
+    x = np.random.default_rng(4).standard_normal((3, K)).astype(np.float32)
+    expected = x @ np.concatenate([q.dequantize(), k]).T
+    assert np.abs(_run(g, x) - expected).max() < 0.02 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("kind", ["Q4_K", "Q5_0", "Q6_K", "Q8_0"])
