@@ -78,10 +78,13 @@ def package_versions(*names: str) -> dict:
 # ---- parent side ----------------------------------------------------------------------------------------------
 
 
-def run_worker(command: list[str], job: dict, timeout: float | None = None) -> dict:
+def run_worker(
+    command: list[str], job: dict, timeout: float | None = None, on_line: Callable[[str], None] | None = None
+) -> dict:
     """Run ``command`` with ``job`` on its stdin; its result, or ``{"error": "one line"}``, never an exception.
 
-    The worker's stderr (its progress log) is passed on to ours as it comes; its last line explains a crash."""
+    The worker's stderr (its progress log) is passed on to ours as it comes, or line by line to ``on_line`` when
+    given (e.g. to drive a progress bar); its last line explains a crash."""
     try:
         pipe = subprocess.PIPE
         proc = subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, encoding="utf-8", errors="replace")
@@ -91,7 +94,7 @@ def run_worker(command: list[str], job: dict, timeout: float | None = None) -> d
     threads = [
         threading.Thread(target=_feed, args=(proc.stdin, json.dumps(job))),
         threading.Thread(target=lambda: stdout.append(proc.stdout.read())),
-        threading.Thread(target=_relay, args=(proc.stderr, last_log)),
+        threading.Thread(target=_relay, args=(proc.stderr, last_log, on_line)),
     ]
     for thread in threads:
         thread.start()
@@ -125,10 +128,14 @@ def _feed(stdin, text: str) -> None:
         pass  # the worker ended before reading its job: its exit status and stderr say why
 
 
-def _relay(stderr, last_line: list[str]) -> None:
-    """Copy the worker's stderr to ours line by line, keeping its last non-empty line in ``last_line[0]``."""
+def _relay(stderr, last_line: list[str], on_line: Callable[[str], None] | None = None) -> None:
+    """Copy the worker's stderr to ours (or to ``on_line``) line by line, keeping its last non-empty line in
+    ``last_line[0]``."""
     for line in stderr:
-        sys.stderr.write(line)
-        sys.stderr.flush()
+        if on_line is not None:
+            on_line(line.rstrip("\n"))
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
         if line.strip():
             last_line[0] = line.strip()

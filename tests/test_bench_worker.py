@@ -69,6 +69,15 @@ def test_timeout_is_an_error():
     assert run_worker(command, {}, timeout=1) == {"error": "the worker timed out after 1 s: loading"}
 
 
+def test_stderr_lines_go_to_on_line_when_given():
+    body = (
+        "def measure(job):\n    print('step 1', file=sys.stderr)\n    print('step 2', file=sys.stderr)\n    return {}"
+    )
+    lines = []
+    assert run_worker(worker(body), {}, on_line=lines.append) == {}
+    assert lines == ["step 1", "step 2"]
+
+
 def test_missing_program_is_an_error():
     result = run_worker(["/nonexistent/python"], {})
     assert result["error"].startswith("cannot run /nonexistent/python: ")
