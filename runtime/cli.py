@@ -1,4 +1,5 @@
-"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``listen``, ``serve``, ``export``, ``bench``.
+"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``listen``, ``serve``, ``export``, ``bench``,
+``eval``.
 
 Every user error prints one line (``edgemm: error: ...``) and exits with status 2; never a traceback.
 """
@@ -418,6 +419,12 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def cmd_eval(args) -> int:
+    from edgemm.bench.eval import run_eval
+
+    return run_eval(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = _Parser(prog="edgemm", description="On-device speech, text and image assistant.")
@@ -599,6 +606,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, default=2)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench)
+
+    from edgemm.bench.eval import MAX_TOKENS
+    from edgemm.bench.eval_questions import CATEGORIES
+
+    p = sub.add_parser(
+        "eval", parents=[verbose], help="answer quality per llm bundle on a fixed question set", formatter_class=fmt
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        help="llm preset name or bundle folder (repeatable; default: every llm bundle in $EDGEMM_MODELS)",
+    )
+    p.add_argument(
+        "--vision-model",
+        type=Path,
+        default=None,
+        help="vision bundle for the photo questions (None: the default preset)",
+    )
+    p.add_argument(
+        "--category",
+        action="append",
+        choices=CATEGORIES,
+        help="only these categories (repeatable; default: all)",
+    )
+    p.add_argument("--limit", type=_positive_int, default=None, help="at most this many questions per category")
+    p.add_argument("--questions", type=Path, default=None, help="question file (default: bench/eval_questions.json)")
+    p.add_argument("--max-tokens", type=_positive_int, default=MAX_TOKENS, help="most new tokens per answer (greedy)")
+    p.add_argument("--threads", type=_threads, default=2)
+    p.add_argument("--write", type=Path, metavar="MD", help="also write the report, every answer included (markdown)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

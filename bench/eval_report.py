@@ -1,0 +1,182 @@
+"""``edgemm eval``'s report: the summary table (markdown) and the document ``--write`` writes (docs/EVAL.md), with the
+machine, the command, and every answer with its verdict so that a reader can check the scoring."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from edgemm.bench.worker import package_versions
+from edgemm.runtime.errors import EdgemmError
+
+COLUMNS = (
+    "bundle",
+    "size MB",
+    "facts",
+    "arithmetic",
+    "instructions",
+    "photos",
+    "overall",
+    "TTFT ms",
+    "photo TTFT ms",
+    "decode tok/s",
+    "peak RSS MB (LLM)",
+    "peak RSS MB (+photos)",
+)
+
+
+def _proc_field(path: str, key: str) -> str | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine() -> dict:
+    """CPU model, logical cores, memory, OS and Python of this machine, with the packages that run the models."""
+    memory = _proc_field("/proc/meminfo", "MemTotal")  # "24626500 kB"
+    return {
+        "cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(memory.split()[0]) / 2**20, 1) if memory else None,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "load_1min": round(os.getloadavg()[0], 2),  # other work on the machine slows every timing
+        "versions": package_versions("edgemm", "onnxruntime", "numpy", "tokenizers", "rapidocr-onnxruntime"),
+    }
+
+
+def _cell(text) -> str:
+    """``text`` fit for one markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or " "
+
+
+def _table(rows: list[tuple]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(c) for c in rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows[1:]]
+
+
+def _number(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _fraction(pair) -> str:
+    return "-" if pair is None else f"{pair[0]}/{pair[1]}"
+
+
+def _row(name: str, r: dict) -> tuple:
+    passed, total = r["overall"]
+    return (
+        name,
+        _number(r["megabytes"]),
+        *(_fraction(r["scores"].get(c)) for c in COLUMNS[2:6]),
+        f"{passed}/{total} ({100 * passed / total:.0f}%)",
+        _number(r["ttft_ms"]),
+        _number(r["photo_ttft_ms"]),
+        _number(r["decode_tok_s"], 1),
+        _number(r["peak_rss_llm_mb"]),
+        _number(r["peak_rss_mb"]) if r["descriptions"] else "-",
+    )
+
+
+def summary(report: dict) -> str:
+    """The table, one row per bundle, and a line per bundle that failed."""
+    lines = _table([COLUMNS, *(_row(name, r) for name, r in report["bundles"].items())])
+    lines += [f"{name}: failed: {why}" for name, why in report["failed"].items()]
+    return "\n".join(lines)
+
+
+def _answers(name: str, r: dict, questions: dict) -> list[str]:
+    passed, total = r["overall"]
+    rows = [("category", "question", "accepted (forbidden)", "answer", "verdict")]
+    for a in r["answers"]:
+        q = questions[a["id"]]
+        accepted = " / ".join(q["accepted"]) + (f" (not: {', '.join(q['forbidden'])})" if q["forbidden"] else "")
+        if q["max_words"] is not None:
+            accepted += f"; at most {q['max_words']} word{'s' * (q['max_words'] != 1)}"
+        image = f"[{q['image']}] " if q["image"] else ""
+        answer = a["answer"] + (" [cut at the token limit]" if a["finish_reason"] == "length" else "")
+        verdict = f"{'✓' if a['passed'] else '✗'} {a['why']}"
+        rows.append((q["category"], image + q["question"], accepted, answer, verdict))
+    body = "\n".join(_table(rows))
+    return [f"<details><summary>{name}: {passed}/{total} right</summary>", "", body, "", "</details>", ""]
+
+
+def _machine_lines(m: dict) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    memory = f", {m['memory_gib']} GiB RAM" if m["memory_gib"] else ""
+    return [
+        f"- {m['cpu']}, {m['cores']} logical cores{memory}; {m['os']}, Python {m['python']}",
+        f"- load average (1 min) when the run started: {m['load_1min']}",
+        f"- {versions}",
+    ]
+
+
+def document(report: dict) -> str:
+    """The whole report as markdown (docs/EVAL.md)."""
+    questions = {q["id"]: q for q in report["questions"]}
+    counts = {}
+    for q in report["questions"]:
+        counts[q["category"]] = counts.get(q["category"], 0) + 1
+    vision = f"the `{report['vision']}` vision bundle" if report["vision"] else "the default vision bundle"
+    vision += " and OCR (rapidocr-onnxruntime)" if report["ocr"] else " (OCR was not installed)"
+    lines = [
+        "# Answer quality (`edgemm eval`)",
+        "",
+        f"`edgemm eval` asks every LLM bundle the same {len(questions)} questions ({report['questions_file']}, "
+        f"version {report['questions_version']}: "
+        + ", ".join(f"{n} {c}" for c, n in counts.items())
+        + ") and scores the answers automatically: an answer is right when it contains one of the question's "
+        "accepted answers as whole words (case-insensitive; a number in digits or in words), none of its forbidden "
+        "words, and no more words than an instruction allows. Answers are greedy, at most "
+        f"{report['max_tokens']} new tokens, with `edgemm ask`'s default system prompt, on {report['threads']} "
+        "threads. Photo questions (scikit-image's sample photos) take the offline route of `edgemm ask --image`: "
+        f"{vision} describe the photo and the bundle answers from that description, so they measure the "
+        "description as much as the LLM. The scorer checks for the right words, not for everything else an answer "
+        "says: a right answer followed by a wrong claim passes (every answer is listed below).",
+        "",
+        "TTFT: median over the text questions of prompt prefill + first token. Photo TTFT: median over the photo "
+        "questions from the photo in memory to the first token (description included). Decode: tokens per second "
+        "over every answer's tokens after the first. Peak RSS: each bundle runs in its own process; its peak "
+        "resident memory after the text questions (the LLM alone) and at the end (with the vision bundle and OCR). "
+        "Size: the bundle's files on disk.",
+        "",
+        "## Machine",
+        "",
+        *_machine_lines(report["machine"]),
+        "",
+        "## Command",
+        "",
+        "```sh",
+        report["command"],
+        "```",
+        "",
+        f"Run on {report['date']}.",
+        "",
+        "## Results",
+        "",
+        summary(report),
+        "",
+        "## Answers",
+        "",
+    ]
+    for name, r in report["bundles"].items():
+        lines += _answers(name, r, questions)
+    seen = next((r["descriptions"] for r in report["bundles"].values() if r["descriptions"]), {})
+    if seen:
+        lines += ["## What the offline route told the LLM about each photo", ""]
+        lines += _table([("photo", "description"), *seen.items()]) + [""]
+    return "\n".join(lines)
+
+
+def write(report: dict, path: Path) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(document(report), encoding="utf-8")
+    except OSError as e:
+        raise EdgemmError(f"cannot write {path}: {e.strerror}") from None
