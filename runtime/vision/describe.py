@@ -1,8 +1,9 @@
-"""The offline image path: an ImageNet classifier and an optional OCR turn a photo into a short grounded text that
-the language model answers from.
+"""The offline image path: an ImageNet classifier, an object detector and an optional OCR turn a photo into a short
+grounded text that the language model answers from.
 
-The description says only what the two models reported (labels with their confidence, text read in the image) and
-the prompt tells the model to answer from it alone, and to say so when it does not tell.
+The description says only what the models reported: the classifier's labels, the objects found with how many of
+each, where they are and their colours, the photo's main colours, and the text read in it. The prompt tells the model
+to answer from it alone, and to say so when it does not tell.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 from edgemm.runtime.packages import installed
 from edgemm.runtime.sessions import create_session
 from edgemm.runtime.vision.classify import ImageClassifier, Label
+from edgemm.runtime.vision.colours import colour_names
+from edgemm.runtime.vision.detect import Detection, ObjectDetector
 from edgemm.runtime.vision.image import load_image
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,47 @@ MIN_LONE_CHARACTER_CONFIDENCE = 0.9
 # ImageNet-1k orders its classes by WordNet: 0 (tench) to 397 (puffer) are the animals, 398 (abacus) on are not.
 # Saying "no animal" outright keeps a small language model from inventing one.
 ANIMAL_CLASSES = range(0, 398)
+OBJECT_CENTRE = 0.6  # an object's colours are read from the middle 60% of its box, less of the background
+FILLS_PHOTO = 0.8  # a box covering this share of the photo "fills the photo" rather than having a position
+NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "skis": "skis", "sheep": "sheep",
+           "scissors": "scissors", "bus": "buses", "couch": "couches", "bench": "benches", "sandwich": "sandwiches",
+           "wine glass": "wine glasses", "toothbrush": "toothbrushes", "hair drier": "hair driers"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    detection: Detection
+    colours: list[str]  # e.g. ["orange", "brown"]
+
+    @property
+    def position(self) -> str:
+        """Where it is: "filling the photo", "on the left", "at the top right", "in the centre", ..."""
+        left, top, right, bottom = self.detection.box
+        if (right - left) * (bottom - top) >= FILLS_PHOTO:
+            return "filling the photo"
+        cx, cy = self.detection.centre
+        across = "left" if cx < 0.4 else "right" if cx > 0.6 else ""
+        down = "top" if cy < 0.4 else "bottom" if cy > 0.6 else ""
+        if across and down:
+            return f"at the {down} {across}"
+        if across:
+            return f"on the {across}"
+        return f"at the {down}" if down else "in the centre"
+
+    @property
+    def colour(self) -> str:
+        return " and ".join(self.colours)
+
+
+def counted(label: str, objects: list[SceneObject]) -> str:
+    """'one red and grey motorcycle, in the centre'; 'two cats: a brown one on the left, a grey one on the right'."""
+    n = len(objects)
+    if n == 1:
+        return f"one {objects[0].colour} {label}, {objects[0].position}"
+    word = NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
+    each = ", ".join(f"a {o.colour} one {o.position}" for o in objects)
+    return f"{word} {PLURALS.get(label, label + 's')}: {each}"
 
 
 @dataclass
@@ -36,9 +80,26 @@ class ImageFacts:
     labels: list[Label]
     text: list[str] = field(default_factory=list)  # lines read by OCR, in reading order
     ocr: bool = False  # whether OCR ran
+    objects: list[SceneObject] | None = None  # what the detector found (None: no detector ran)
+    colours: list[str] = field(default_factory=list)  # the photo's main colours
+
+    def describe_objects(self) -> str:
+        """E.g. 'Objects detected: two cats: a grey one on the left, a brown one on the right; one red motorcycle, in
+        the centre. Nothing else was detected.'"""
+        if not self.objects:
+            return "The object detector found nothing it was sure of."
+        groups: dict[str, list[SceneObject]] = {}
+        for obj in self.objects:
+            groups.setdefault(obj.detection.label, []).append(obj)
+        parts = []
+        for label, objs in groups.items():
+            objs.sort(key=lambda o: o.detection.centre[0])  # left to right
+            parts.append(counted(label, objs))
+        return f"Objects detected: {'; '.join(parts)}. Nothing else was detected."
 
     def describe(self) -> str:
-        """E.g. 'The photo shows an animal: tiger cat or tabby. There is no text in the photo.'"""
+        """E.g. 'The photo shows an animal: tiger cat or tabby. Objects detected: one brown cat, filling the photo.
+        Nothing else was detected. There is no text in the photo.'"""
         kept = [lab for lab in self.labels if lab.score >= MIN_SCORE][:MAX_LABELS] or self.labels[:1]
         animals = [lab.name.split(",")[0] for lab in kept if lab.index in ANIMAL_CLASSES]
         things = [lab.name.split(",")[0] for lab in kept if lab.index not in ANIMAL_CLASSES]
@@ -46,6 +107,10 @@ class ImageFacts:
         if things:
             parts.append(f"{'an object' if animals else 'no animal; objects'}: {' or '.join(things)}")
         text = "The photo shows " + "; ".join(parts) + "."
+        if self.objects is not None:
+            text += " " + self.describe_objects()
+        if self.colours and not self.objects:  # objects carry their own colours; the photo's would compete
+            text += f" Overall colours of the photo: {', '.join(self.colours)}."
         if self.text:
             text += f' Text in the photo: "{" ".join(self.text)}".'
         elif self.ocr:
@@ -53,7 +118,22 @@ class ImageFacts:
         return text
 
     def to_dict(self) -> dict:
-        return {"labels": [{"name": lab.name, "score": round(lab.score, 4)} for lab in self.labels], "text": self.text}
+        objects = [
+            {
+                "label": o.detection.label,
+                "score": round(o.detection.score, 4),
+                "box": [round(v, 4) for v in o.detection.box],
+                "position": o.position,
+                "colours": o.colours,
+            }
+            for o in self.objects or []
+        ]
+        return {
+            "labels": [{"name": lab.name, "score": round(lab.score, 4)} for lab in self.labels],
+            "objects": objects,
+            "colours": self.colours,
+            "text": self.text,
+        }
 
 
 class TextReader:
@@ -95,11 +175,13 @@ def _is_text(text: str, confidence: float) -> bool:
 
 
 class SceneDescriber:
-    """Labels (and OCR text) of a photo. Safe to share between threads: the classifier runs concurrently, the OCR
-    one image at a time."""
+    """Labels, objects, colours (and OCR text) of a photo. Safe to share between threads: the classifier and the
+    detector run concurrently, the OCR one image at a time."""
 
-    def __init__(self, classifier: ImageClassifier, reader: TextReader | None = None):
-        self.classifier, self.reader = classifier, reader
+    def __init__(
+        self, classifier: ImageClassifier, reader: TextReader | None = None, detector: ObjectDetector | None = None
+    ):
+        self.classifier, self.reader, self.detector = classifier, reader, detector
 
     @classmethod
     def load(cls, path=None, threads: int | None = None, ocr: bool = True) -> SceneDescriber:
@@ -108,7 +190,16 @@ class SceneDescriber:
             reader = TextReader(threads)
         elif ocr:
             log.info("OCR is not installed (pip install 'edgemm[ocr]'): text in images is not read")
-        return cls(ImageClassifier.load(path, threads=threads), reader)
+        classifier = ImageClassifier.load(path, threads=threads)
+        detector = None
+        if classifier.bundle.manifest.get("detector") is not None:
+            detector = ObjectDetector(classifier.bundle, threads=threads)
+        else:
+            log.info(
+                "%s has no object detector: objects are not counted (rebuild it with edgemm export vision)",
+                classifier.bundle.path,
+            )
+        return cls(classifier, reader, detector)
 
     def facts(self, image) -> ImageFacts:
         image = load_image(image)
@@ -120,7 +211,12 @@ class SceneDescriber:
             except Exception as e:  # OCR is best effort: rapidocr raises its own types on extreme shapes
                 log.warning("could not read text in the image (%s: %s)", type(e).__name__, e)
                 ocr = False  # then the description does not claim there is no text
-        return ImageFacts(labels, text, ocr=ocr)
+        objects = None
+        if self.detector is not None:
+            objects = [
+                SceneObject(d, colour_names(image, d.box, centre=OBJECT_CENTRE)) for d in self.detector.detect(image)
+            ]
+        return ImageFacts(labels, text, ocr=ocr, objects=objects, colours=colour_names(image))
 
 
 def grounded_question(question: str, facts: list[ImageFacts]) -> str:
