@@ -83,10 +83,25 @@ def _row(name: str, r: dict) -> tuple:
     )
 
 
+DIFFERENT_DESCRIPTIONS = (
+    "warning: the offline route described the photos differently for different bundles (the vision code or models "
+    "changed during the run): their photo scores are not comparable"
+)
+
+
+def _descriptions(report: dict) -> dict[str, dict]:
+    """{bundle: {photo: what the offline route told its LLM}} of the bundles that answered photo questions."""
+    return {name: r["descriptions"] for name, r in report["bundles"].items() if r["descriptions"]}
+
+
 def summary(report: dict) -> str:
-    """The table, one row per bundle, and a line per bundle that failed."""
+    """The table, one row per bundle, a line per bundle that failed, and a warning when the photos were described
+    differently for different bundles."""
     lines = _table([COLUMNS, *(_row(name, r) for name, r in report["bundles"].items())])
     lines += [f"{name}: failed: {why}" for name, why in report["failed"].items()]
+    seen = list(_descriptions(report).values())
+    if any(d != seen[0] for d in seen):
+        lines.append(DIFFERENT_DESCRIPTIONS)
     return "\n".join(lines)
 
 
@@ -166,11 +181,19 @@ def document(report: dict) -> str:
     ]
     for name, r in report["bundles"].items():
         lines += _answers(name, r, questions)
-    seen = next((r["descriptions"] for r in report["bundles"].values() if r["descriptions"]), {})
-    if seen:
-        lines += ["## What the offline route told the LLM about each photo", ""]
-        lines += _table([("photo", "description"), *seen.items()]) + [""]
-    return "\n".join(lines)
+    return "\n".join(lines + _description_lines(_descriptions(report)))
+
+
+def _description_lines(seen: dict[str, dict]) -> list[str]:
+    """The offline route's description of each photo: one table, or one row per bundle where they differ."""
+    if not seen:
+        return []
+    lines = ["## What the offline route told the LLM about each photo", ""]
+    first = next(iter(seen.values()))
+    if all(d == first for d in seen.values()):
+        return lines + _table([("photo", "description"), *first.items()]) + [""]
+    rows = [(photo, name, d.get(photo, "-")) for photo in first for name, d in seen.items()]
+    return lines + [DIFFERENT_DESCRIPTIONS + ".", ""] + _table([("photo", "bundle", "description"), *rows]) + [""]
 
 
 def write(report: dict, path: Path) -> None:

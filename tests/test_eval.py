@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 
-from edgemm.bench.eval_questions import CATEGORIES, PHOTOS, load_questions, score, select, words
+from edgemm.bench import eval_report
+from edgemm.bench.eval import summarize
+from edgemm.bench.eval_questions import CATEGORIES, PHOTOS, Question, load_questions, score, select, words
 from edgemm.models import presets
 from edgemm.runtime.errors import EdgemmError
 
 
 def _edgemm(*args, models=None, timeout=120):
-    env = None
-    if models is not None:
-        import os
-
-        env = {**os.environ, "EDGEMM_MODELS": str(models)}
+    env = None if models is None else {**os.environ, "EDGEMM_MODELS": str(models)}
     command = [sys.executable, "-m", "edgemm.runtime.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -123,6 +123,59 @@ def test_unknown_preset_and_tampered_bundle_are_one_line_errors(tmp_path):
 
     out = _edgemm("eval", models=tmp_path / "empty")
     assert out.returncode == 2 and "no llm bundle in" in out.stderr
+
+
+def _worker_result(answers: dict, description: str) -> dict:
+    """A worker's result as measure() returns it, with these answers."""
+    rows = [
+        {"id": i, "answer": a, "finish_reason": "eos", "first_token_s": 0.2, "new_tokens": 11, "decode_s": 0.5}
+        for i, a in answers.items()
+    ]
+    return {
+        "answers": rows,
+        "descriptions": {"chelsea": description},
+        "ocr": True,
+        "peak_rss_llm_mb": 250.0,
+        "peak_rss_mb": 480.0,
+        "name": "x",
+        "load_s": 1.0,
+        "versions": {},
+    }
+
+
+def test_report_scores_and_lists_every_answer(tmp_path):
+    questions = [
+        Question("paris", "facts", "Capital of France?", ["Paris"]),
+        Question("12x7", "arithmetic", "What is 12 times 7?", ["84"]),
+        Question("dog", "photos", "Is there a dog?", ["no"], ["yes"], image="chelsea"),
+    ]
+    answers = {"paris": "Paris | France", "12x7": "seventy-two", "dog": "No.\nOnly a cat."}
+    bundles = {}
+    for name, description in (("a", "A cat."), ("b", "A tabby cat.")):
+        bundles[name] = {"path": name, "megabytes": 140.0, **summarize(_worker_result(answers, description), questions)}
+    assert bundles["a"]["scores"] == {"facts": [1, 1], "arithmetic": [0, 1], "photos": [1, 1]}
+    assert bundles["a"]["overall"] == [2, 3] and bundles["a"]["decode_tok_s"] == pytest.approx(20.0)
+    report = {
+        "questions_file": "q.json",
+        "questions_version": 1,
+        "questions": [asdict(q) for q in questions],
+        "threads": 2,
+        "max_tokens": 48,
+        "vision": "v",
+        "ocr": True,
+        "command": "edgemm eval",
+        "date": "today",
+        "machine": eval_report.machine(),
+        "bundles": bundles,
+        "failed": {"c": "no model bundle at c"},
+    }
+    table = eval_report.summary(report)
+    assert "| a | 140 | 1/1 | 0/1 | - | 1/1 | 2/3 (67%) | 200 | 200 | 20.0 | 250 | 480 |" in table
+    assert "c: failed: no model bundle at c" in table and "not comparable" in table  # a and b saw different photos
+    eval_report.write(report, tmp_path / "docs" / "EVAL.md")
+    doc = (tmp_path / "docs" / "EVAL.md").read_text()
+    assert "Paris \\| France" in doc and "No.<br>Only a cat." in doc and "✗ no accepted answer" in doc
+    assert "| chelsea | b | A tabby cat. |" in doc
 
 
 @pytest.mark.slow
