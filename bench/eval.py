@@ -208,7 +208,7 @@ def run_eval(args) -> int:
     import shlex
 
     from edgemm.bench import eval_report
-    from edgemm.runtime.bundle import default_bundle
+    from edgemm.runtime.bundle import default_bundle, open_bundle
 
     try:
         import tqdm  # noqa: F401
@@ -217,7 +217,9 @@ def run_eval(args) -> int:
     version, questions = load_questions(args.questions)
     questions = select(questions, args.category, args.limit)
     folders = [resolve_model(spec) for spec in args.model] if args.model else built_models()
-    photos = any(q.category == "photos" for q in questions)
+    vision = None
+    if any(q.category == "photos" for q in questions):  # its one-line BundleError before any answer
+        vision = open_bundle(args.vision_model or default_bundle("vision"), "vision").path.name
     results, failed = _evaluate(folders, questions, args)
     report = {
         "questions_file": str(args.questions or "bench/" + QUESTIONS.name),
@@ -225,7 +227,7 @@ def run_eval(args) -> int:
         "questions": [asdict(q) for q in questions],
         "threads": args.threads,
         "max_tokens": args.max_tokens,
-        "vision": (Path(args.vision_model) if args.vision_model else default_bundle("vision")).name if photos else None,
+        "vision": vision,
         "command": "edgemm " + shlex.join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": eval_report.machine(),
