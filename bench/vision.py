@@ -93,7 +93,7 @@ class Stages:
 
 
 class OfflineEngine:
-    """Classifier (+ OCR) -> grounded question -> the default LLM."""
+    """Classifier, detector (+ OCR) -> grounded question -> the default LLM."""
 
     def __init__(self, vision: str | None, llm: str | None, threads: int):
         from edgemm.runtime.llm.model import LanguageModel
@@ -105,6 +105,8 @@ class OfflineEngine:
         self.lm = LanguageModel.load(llm, threads=threads)
         self.stages = Stages()
         self.stages.wrap(self.describer.classifier, "classify", "classify")
+        if self.describer.detector is not None:
+            self.stages.wrap(self.describer.detector, "detect", "detect")
         if self.describer.reader is not None:
             self.stages.wrap(self.describer.reader, "read", "OCR")
         self.stages.wrap(self.lm, "forward", "prefill")

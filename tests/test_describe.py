@@ -91,7 +91,9 @@ def test_answer_does_not_invent_an_animal(describer, llm_bundle, tmp_path):
     out = _cli("ask", "--image", path, "What animal is this?")
     assert out.returncode == 0, out.stderr
     answer = out.stdout.lower()
-    assert "no animal" in answer and not any(a in answer.split() for a in ("cat", "dog", "bird", "horse")), answer
+    words = answer.replace(".", " ").replace(",", " ").split()
+    assert not any(a in words for a in ("cat", "dog", "bird", "horse")), answer
+    assert "animal" in words and ("no" in words or "not" in words), answer  # it says there is none
 
 
 @pytest.mark.parametrize("size", [(1, 1), (3000, 20), (20, 3000)])

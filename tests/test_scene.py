@@ -10,9 +10,10 @@ from PIL import Image
 
 from edgemm.export.errors import ExportError
 from edgemm.runtime.bundle import default_bundle, models_dir
+from edgemm.runtime.vision.classify import Label
 from edgemm.runtime.vision.colours import colour_names
-from edgemm.runtime.vision.describe import SceneDescriber
-from edgemm.runtime.vision.detect import non_max_suppression
+from edgemm.runtime.vision.describe import SceneDescriber, reconcile
+from edgemm.runtime.vision.detect import Detection, non_max_suppression
 
 skdata = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow
@@ -59,6 +60,26 @@ def test_one_of_each_on_real_photos(describer):
     bike = describer.facts(skdata.stereo_motorcycle()[0])
     assert labels(bike) == ["motorcycle"] and "red" in bike.objects[0].colours
     assert "orange" in astronaut.objects[0].colours  # her suit
+
+
+def test_classifier_settles_what_the_detector_is_unsure_of(describer):
+    # A square close-up of the cat: NanoDet alone scores the whole box "person" 0.49, "cat" 0.43.
+    square = Image.fromarray(skdata.chelsea()).crop((75, 0, 375, 300))
+    assert labels(describer.facts(square)) == ["cat"]
+    # The espresso cup, which NanoDet alone sees at only 0.34: the classifier is sure of it.
+    assert labels(describer.facts(skdata.coffee())) == ["cup"]
+
+
+def test_reconcile_rules():
+    whole = (0.0, 0.0, 1.0, 1.0)
+    person, cat = Detection("person", 0.49, whole), Detection("cat", 0.43, whole)
+    tabby, mug = Label("tabby, tabby cat", 0.9, 281), Label("coffee mug", 0.9, 504)
+    assert reconcile([person, cat], tabby, 0.45) == [cat]  # the classifier's class wins the box
+    assert reconcile([person, cat], mug, 0.45) == []  # rivals within the margin, no corroboration: unsure
+    clear = Detection("person", 0.7, whole)
+    assert reconcile([clear, cat], mug, 0.45) == [clear]  # a clear lead stands
+    second = Detection("cat", 0.35, (0.0, 0.0, 0.2, 0.2))
+    assert reconcile([cat, second], tabby, 0.45) == [cat]  # only the classifier's main subject gets the lower bar
 
 
 def test_nothing_invented_where_nothing_is(describer):
@@ -155,6 +176,7 @@ def test_npm_download_with_a_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
     from edgemm.export import npm
 
     package = npm.NpmPackage("@scope/pkg", "1.0.0", "sha512-" + "A" * 86 + "==")
+
     class Response(io.BytesIO):
         headers = {"Content-Length": "15"}
 

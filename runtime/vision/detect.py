@@ -22,7 +22,6 @@ from edgemm.runtime.sessions import create_session
 from edgemm.runtime.vision.image import load_image
 
 IOU_LIMIT = 0.5  # boxes of one class overlapping more than this are one object
-MAX_OBJECTS = 20  # a description names at most this many objects
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,15 @@ class Detection:
     def centre(self) -> tuple[float, float]:
         left, top, right, bottom = self.box
         return (left + right) / 2, (top + bottom) / 2
+
+
+def iou(a: tuple, b: tuple) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0) * max(h, 0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def letterbox(image: Image.Image, size: int, fill: tuple[int, int, int]) -> tuple[np.ndarray, float]:
@@ -98,8 +106,10 @@ class ObjectDetector:
         if missing:
             raise BundleError(f"bundle {bundle.path}: the detector graph lacks outputs {', '.join(missing)}")
 
-    def detect(self, image) -> list[Detection]:
-        """The objects found, best first, boxes as fractions of the image's size."""
+    def detect(self, image, min_score: float | None = None) -> list[Detection]:
+        """The objects found, best first, boxes as fractions of the image's size; ``min_score``: report classes from
+        this score on (default: the manifest's)."""
+        min_score = self.min_score if min_score is None else min_score
         image = load_image(image)
         x, scale = detector_input(image, self.size, self.mean, self.std, self.bgr)
         names = [o.name for o in self.session.get_outputs()]
@@ -108,7 +118,7 @@ class ObjectDetector:
         bins = np.arange(self.reg_max + 1, dtype=np.float32)
         for stride in self.strides:
             cell_scores = outputs[f"scores_{stride}"][0]  # [cells, classes]
-            cells, cls = np.nonzero(cell_scores >= self.min_score)
+            cells, cls = np.nonzero(cell_scores >= min_score)
             if not cells.size:
                 continue
             logits = outputs[f"distances_{stride}"][0][cells].reshape(len(cells), 4, self.reg_max + 1)
@@ -130,4 +140,4 @@ class ObjectDetector:
                 left, top, right, bottom = (boxes[mine[i]] / scale / np.array([w, h, w, h])).clip(0, 1)
                 if right > left and bottom > top:
                     found.append(Detection(self.labels[c], float(scores[mine[i]]), (left, top, right, bottom)))
-        return sorted(found, key=lambda d: -d.score)[:MAX_OBJECTS]
+        return sorted(found, key=lambda d: -d.score)
