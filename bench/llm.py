@@ -20,6 +20,9 @@ never mixes): ours here, the peers in their own venv, without edgemm, by the sta
   ``generate_next_token()``), llama.cpp ``eval([t])`` + its logits buffer (flash attention on, as llama.cpp's
   own tools default to); median of ``runs`` runs (the same runs as TTFT);
 - peak RSS: the worker's peak resident memory (``VmHWM``) after everything;
+- perplexity: exp of the mean negative log-likelihood of the 128 forced tokens, each scored by the logits before
+  it (from the warm-up run, so the timed runs do only what they time): every engine's fidelity on the same text, so
+  recipes are compared at equal fidelity;
 - next-token accuracy: how often the argmax after the prompt and after each forced token is the text's next
   token (129 predictions, 128 with a target), and how often it equals ours: a check that all compute the same
   model (their int4 weights differ: ours keeps Q4_1's blocks, onnxruntime-genai re-quantizes, llama.cpp reads
@@ -177,7 +180,7 @@ def _table(report: dict) -> str:
         f"bound = {threads}-thread bandwidth / weight bytes per token",
     ]
     columns = ("engine", "load s", "TTFT ms", "decode tok/s", "peak RSS MB", "weights MB", "bound tok/s", "% bound")
-    rows = [(*columns, "next-tok %", "= ours %")]
+    rows = [(*columns, "perplexity", "next-tok %", "= ours %")]
     for r in report["engines"].values():
         weights, bound = r.get("weight_bytes"), r.get("bound_tok_s")
         rows.append(
@@ -190,6 +193,7 @@ def _table(report: dict) -> str:
                 f"{weights / 1e6:.1f}" if weights else "-",
                 f"{bound:.0f}" if bound else "-",
                 f"{100 * r['decode_tok_s'] / bound:.0f}" if bound else "-",
+                f"{r['perplexity']:.3f}",
                 f"{100 * r['next_token_accuracy']:.1f}",
                 f"{100 * r['agreement_with_ours']:.1f}",
             )

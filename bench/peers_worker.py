@@ -17,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import resource
 import statistics
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import numpy as np
 
 log = logging.getLogger("edgemm.bench.peers_worker")
 
@@ -166,15 +169,18 @@ def measure(job: dict, engine_class) -> dict:
     eng = engine_class(job["model"], job["threads"], context=len(prompt) + len(forced))
     load_s = time.perf_counter() - start
     log.info("%s: loaded in %.2f s; 1 warm-up + %d runs", eng.name, load_s, runs)
-    ttft, decode, predicted = [], [], None
-    for run in range(runs + 1):  # run 0 warms up
+    ttft, decode, predicted, nll = [], [], None, []
+    for run in range(runs + 1):  # run 0 warms up, and scores the text (so the timed runs do only what they time)
         eng.reset()
         t0 = time.perf_counter()
         logits = eng.prefill(prompt)
         t1 = time.perf_counter()
         argmax = [int(logits.argmax())]
         for token in forced:
-            argmax.append(int(eng.step(token).argmax()))
+            if not run:
+                nll.append(_nll(logits, token))
+            logits = eng.step(token)
+            argmax.append(int(logits.argmax()))
         t2 = time.perf_counter()
         if run:
             ttft.append(t1 - t0)
@@ -187,11 +193,19 @@ def measure(job: dict, engine_class) -> dict:
         "ttft_runs_s": ttft,
         "decode_runs_tok_s": decode,
         "predicted": predicted,
+        "perplexity": math.exp(sum(nll) / len(nll)),
         "probes": [eng.encode(text) for text in job["probes"]],
         "weight_bytes": eng.weight_bytes(),
         "versions": eng.versions(),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def _nll(logits, target: int) -> float:
+    """-log p(target) under softmax(logits), in float64."""
+    x = np.asarray(logits, np.float64).ravel()
+    top = x.max()
+    return float(top + np.log(np.exp(x - top).sum()) - x[target])
 
 
 def measure_peer(job: dict) -> dict:

@@ -9,6 +9,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 from edgemm.bench import llm
 from edgemm.bench.worker import run_worker
 
@@ -99,3 +102,39 @@ def test_peers_worker_speaks_the_protocol_in_isolation():
         "onnxruntime-genai is not installed in this venv (make bench-peers)",
         "no onnxruntime-genai model at /nonexistent (make bench-peers builds it)",
     )
+
+
+class _FixedLogits:
+    """An engine whose every prediction is the same distribution over a 4-token vocabulary."""
+
+    name = "fixed"
+
+    def __init__(self, model, threads, context):
+        self.logits = np.log(np.array([0.5, 0.25, 0.125, 0.125]))
+
+    def reset(self):
+        pass
+
+    def prefill(self, ids):
+        return self.logits
+
+    def step(self, token):
+        return self.logits
+
+    def encode(self, text):
+        return []
+
+    def weight_bytes(self):
+        return None
+
+    def versions(self):
+        return {}
+
+
+def test_bench_llm_perplexity_scores_each_forced_token():
+    from edgemm.bench.peers_worker import measure
+
+    job = {"model": None, "threads": 1, "runs": 1, "prompt": [0], "forced": [0, 1, 2, 3], "probes": []}
+    result = measure(job, _FixedLogits)
+    # -log p: 1, 2, 3, 3 bits -> perplexity 2 ** (9 / 4)
+    assert result["perplexity"] == pytest.approx(2 ** (9 / 4))
