@@ -220,6 +220,7 @@ def run_eval(args) -> int:
     vision = None
     if any(q.category == "photos" for q in questions):  # its one-line BundleError before any answer
         vision = open_bundle(args.vision_model or default_bundle("vision"), "vision").path.name
+    started = eval_report.machine()
     results, failed = _evaluate(folders, questions, args)
     report = {
         "questions_file": str(args.questions or "bench/" + QUESTIONS.name),
@@ -230,7 +231,7 @@ def run_eval(args) -> int:
         "vision": vision,
         "command": "edgemm " + shlex.join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": eval_report.machine(),
+        "machine": {**started, "load_1min_end": eval_report.machine()["load_1min"]},
         "ocr": any(r["ocr"] for r in results.values()),
         "bundles": results,
         "failed": failed,

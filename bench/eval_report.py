@@ -126,7 +126,8 @@ def _machine_lines(m: dict) -> list[str]:
     memory = f", {m['memory_gib']} GiB RAM" if m["memory_gib"] else ""
     return [
         f"- {m['cpu']}, {m['cores']} logical cores{memory}; {m['os']}, Python {m['python']}",
-        f"- load average (1 min) when the run started: {m['load_1min']}",
+        f"- load average (1 min): {m['load_1min']} when the run started, {m.get('load_1min_end', '?')} when it ended "
+        f"(other work on the machine slows every timing)",
         f"- {versions}",
     ]
 
