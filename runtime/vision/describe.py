@@ -147,17 +147,22 @@ class ImageFacts:
         return f"Objects detected: {'; '.join(parts)}. Nothing else was detected."
 
     def describe(self) -> str:
-        """E.g. 'The photo shows an animal: tiger cat or tabby. Objects detected: one brown cat, filling the photo.
-        Nothing else was detected. There is no text in the photo.'"""
+        """E.g. 'Objects detected: one brown cat, filling the photo. Nothing else was detected. The photo as a whole
+        looks like an animal: tiger cat or tabby. There is no text in the photo.' (Without a detector: 'The photo
+        shows an animal: tiger cat or tabby. ...')"""
         kept = [lab for lab in self.labels if lab.score >= MIN_SCORE][:MAX_LABELS] or self.labels[:1]
         animals = [lab.name.split(",")[0] for lab in kept if lab.index in ANIMAL_CLASSES]
         things = [lab.name.split(",")[0] for lab in kept if lab.index not in ANIMAL_CLASSES]
-        parts = [f"an animal: {' or '.join(animals)}"] if animals else []
-        if things:
-            parts.append(f"{'an object' if animals else 'no animal; objects'}: {' or '.join(things)}")
-        text = "The photo shows " + "; ".join(parts) + "."
-        if self.objects is not None:
-            text += " " + self.describe_objects()
+        if self.objects is None:
+            parts = [f"an animal: {' or '.join(animals)}"] if animals else []
+            if things:
+                parts.append(f"{'an object' if animals else 'no animal; objects'}: {' or '.join(things)}")
+            text = "The photo shows " + "; ".join(parts) + "."
+        else:
+            # The counted objects lead: questions are mostly about them. The classifier's view of the whole photo
+            # follows, and says outright when there is no animal, which keeps a small model from inventing one.
+            text = self.describe_objects() + " The photo as a whole looks like "
+            text += f"an animal: {' or '.join(animals)}." if animals else f"{' or '.join(things)}. There is no animal."
         if self.colours and not self.objects:  # objects carry their own colours; the photo's would compete
             text += f" Overall colours of the photo: {', '.join(self.colours)}."
         if self.text:
