@@ -8,6 +8,9 @@ A weight ``W`` of shape [N, K] (out, in) is cut into blocks of ``block`` values 
   multiple of ``d``: every value of the block shifts by up to d/2. That shift alone raised SmolLM2-135M's
   perplexity by 18%, so the mean error of each block is returned as ``offsets``; the graph adds it back as
   ``blocksum(x) @ offsets.T`` (exact for Q4_1 sources, and it removes the mean error of any source).
+- 4-bit blocks from float weights get a clip search: the block's range may be shrunk (to 80% in 9 steps) when that
+  lowers its squared error after the offset correction; rounding the few extreme values harder buys a finer grid
+  for the rest. The full range comes first and wins ties, so a Q4_1 block (zero error at its own range) keeps it.
 - 8-bit, symmetric: z is the operator's default 128. A llama.cpp Q8_0 block (``d * q``, d = amax / 127) is
   reproduced exactly.
 """
@@ -19,6 +22,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 OFFSET_BLOCK = 32  # offsets are per 32 values along K, whatever the block size
+ROWS = 4096  # rows quantized at a time (see quantize)
+CLIP_RATIOS = np.linspace(1.0, 0.8, 9)  # shares of a 4-bit block's range tried by the clip search, full range first
+CLIP_ROWS = 1024  # rows searched at a time (the search holds a few float64 copies of them)
 
 
 @dataclass
@@ -44,14 +50,15 @@ class Packed:
             return np.full((self.n, self.blocks), 1 << (self.bits - 1), np.uint8)
         return unpack(self.zero_points.reshape(self.n, -1), self.bits)[:, : self.blocks]
 
-    def dequantize(self, offsets: bool = False) -> np.ndarray:
-        """Back to float [N, K] (for tests and error measurements); ``offsets``: with the offsets added back."""
-        q = unpack(self.codes, self.bits).astype(np.float32)  # [N, blocks, block]
-        z = self.zeros()[..., None].astype(np.float32)
-        s = self.scales.reshape(self.n, self.blocks, 1)
-        w = ((q - z) * s).reshape(self.n, -1)[:, : self.k]
+    def dequantize(self, offsets: bool = False, rows: slice = slice(None)) -> np.ndarray:
+        """Back to float [N, K] (for tests and error measurements); ``offsets``: with the offsets added back;
+        ``rows``: only those rows."""
+        q = unpack(self.codes[rows], self.bits).astype(np.float32)  # [rows, blocks, block]
+        z = self.zeros()[rows, :, None].astype(np.float32)
+        s = self.scales.reshape(self.n, self.blocks, 1)[rows]
+        w = ((q - z) * s).reshape(len(q), -1)[:, : self.k]
         if offsets and self.offsets is not None:
-            w = w + np.repeat(self.offsets, OFFSET_BLOCK, axis=1)[:, : self.k]
+            w = w + np.repeat(self.offsets[rows], OFFSET_BLOCK, axis=1)[:, : self.k]
         return w
 
     def with_zero_points(self) -> Packed:
@@ -129,9 +136,18 @@ def _blocks(w: np.ndarray, block: int) -> np.ndarray:
 
 
 def quantize(w: np.ndarray, bits: int, block: int = 32) -> Packed:
-    """Quantize a float weight [N, K] to ``bits`` (4: asymmetric, 8: symmetric) in blocks of ``block``."""
+    """Quantize a float weight [N, K] to ``bits`` (4: asymmetric, 8: symmetric) in blocks of ``block``.
+
+    Every block is quantized on its own, so rows go ROWS at a time: the float64 work arrays are a few times one
+    chunk's size, not the whole weight's (a 1.5B model's embedding is 1 GB in float32)."""
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, not {bits}")
+    if len(w) <= ROWS:
+        return _quantize_rows(w, bits, block)
+    return join_rows([_quantize_rows(w[i : i + ROWS], bits, block) for i in range(0, len(w), ROWS)])
+
+
+def _quantize_rows(w: np.ndarray, bits: int, block: int) -> Packed:
     n, k = w.shape
     x = _blocks(w, block)
     if bits == 8:
@@ -140,12 +156,37 @@ def quantize(w: np.ndarray, bits: int, block: int = 32) -> Packed:
         q = np.clip(np.rint(x / s), -127, 127) + 128
         return Packed(pack(q, 8), s.astype(np.float32).ravel(), None, 8, block, n, k)
 
-    # The range must contain 0 for the zero point to be a code (0..15); it does for almost every weight block.
-    lo = np.minimum(x.min(axis=-1, keepdims=True), 0)
-    hi = np.maximum(x.max(axis=-1, keepdims=True), 0)
-    s = np.where(hi > lo, (hi - lo) / 15.0, np.maximum(np.abs(lo), 1e-8))
-    z = np.clip(np.rint(-lo / s), 0, 15)
-    q = np.clip(np.rint(x / s + z), 0, 15)
+    s, z, q = np.empty_like(x[..., :1]), np.empty_like(x[..., :1]), np.empty_like(x)
+    for start in range(0, n, CLIP_ROWS):
+        rows = slice(start, start + CLIP_ROWS)
+        s[rows], z[rows], q[rows] = _clip_search(x[rows])
     offsets = (x - (q - z) * s).mean(axis=-1)
     zp = pack(z.reshape(n, -1), 4).ravel()
     return Packed(pack(q, 4), s.astype(np.float32).ravel(), zp, 4, block, n, k, offsets.astype(np.float32))
+
+
+def _asymmetric_4bit(x: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scale, zero point and codes of blocks [..., block] fitted to ``ratio`` of their min/max range."""
+    # The range must contain 0 for the zero point to be a code (0..15); it does for almost every weight block.
+    lo = np.minimum(x.min(axis=-1, keepdims=True) * ratio, 0)
+    hi = np.maximum(x.max(axis=-1, keepdims=True) * ratio, 0)
+    s = np.where(hi > lo, (hi - lo) / 15.0, np.maximum(np.abs(lo), 1e-8))
+    z = np.clip(np.rint(-lo / s), 0, 15)
+    q = np.clip(np.rint(x / s + z), 0, 15)
+    return s, z, q
+
+
+def _clip_search(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per block, the CLIP_RATIOS fit with the least squared error once the block's mean error is added back (the
+    graph's offset correction); earlier ratios win ties."""
+    best = None
+    for ratio in CLIP_RATIOS:
+        s, z, q = _asymmetric_4bit(x, ratio)
+        r = x - (q - z) * s
+        error = ((r - r.mean(axis=-1, keepdims=True)) ** 2).sum(axis=-1, keepdims=True)
+        if best is None:
+            best = [error, s, z, q]
+            continue
+        better = error < best[0]
+        best = [np.where(better, new, old) for new, old in zip((error, s, z, q), best, strict=True)]
+    return best[1], best[2], best[3]

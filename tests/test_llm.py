@@ -199,3 +199,17 @@ def test_interrupted_answer_is_remembered(tiny_llms):
     assert chat.turns == [("Hello", gen.text)]
     chat.send("And then?").result()  # the conversation goes on
     assert len(chat.turns) == 2
+
+
+def test_clip_search_lowers_the_error_of_heavy_tailed_blocks(monkeypatch):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_t(4, (256, 256)) * 0.02).astype(np.float32)  # weights have heavy tails
+
+    def block_error(packed):  # after the graph's offset correction (the mean error of each 32 values)
+        e = (w - packed.dequantize()).reshape(256, -1, 32)
+        return float(((e - e.mean(axis=-1, keepdims=True)) ** 2).mean())
+
+    searched = block_error(nbits.quantize(w, 4))
+    monkeypatch.setattr(nbits, "CLIP_RATIOS", np.array([1.0]))
+    full_range = block_error(nbits.quantize(w, 4))
+    assert searched < 0.97 * full_range
