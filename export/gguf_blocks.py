@@ -46,10 +46,12 @@ class Blocks:
     def shape(self) -> tuple[int, int]:
         return self.codes.shape
 
-    def dequantize(self) -> np.ndarray:
-        n, k = self.codes.shape
-        codes = self.codes.reshape(n, -1, self.block).astype(np.float32)
-        return (self.scales[..., None] * codes - self.minimums[..., None]).reshape(n, k)
+    def dequantize(self, rows: slice = slice(None)) -> np.ndarray:
+        """The values [N, K], or only the rows ``rows``."""
+        codes = self.codes[rows]
+        n, k = codes.shape
+        codes = codes.reshape(n, -1, self.block).astype(np.float32)
+        return (self.scales[rows, :, None] * codes - self.minimums[rows, :, None]).reshape(n, k)
 
 
 def _f16(raw: np.ndarray) -> np.ndarray:

@@ -6,12 +6,15 @@ Fidelity in the manifest:
   Debian's base-files package), and teacher-forced greedy-token agreement of the quantized graphs with fp32 on a
   fixed prompt set (the fp32 greedy answers).
 
-Steps (run by export/driver.py): load the checkpoint, build the fp32 graphs, check them against PyTorch, build the
-quantized graphs, measure perplexity and agreement.
+Steps (run by export/driver.py): load the checkpoint, run PyTorch on the parity prompt, build the fp32 and the
+quantized graphs, release the PyTorch model, check the fp32 graphs against PyTorch's outputs, measure perplexity and
+agreement. The PyTorch model (with the weights, which are views of its tensors) and the onnxruntime sessions are
+never held together: peak memory is about the fp32 weights once, plus what building one graph needs.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import re
@@ -24,7 +27,15 @@ from tqdm import tqdm
 
 from edgemm.export.driver import Component, ExportJob, Step, build
 from edgemm.export.errors import ExportError
-from edgemm.export.llm_onnx import BLOCK, SCHEMES, DecoderConfig, DecoderWeights, build_decoder, build_embed, save
+from edgemm.export.llm_onnx import (
+    BLOCK,
+    SCHEMES,
+    DecoderConfig,
+    DecoderWeights,
+    build_decoder,
+    build_embed,
+    write_graph,
+)
 from edgemm.export.llm_source import (
     LLMCheckpoint,
     decoder_config,
@@ -34,7 +45,7 @@ from edgemm.export.llm_source import (
     save_tokenizer,
 )
 from edgemm.runtime.bundle import Bundle
-from edgemm.runtime.llm.chat import Chat
+from edgemm.runtime.llm.chat import Chat, ChatTemplate
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
 from edgemm.runtime.llm.model import LanguageModel
 
@@ -109,30 +120,50 @@ def agreement(lm: LanguageModel, reference: list[tuple[list[int], list[int]]]) -
     return {"token_agreement": round(match / max(total, 1), 4), "identical_answers": f"{identical}/{len(reference)}"}
 
 
+@dataclass
+class Reference:
+    """What PyTorch computes for the parity check, kept so that the check can run after the model is released."""
+
+    prompt: list[int]  # a chat prompt, encoded as the runtime encodes it
+    logits: np.ndarray  # [len(prompt), V]
+    tokens: list[int]  # transformers' greedy continuation, without its end-of-sequence tokens
+    max_new_tokens: int  # the length generate was given
+
+
 @torch.no_grad()
-def check_parity(ck: LLMCheckpoint, bundle: Bundle, n_tokens: int = 32) -> dict:
-    """fp32 graphs vs PyTorch: logits on a chat prompt, and greedy tokens from transformers' generate."""
-    lm = LanguageModel(bundle)
-    prompt = Chat(lm).encode([{"role": "user", "content": PROMPTS[1]}])
-    ref_logits = ck.model(torch.tensor([prompt])).logits[0].numpy()
-    ours = lm.prefill_tokens(prompt, lm.new_cache(), all_logits=True)
-    diff = float(np.abs(ours - ref_logits).max())
+def pytorch_reference(ck: LLMCheckpoint, bundle: Bundle, n_tokens: int = 32) -> Reference:
+    """Logits on a chat prompt (encoded with the bundle's own template and tokenizer) and greedy tokens from
+    transformers' generate."""
+    m = bundle.manifest
+    template = ChatTemplate(bundle.text(m["chat_template"]), m["special_tokens"])
+    prompt = template.encode(bundle.tokenizer(m["tokenizer"]), [{"role": "user", "content": PROMPTS[1]}])
     ids = torch.tensor([prompt])
-    ref = ck.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens, do_sample=False)
-    ref = ref[0, len(prompt) :].tolist()
-    ref = [t for t in ref if t not in lm.eos_ids]  # generate ends with an eos token (or pads after it)
-    gen = Generation(lm, lm.new_cache(), prompt, GenerationOptions(max_new_tokens=n_tokens))
+    logits = ck.model(ids).logits[0].numpy()
+    out = ck.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens, do_sample=False)
+    eos = set(m["special_tokens"]["eos_token_ids"])
+    tokens = [t for t in out[0, len(prompt) :].tolist() if t not in eos]  # generate ends with eos (or pads after it)
+    return Reference(prompt, logits, tokens, n_tokens)
+
+
+def check_parity(reference: Reference, bundle: Bundle) -> dict:
+    """fp32 graphs vs PyTorch: the logits on the reference prompt, and its greedy tokens."""
+    lm = LanguageModel(bundle)
+    ours = lm.prefill_tokens(reference.prompt, lm.new_cache(), all_logits=True)
+    diff = float(np.abs(ours - reference.logits).max())
+    options = GenerationOptions(max_new_tokens=reference.max_new_tokens)
+    gen = Generation(lm, lm.new_cache(), reference.prompt, options)
     gen.result()
-    same = gen.tokens == ref
+    same = gen.tokens == reference.tokens
     if not same or diff > 1e-3:
         raise ExportError(f"fp32 graphs differ from PyTorch: max logit diff {diff:.2e}, greedy tokens equal: {same}")
-    return {"max_logit_diff": float(f"{diff:.3g}"), "greedy_tokens_identical": len(ref)}
+    return {"max_logit_diff": float(f"{diff:.3g}"), "greedy_tokens_identical": len(reference.tokens)}
 
 
 def write_graphs(folder: Path, cfg, weights, quant: str) -> None:
+    """embed.onnx and decoder.onnx, each with its weights written to its side file as the graph is built."""
     bits, lm_bits = SCHEMES[quant]
-    save(build_embed(cfg, weights, lm_bits), folder / "embed.onnx")
-    save(build_decoder(cfg, weights, bits, lm_bits), folder / "decoder.onnx")
+    write_graph(folder / "embed.onnx", lambda data: build_embed(cfg, weights, lm_bits, data))
+    write_graph(folder / "decoder.onnx", lambda data: build_decoder(cfg, weights, bits, lm_bits, data))
 
 
 def quantization_info(quant: str, ck: LLMCheckpoint) -> dict:
@@ -175,6 +206,7 @@ def measure_fidelity(fp32: Bundle, quantized: Bundle | None, quant: str) -> dict
             result[f"{name}_perplexity_increase"] = round(
                 result[f"perplexity_{name}"] / result["perplexity_fp32"] - 1, 4
             )
+        del lm  # one model's sessions at a time (the fp32 decoder of a 1.5B model takes 7 GB)
     return result
 
 
@@ -187,9 +219,10 @@ def graphs_megabytes(folder: Path) -> float:
 
 @dataclass
 class LoadedLLM:
-    checkpoint: LLMCheckpoint
+    checkpoint: LLMCheckpoint | None  # None once released (see release)
     config: DecoderConfig
-    weights: DecoderWeights
+    weights: DecoderWeights | None  # views of the checkpoint's own tensors
+    reference: Reference | None = None
 
 
 def load(job: ExportJob) -> str:
@@ -215,13 +248,27 @@ def load(job: ExportJob) -> str:
     return f"{job.source}: {ck.model.config.model_type}, {params / 1e6:.1f} M parameters"
 
 
+def reference(job: ExportJob) -> str:
+    ref = pytorch_reference(job.loaded.checkpoint, job.bundle())
+    job.loaded.reference = ref
+    return f"{len(ref.prompt)} prompt tokens, {len(ref.tokens)} greedy tokens"
+
+
+def release(job: ExportJob) -> None:
+    """Drop the PyTorch model and its weights (the graphs are written): the checks that follow hold onnxruntime
+    sessions instead, and a 1.5B model's fp32 weights and its fp32 decoder session are 7 GB each."""
+    job.loaded.checkpoint = job.loaded.weights = None
+    gc.collect()  # transformers' modules hold reference cycles
+
+
 def fp32_graphs(job: ExportJob) -> str:
     write_graphs(job.fp32, job.loaded.config, job.loaded.weights, "fp32")
     return f"{graphs_megabytes(job.fp32):.0f} MB"
 
 
 def parity(job: ExportJob) -> str:
-    result = check_parity(job.loaded.checkpoint, job.bundle(fp32=True))
+    release(job)
+    result = check_parity(job.loaded.reference, job.bundle(fp32=True))
     job.fidelity["parity_fp32_vs_pytorch"] = result
     return f"max logit diff {result['max_logit_diff']:.2e}, {result['greedy_tokens_identical']} greedy tokens equal"
 
@@ -255,9 +302,10 @@ LLM = Component(
     quants=QUANTS,
     steps=(
         Step("load checkpoint", load),
+        Step("run the PyTorch reference", reference),
         Step("build fp32 graphs", fp32_graphs),
-        Step("check parity with PyTorch", parity),
         Step("build quantized graphs", quantized_graphs, quantized_only=True),
+        Step("check parity with PyTorch", parity),
         Step("measure fidelity", fidelity, measurement=True),
     ),
 )

@@ -18,6 +18,8 @@ correction in extra columns, see ``_Graph.linear``). lm_head is untied from the 
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,9 @@ BLOCK = 32
 # Bits per quantization: (linear layers, embedding and lm_head). None = fp32, or for "gguf" the bits of the source's
 # own blocks (the weights arrive packed, see gguf_blocks).
 SCHEMES = {"fp32": (None, None), "int8": (8, 8), "int4": (4, 8), "gguf": (None, None)}
+# Initializers of at least this many bytes go to the side file, as onnx.save_model(save_as_external_data=True) puts
+# them (it compares sys.getsizeof of their bytes with 1024): a graph written as it is built is the same file.
+EXTERNAL_MIN_BYTES = 1024 - sys.getsizeof(b"")
 
 
 @dataclass
@@ -70,14 +75,51 @@ class DecoderWeights:
     sin: np.ndarray
 
 
+class ExternalData:
+    """The side file ``NAME.onnx.data`` of a graph, written while the graph is built: each large initializer goes to
+    disk as it is made and the graph keeps only its offset, so no graph is ever held in memory whole (the fp32
+    decoder of a 1.5B model is 7 GB). Tensors follow each other unpadded, in the order they are made."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = open(self.path, "wb")  # noqa: SIM115 (closed by close(), or by the with block)
+        self.offset = 0
+
+    def write(self, name: str, array: np.ndarray) -> TensorProto:
+        """``array`` (C-contiguous) appended to the file; the initializer that points at it."""
+        array.tofile(self.file)
+        tensor = TensorProto(
+            name=name,
+            dims=array.shape,
+            data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+            data_location=TensorProto.EXTERNAL,
+        )
+        for key, value in (("location", self.path.name), ("offset", self.offset), ("length", array.nbytes)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.offset += array.nbytes
+        return tensor
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> ExternalData:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass
 class _Graph:
-    """A small helper that names nodes and collects initializers."""
+    """A small helper that names nodes and collects initializers: in memory, or (with ``data``) the large ones
+    written to the graph's side file as they are made."""
 
     nodes: list = field(default_factory=list)
     inits: list = field(default_factory=list)
     names: set = field(default_factory=set)  # initializer names
     count: int = 0
+    data: ExternalData | None = None
 
     def node(self, op: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs) -> list[str]:
         self.count += 1
@@ -87,7 +129,11 @@ class _Graph:
         return outs
 
     def const(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        if self.data is not None and array.nbytes >= EXTERNAL_MIN_BYTES:
+            self.inits.append(self.data.write(name, array))
+        else:
+            self.inits.append(numpy_helper.from_array(array, name))
         self.names.add(name)
         return name
 
@@ -95,7 +141,7 @@ class _Graph:
         """y = x @ w.T (+ bias) for w [N, K]: float (quantized here to ``bits``; None keeps fp32) or already packed
         blocks (a GGUF source's own, see gguf_blocks)."""
         if isinstance(w, np.ndarray) and bits is None:
-            (y,) = self.node("MatMul", [x, self.const(f"{name}.weight", w.T.astype(np.float32))])
+            (y,) = self.node("MatMul", [x, self.const(f"{name}.weight", w.T.astype(np.float32, order="C"))])
         else:
             p = w if isinstance(w, nbits.Packed) else nbits.quantize(w, bits, BLOCK)
             if p.offsets is not None and p.k % BLOCK == 0:
@@ -153,8 +199,11 @@ def _model(g: _Graph, inputs, outputs, name: str) -> onnx.ModelProto:
     return model
 
 
-def build_embed(cfg: DecoderConfig, w: DecoderWeights, bits: int | None) -> onnx.ModelProto:
-    g = _Graph()
+def build_embed(
+    cfg: DecoderConfig, w: DecoderWeights, bits: int | None, data: ExternalData | None = None
+) -> onnx.ModelProto:
+    """``data``: write the large initializers there as they are made (see ExternalData); else all in memory."""
+    g = _Graph(data=data)
     ids = "input_ids"
     if bits is None and isinstance(w.embed, np.ndarray):
         g.node("Gather", [g.const("embed.weight", w.embed.astype(np.float32)), ids])
@@ -185,8 +234,11 @@ def build_embed(cfg: DecoderConfig, w: DecoderWeights, bits: int | None) -> onnx
     return _model(g, inputs, outputs, "embed")
 
 
-def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bits: int | None) -> onnx.ModelProto:
-    g = _Graph()
+def build_decoder(
+    cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bits: int | None, data: ExternalData | None = None
+) -> onnx.ModelProto:
+    """``data`` as for build_embed."""
+    g = _Graph(data=data)
     d, hd, kvh = cfg.hidden_size, cfg.head_dim, cfg.num_kv_heads
     eps = float(cfg.rms_eps)
 
@@ -263,10 +315,11 @@ def build_decoder(cfg: DecoderConfig, w: DecoderWeights, bits: int | None, lm_bi
     return _model(g, inputs, outs, "decoder")
 
 
-def save(model: onnx.ModelProto, path: Path) -> None:
-    """Save with the weights in a side file ``NAME.onnx.data``: onnxruntime maps it instead of copying it out of
-    the protobuf (SmolLM2-135M int4: 256 instead of 308 MB resident), and graphs may pass protobuf's 2 GB limit."""
+def write_graph(path: Path, build: Callable[[ExternalData], onnx.ModelProto]) -> None:
+    """The graph ``build(data)`` makes, saved as ``path`` with its weights in a side file ``NAME.onnx.data`` written
+    while it is built (see ExternalData). onnxruntime maps that file instead of copying the weights out of the
+    protobuf (SmolLM2-135M int4: 256 instead of 308 MB resident), and graphs may pass protobuf's 2 GB limit."""
     path = Path(path)
-    onnx.save_model(
-        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data"
-    )
+    with ExternalData(path.with_name(f"{path.name}.data")) as data:
+        model = build(data)
+    onnx.save_model(model, str(path))

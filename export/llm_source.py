@@ -95,8 +95,10 @@ def _fix_gguf_tokens(model, tokenizer, fields: dict) -> None:
 
 
 def _from_gguf(path: Path):
-    """transformers dequantizes GGUF blocks to fp32; rebuild a plain model from its state dict."""
+    """transformers dequantizes GGUF blocks to fp32; rebuild a plain model around the same tensors (a skeleton
+    with uninitialized weights that takes the loaded ones as they are: the weights are held once, not copied)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_utils import no_init_weights
 
     log.debug("loading %s (GGUF, dequantized to fp32)", path.name)
     with library_progress_bar_hidden():  # its "Converting and de-quantizing GGUF tensors" bar
@@ -105,8 +107,10 @@ def _from_gguf(path: Path):
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = type(loaded)(config)
-    model.load_state_dict(loaded.state_dict())
+    with no_init_weights():
+        model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()  # assign gives tied weights one parameter each; tie them again
     model.generation_config = loaded.generation_config
     return model, tokenizer
 
@@ -177,7 +181,11 @@ def decoder_config(c) -> DecoderConfig:
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float32).numpy().copy()
+    """A float32 numpy view of ``t``: the same memory for a float32 contiguous tensor (a model's weights), so that
+    the model and its weights are held once. Read-only, as the model's own weights must stay."""
+    array = t.detach().to(torch.float32).contiguous().numpy()
+    array.flags.writeable = False
+    return array
 
 
 @torch.no_grad()
@@ -254,6 +262,9 @@ def _unpermute_rows(n: int, heads: int) -> np.ndarray:
     return np.arange(n).reshape(heads, n // heads // 2, 2).swapaxes(1, 2).reshape(n)
 
 
+CHECK_ROWS = 4096  # rows of a weight compared with the GGUF's blocks at a time
+
+
 def gguf_packed_weights(ck: LLMCheckpoint, cfg: DecoderConfig, weights: DecoderWeights) -> DecoderWeights:
     """``weights`` with every quantized matrix replaced by its GGUF blocks, packed for MatMulNBits as they are.
 
@@ -280,11 +291,17 @@ def gguf_packed_weights(ck: LLMCheckpoint, cfg: DecoderConfig, weights: DecoderW
             blocks = replace(
                 blocks, codes=blocks.codes[order], scales=blocks.scales[order], minimums=blocks.minimums[order]
             )
-        if not np.array_equal(blocks.dequantize(), reference):
-            raise SourceError(f"{ck.gguf_path.name}: {name}: its blocks do not decode to the weights transformers read")
         p = gguf_blocks.to_packed(blocks)
-        error = float(np.abs(p.dequantize(offsets=True) - reference).max())
-        if error > 1e-5 * max(float(np.abs(reference).max()), 1e-6):
+        error = amax = 0.0
+        for start in range(0, len(reference), CHECK_ROWS):  # float32 copies of a few rows at a time
+            rows = slice(start, start + CHECK_ROWS)
+            if not np.array_equal(blocks.dequantize(rows), reference[rows]):
+                raise SourceError(
+                    f"{ck.gguf_path.name}: {name}: its blocks do not decode to the weights transformers read"
+                )
+            error = max(error, float(np.abs(p.dequantize(offsets=True, rows=rows) - reference[rows]).max()))
+            amax = max(amax, float(np.abs(reference[rows]).max()))
+        if error > 1e-5 * max(amax, 1e-6):
             raise SourceError(f"{ck.gguf_path.name}: {name}: packed blocks are off by {error:.2e}")
         return p
 

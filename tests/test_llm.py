@@ -100,6 +100,32 @@ def test_quantized_graphs_have_no_float_weights(tiny_llms, quant):
     assert "lm_head.qweight" in inits
 
 
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+def test_graphs_written_while_built_are_the_files_onnx_saves(tiny_llms, tmp_path, quant):
+    from transformers import AutoModelForCausalLM
+
+    from edgemm.export.llm_onnx import SCHEMES, build_decoder, write_graph
+    from edgemm.export.llm_source import decoder_config, decoder_weights
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llms["qwen2"][0], dtype=torch.float32).eval()
+    cfg = decoder_config(model.config)
+    weights = decoder_weights(model.model, model.lm_head, cfg)
+    # the weights are the model's own memory, not a copy of it
+    assert np.shares_memory(weights.layers[0]["q"], model.model.layers[0].self_attn.q_proj.weight.detach().numpy())
+    bits, lm_bits = SCHEMES[quant]
+    (tmp_path / "streamed").mkdir()
+    write_graph(tmp_path / "streamed" / "decoder.onnx", lambda data: build_decoder(cfg, weights, bits, lm_bits, data))
+    (tmp_path / "whole").mkdir()
+    onnx.save_model(
+        build_decoder(cfg, weights, bits, lm_bits),
+        str(tmp_path / "whole" / "decoder.onnx"),
+        save_as_external_data=True,
+        location="decoder.onnx.data",
+    )
+    for name in ("decoder.onnx", "decoder.onnx.data"):
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_quantized_tokens_agree_with_fp32(tiny_llms, quant):
     from edgemm.export.llm import agreement, greedy_answers
@@ -131,6 +157,19 @@ def test_q4_1_blocks_keep_their_grid_and_mean():
     # every value moves by the same block offset (m rounded to a multiple of d), which the graph adds back
     np.testing.assert_allclose(error, np.broadcast_to(packed.offsets[..., None], error.shape), atol=1e-6)
     assert np.abs(packed.offsets).max() <= d.max() / 2 + 1e-6
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantizing_rows_in_chunks_gives_the_whole_weights_blocks(monkeypatch, bits):
+    w = (np.random.default_rng(5).standard_normal((50, 80)) * 0.05).astype(np.float32)  # 80: a partial block
+    whole = nbits.quantize(w, bits)
+    monkeypatch.setattr(nbits, "ROWS", 7)
+    chunked = nbits.quantize(w, bits)
+    for name in ("codes", "scales", "zero_points", "offsets"):
+        a, b = getattr(whole, name), getattr(chunked, name)
+        assert (a is None and b is None) or np.array_equal(a, b), name
+    assert (chunked.n, chunked.k, chunked.bits) == (50, 80, bits)
+    np.testing.assert_array_equal(chunked.dequantize(offsets=True, rows=slice(10, 20)), whole.dequantize(True)[10:20])
 
 
 def test_stream_decoder_never_splits_characters(tiny_llms):
