@@ -31,6 +31,8 @@ from pathlib import Path
 
 from edgemm.bench.eval_questions import CATEGORIES, QUESTIONS, Question, load_questions, select
 from edgemm.bench.worker import package_versions, peak_rss_mb, run_worker, serve
+from edgemm.models import record_eval
+from edgemm.runtime.bundle import models_dir
 from edgemm.runtime.errors import EdgemmError
 
 log = logging.getLogger("edgemm.bench.eval")
@@ -201,6 +203,8 @@ def _evaluate(folders: list[Path], questions: list[Question], args) -> tuple[dic
                 continue
             size = sum(f["bytes"] for f in json.loads((folder / "manifest.json").read_text())["files"].values())
             results[folder.name] = {"path": str(folder), "megabytes": size / 1e6, **summarize(result, questions)}
+            if folder.parent == models_dir() and len(questions) == len(load_questions(args.questions)[1]):
+                record_eval(models_dir(), folder, results[folder.name])  # `edgemm models` shows it
     return results, failed
 
 

@@ -3,6 +3,9 @@ bundles are built into ``$EDGEMM_MODELS`` by ``edgemm export``."""
 
 import json
 from importlib import resources
+from pathlib import Path
+
+REPORTS = "reports"  # beside the bundles: what `edgemm eval` measured, one JSON file per bundle
 
 
 def presets() -> dict:
@@ -24,9 +27,38 @@ def _quality(kind: str, quant: str, fidelity: dict) -> str:
     return ""
 
 
+def record_eval(folder: Path, bundle: Path, summary: dict) -> None:
+    """Keep ``edgemm eval``'s result for ``bundle`` under ``folder``/reports, tied to its manifest's sha256 (a
+    rebuilt bundle's old result is then ignored)."""
+    from edgemm.runtime.bundle import sha256_of
+
+    out = Path(folder) / REPORTS / f"{bundle.name}.eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"manifest_sha256": sha256_of(bundle / "manifest.json"), **summary}))
+    tmp.replace(out)
+
+
+def _speed(folder: Path, name: str) -> str:
+    """'TTFT 262 ms, 19.7 tok/s, 267 MB RSS, eval 44%' from the bundle's recorded eval, if it is still current."""
+    from edgemm.runtime.bundle import sha256_of
+
+    try:
+        r = json.loads((Path(folder) / REPORTS / f"{name}.eval.json").read_text())
+        if r["manifest_sha256"] != sha256_of(Path(folder) / name / "manifest.json"):
+            return ""
+        passed, total = r["overall"]
+        return (
+            f"TTFT {r['ttft_ms']:.0f} ms, {r['decode_tok_s']:.1f} tok/s, {r['peak_rss_llm_mb']:.0f} MB RSS, "
+            f"eval {passed}/{total}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def catalogue(folder=None) -> list[dict]:
     """Every preset with what its built bundle (if any) in ``folder`` (default: $EDGEMM_MODELS) measured: size on
-    disk and quality from its manifest."""
+    disk and quality from its manifest, speed from its last ``edgemm eval``."""
     from edgemm.runtime.bundle import models_dir
 
     folder = models_dir() if folder is None else folder
@@ -43,5 +75,6 @@ def catalogue(folder=None) -> list[dict]:
             row["built"] = True
             row["megabytes"] = round(sum(f.get("bytes", 0) for f in body.get("files", {}).values()) / 1e6, 1)
             row["quality"] = _quality(kind, preset["quant"], body.get("fidelity") or {})
+            row["speed"] = _speed(folder, name)
             rows.append(row)
     return rows

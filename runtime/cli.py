@@ -251,6 +251,8 @@ def cmd_models(args) -> int:
             mark = "*" if row["default"] else " "
             size = f"{row['megabytes']:7.0f} MB" if row["built"] else "  not built"
             print(f" {mark} {row['name']:38} {size}  {row.get('quality') or row['about']}")
+            if row.get("speed"):
+                print(f"   {'':38} {'':10}  {row['speed']}")
     print("* default; build one with: edgemm export KIND --preset NAME")
     return 0
 
@@ -585,7 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
     p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve"])
-    p.add_argument("--model", type=Path, default=None, help="our bundle (default: the speech or llm preset; assistant: its llm)")
+    p.add_argument(
+        "--model", type=Path, default=None, help="our bundle (default: the speech or llm preset; assistant: its llm)"
+    )
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
     p.add_argument(
         "--student",

@@ -46,3 +46,19 @@ def test_lists_every_preset_and_reads_built_manifests(tmp_path):
     assert "qwen2.5-coder-0.5b-instruct-gguf" in out.stdout and "607 MB" in out.stdout
     listed = json.loads(_run("--json", env_models=tmp_path).stdout)
     assert [r["name"] for r in listed if r["default"]] == [t["default"] for t in presets().values()]
+
+
+def test_speed_comes_from_the_bundles_last_eval(tmp_path):
+    from edgemm.models import record_eval
+
+    bundle = tmp_path / "smollm2-135m-instruct-int4"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"files": {"decoder.onnx": {"bytes": 1_000_000}}}))
+    summary = {"overall": [14, 32], "ttft_ms": 262.4, "decode_tok_s": 19.73, "peak_rss_llm_mb": 267.2}
+    record_eval(tmp_path, bundle, summary)
+    rows = {row["name"]: row for row in catalogue(tmp_path)}
+    assert rows["smollm2-135m-instruct-int4"]["speed"] == "TTFT 262 ms, 19.7 tok/s, 267 MB RSS, eval 14/32"
+    assert "TTFT 262 ms" in _run(env_models=tmp_path).stdout
+
+    (bundle / "manifest.json").write_text(json.dumps({"files": {}}))  # rebuilt: the old result no longer applies
+    assert all(not row.get("speed") for row in catalogue(tmp_path))
