@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -164,6 +165,12 @@ def _peer_jobs(args) -> tuple[dict, dict]:
     return jobs, skipped
 
 
+def gguf_label(path: Path) -> str:
+    """The quantization a GGUF file's name gives (…-q4_k_m.gguf -> Q4_K_M), else "GGUF"."""
+    found = re.findall(r"(?i)(?:^|[-_.])((?:i?q\d(?:_[a-z0-9]+)*)|bf16|f16|f32)(?=\.gguf$|[-.])", path.name)
+    return found[-1].upper() if found else "GGUF"
+
+
 def _agreement(a: list[int], b: list[int]) -> float:
     return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
 
@@ -227,6 +234,8 @@ def run_bench_llm(args) -> int:
     jobs.update(peer_jobs)
     names = dict(NAMES)
     names[OURS] = f"edgemm {bundle.manifest.get('quantization', {}).get('scheme', 'int4')}"  # e.g. edgemm gguf
+    if LLAMA_CPP in jobs and jobs[LLAMA_CPP][1]:
+        names[LLAMA_CPP] = f"llama.cpp {gguf_label(Path(jobs[LLAMA_CPP][1]))}"  # e.g. llama.cpp Q4_K_M
     engines, notes = {}, []
     for engine, (command, model) in jobs.items():
         log.info("measuring %s (%d threads) in a subprocess ...", names[engine], args.threads)

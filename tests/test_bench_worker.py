@@ -138,3 +138,14 @@ def test_bench_llm_perplexity_scores_each_forced_token():
     result = measure(job, _FixedLogits)
     # -log p: 1, 2, 3, 3 bits -> perplexity 2 ** (9 / 4)
     assert result["perplexity"] == pytest.approx(2 ** (9 / 4))
+
+
+@pytest.mark.parametrize(
+    "name, label",
+    [("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "Q4_K_M"), ("SmolLM2-135M-Instruct.Q4_1.gguf", "Q4_1"),
+     ("model-f16.gguf", "F16"), ("weights.gguf", "GGUF")],
+)  # fmt: skip
+def test_llama_cpp_row_is_named_by_its_gguf(name, label):
+    from pathlib import Path
+
+    assert llm.gguf_label(Path(name)) == label
