@@ -257,6 +257,14 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from edgemm.runtime.doctor import diagnose
+
+    report = diagnose()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.text())
+    return 1 if report.problems else 0
+
+
 def cmd_say(args) -> int:
     from edgemm.runtime.llm.chat import clean_text
 
@@ -513,6 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print them as JSON")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "doctor",
+        parents=[verbose],
+        help="machine, extras, bundles (files verified) and devices, and how to fix what is missing",
+        formatter_class=fmt,
+    )
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("say", parents=[verbose], help="speak a text into a WAV file (tts extra)", formatter_class=fmt)
     p.add_argument("text")
