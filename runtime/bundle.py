@@ -127,6 +127,14 @@ class Bundle:
     # bundle being built (the exporters) has no file list yet; its files still have to lie inside its folder.
     listed: bool = False
 
+    def graph_files(self) -> list[Path]:
+        """Every ONNX graph the manifest names (``graphs`` and a detector's), for the memory check before loading."""
+        names = [v for v in self.section("graphs").values() if isinstance(v, str)]
+        detector = self.manifest.get("detector")
+        if isinstance(detector, dict) and isinstance(detector.get("graph"), str):
+            names.append(detector["graph"])
+        return [self.file(name) for name in names]
+
     def file(self, name: str) -> Path:
         """The path of the bundle file ``name``; a name the manifest does not list, or outside the folder, is
         refused."""

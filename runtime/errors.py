@@ -15,3 +15,7 @@ class BundleError(EdgemmError):
 
 class OptionsError(EdgemmError, ValueError):
     """An option has a value outside the accepted ones."""
+
+
+class MemoryLimitError(EdgemmError, MemoryError):
+    """A model does not fit in the memory the machine has free."""

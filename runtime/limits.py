@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from edgemm.runtime.errors import EdgemmError, OptionsError
+from edgemm.runtime.errors import EdgemmError, MemoryLimitError, OptionsError
 
 MAX_AUDIO_SECONDS = 2 * 3600  # one call: ~460 MB of float32 samples at 16 kHz; split longer recordings
 MAX_AUDIO_BYTES = 512 << 20  # an encoded recording given as bytes or read from a pipe
@@ -29,6 +29,47 @@ MAX_IMAGES = 16  # images in one question
 
 class InputError(EdgemmError, ValueError):
     """A text or a file given as input is unusable or over a limit."""
+
+
+# A graph loaded by onnxruntime takes about its file size (weights, external data) plus what it prepacks and plans:
+# SmolLM2-135M int4 maps 136 MB of weights and peaks near 160 MB. Refused when that much is not available.
+LOAD_FACTOR, LOAD_OVERHEAD = 1.2, 32 << 20
+SKIP_MEMORY_CHECK = "EDGEMM_SKIP_MEMORY_CHECK"  # set to 1 to load anyway (e.g. with swap the kernel cannot see)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable: free plus reclaimable cache), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory_for(*graphs: Path) -> None:
+    """Refuse, before loading, graphs (with their external data files) that together need more memory than is
+    available: one sentence with both figures. Unknown availability (not Linux) or $EDGEMM_SKIP_MEMORY_CHECK=1
+    skips it. Models call it with all their graphs first; every session also checks its own graph."""
+    if os.environ.get(SKIP_MEMORY_CHECK) == "1":
+        return
+    available = available_memory()
+    if available is None:
+        return
+    size = 0
+    for graph in map(Path, graphs):
+        for f in (graph, graph.with_name(f"{graph.name}.data")):
+            size += f.stat().st_size if f.is_file() else 0
+    needed = int(size * LOAD_FACTOR) + LOAD_OVERHEAD
+    if needed > available:
+        first = Path(graphs[0])
+        what = first.parent.name if len(graphs) > 1 else f"{first.parent.name}/{first.name}"
+        raise MemoryLimitError(
+            f"not enough memory for {what}: it needs about {needed >> 20} MB and {available >> 20} MB are "
+            f"available (close other programs or pick a smaller preset: edgemm models; {SKIP_MEMORY_CHECK}=1 "
+            f"loads it anyway)"
+        )
 
 
 def available_cores() -> int:

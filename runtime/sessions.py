@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from edgemm.runtime.errors import BundleError
-from edgemm.runtime.limits import available_cores, check_threads
+from edgemm.runtime.limits import available_cores, check_memory_for, check_threads
 
 
 def default_threads() -> int:
@@ -20,7 +20,9 @@ def create_session(
 ) -> ort.InferenceSession:
     """A CPU session. onnxruntime's memory arena is off by default: each session's arena keeps the largest
     activations it ever held (Whisper's 30 s window, OCR on a big photo), and the whole assistant peaked at 970
-    instead of 750 MB with arenas on, for ~10% slower speech decoding and no measurable LLM difference."""
+    instead of 750 MB with arenas on, for ~10% slower speech decoding and no measurable LLM difference. A graph that
+    needs more memory than is available is refused first (MemoryLimitError, with both figures)."""
+    check_memory_for(path)  # refused before onnxruntime starts reading it
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = check_threads(threads) or default_threads()

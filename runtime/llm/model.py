@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.errors import EdgemmError
-from edgemm.runtime.limits import check_int
+from edgemm.runtime.limits import check_int, check_memory_for
 from edgemm.runtime.sessions import create_session
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class LanguageModel:
 
     def __init__(self, bundle: Bundle, threads: int | None = None, context: int | None = None):
         m = bundle.manifest
+        check_memory_for(*bundle.graph_files())
         self.bundle = bundle
         self.config = LLMConfig.from_manifest(m["model"])
         graphs = m["graphs"]

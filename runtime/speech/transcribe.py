@@ -23,7 +23,7 @@ import numpy as np
 
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.errors import OptionsError
-from edgemm.runtime.limits import check_float, check_text
+from edgemm.runtime.limits import check_float, check_memory_for, check_text
 from edgemm.runtime.speech.audio import load_audio
 from edgemm.runtime.speech.decoding import DecodingOptions, DecodingResult, WindowDecoder, verify_options
 from edgemm.runtime.speech.features import LogMel, pad_or_trim
@@ -115,6 +115,7 @@ class Transcriber:
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
         m = bundle.manifest
+        check_memory_for(*bundle.graph_files())
         self.bundle = bundle
         self.model = WhisperONNX(bundle, threads)
         self.tokenizer = WhisperTokenizer(bundle.tokenizer(m["tokenizer"]), SpecialTokens.from_manifest(m["tokens"]))

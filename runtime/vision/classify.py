@@ -10,6 +10,7 @@ from PIL import Image
 
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.errors import BundleError
+from edgemm.runtime.limits import check_memory_for
 from edgemm.runtime.sessions import create_session
 from edgemm.runtime.vision.image import load_image
 
@@ -51,6 +52,7 @@ class ImageClassifier:
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
         m = bundle.manifest
+        check_memory_for(*bundle.graph_files())
         self.bundle = bundle
         self.session = create_session(bundle.file(m["graphs"]["classifier"]), threads)
         self.labels = bundle.json(m["labels"])
