@@ -18,6 +18,7 @@ file is written once, at the end. Torch-free: the steps import what they need.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
@@ -88,6 +89,19 @@ def build(component: Component, source: str, quant: str, out: Path, measure: boo
     if quant not in component.quants:
         raise ExportError(f"{component.kind} bundles are {' or '.join(component.quants)}, not {quant!r}")
     out = Path(out)
+    try:
+        return _build(component, source, quant, out, measure)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(out.parent).free >> 20 if out.parent.exists() else 0
+        raise ExportError(
+            f"the disk holding {out.parent} is full ({free} MB free): the export stopped and left nothing behind"
+            f"{' (the existing bundle is unchanged)' if out.exists() else ''}; free some space and run it again"
+        ) from None
+
+
+def _build(component: Component, source: str, quant: str, out: Path, measure: bool) -> dict:
     with quiet_libraries(), staging(out) as work:
         job = ExportJob(component.kind, source, quant, out, measure, work, body={"name": out.name, "source": source})
         job.fp32.mkdir(exist_ok=True)

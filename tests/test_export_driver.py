@@ -115,6 +115,35 @@ def test_failing_step_leaves_no_scratch_and_keeps_the_old_bundle(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (needs root, as CI has); the test is skipped where mounting is not allowed."""
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_leaves_no_half_written_bundle(small_disk):
+    def big_graph(job):  # more than the disk holds
+        with open(job.work / "classifier.onnx", "wb") as f:
+            for _ in range(8):
+                f.write(b"\0" * (1 << 20))
+
+    out = small_disk / "bundle"
+    build(_component(), "fake:source", "int8", out)
+    before = _snapshot(out)
+    with pytest.raises(ExportError, match=r"is full \(\d+ MB free\).*left nothing behind.*bundle is unchanged"):
+        build(_component(Step("write", big_graph)), "fake:source", "int8", out)
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["bundle"]
+
+
 def test_unknown_quantization_is_an_export_error(tmp_path):
     with pytest.raises(ExportError, match="fp32 or int8, not 'int4'"):
         build(_component(), "fake:source", "int4", tmp_path / "bundle")
