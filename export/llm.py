@@ -34,6 +34,7 @@ from edgemm.export.llm_onnx import (
     DecoderWeights,
     build_decoder,
     build_embed,
+    mixed_precision,
     write_graph,
 )
 from edgemm.export.llm_source import (
@@ -179,10 +180,15 @@ def quantization_info(quant: str, ck: LLMCheckpoint) -> dict:
         }
     if bits is None:
         return {"scheme": "fp32"}
+    linear = f"MatMulNBits {bits}-bit, blocks of {BLOCK}, " + (
+        "asymmetric (clip-searched range) + per-block offset correction" if bits == 4 else "symmetric"
+    )
+    if quant == "int4-mixed":
+        linear += "; v_proj in every layer and down_proj in the first and last eighth of the layers and every third"
+        linear += " in between: 8-bit symmetric"
     return {
         "scheme": quant,
-        "linear": f"MatMulNBits {bits}-bit, blocks of {BLOCK}, "
-        + ("asymmetric + per-block offset correction" if bits == 4 else "symmetric"),
+        "linear": linear,
         "embedding_and_lm_head": f"{lm_bits}-bit, blocks of {BLOCK}, symmetric",
         "activations": "int8 inside MatMulNBits (accuracy_level 4)",
         "source_blocks": ck.gguf_types,
@@ -278,6 +284,8 @@ def quantized_graphs(job: ExportJob) -> str:
     weights = loaded.weights
     if job.quant == "gguf":
         weights = gguf_packed_weights(loaded.checkpoint, loaded.config, weights)
+    elif job.quant == "int4-mixed":
+        weights = mixed_precision(weights)
     write_graphs(job.work, loaded.config, weights, job.quant)
     return f"{graphs_megabytes(job.work):.0f} MB"
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,9 @@ OPSET = 17
 MS = "com.microsoft"
 BLOCK = 32
 # Bits per quantization: (linear layers, embedding and lm_head). None = fp32, or for "gguf" the bits of the source's
-# own blocks (the weights arrive packed, see gguf_blocks).
-SCHEMES = {"fp32": (None, None), "int8": (8, 8), "int4": (4, 8), "gguf": (None, None)}
+# own blocks (the weights arrive packed, see gguf_blocks). "int4-mixed" keeps some linear layers in 8 bits
+# (see mixed_precision).
+SCHEMES = {"fp32": (None, None), "int8": (8, 8), "int4": (4, 8), "int4-mixed": (4, 8), "gguf": (None, None)}
 # Initializers of at least this many bytes go to the side file, as onnx.save_model(save_as_external_data=True) puts
 # them (it compares sys.getsizeof of their bytes with 1024): a graph written as it is built is the same file.
 EXTERNAL_MIN_BYTES = 1024 - sys.getsizeof(b"")
@@ -73,6 +74,23 @@ class DecoderWeights:
     ]  # keys: input_norm, post_norm, q, k, v, o, gate, up, down, (q_bias, k_bias, v_bias)
     cos: np.ndarray  # [max_positions, head_dim / 2]
     sin: np.ndarray
+
+
+def more_bits(layer: int, layers: int) -> bool:
+    """The layers whose ``down`` projection keeps 8 bits in int4-mixed: the first and last eighth, and every third
+    in between (the layers llama.cpp's Q4_K_M gives 6-bit ffn_down)."""
+    return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+
+
+def mixed_precision(w: DecoderWeights) -> DecoderWeights:
+    """int4-mixed: ``v`` in every layer and ``down`` in the more_bits layers as 8-bit blocks, the rest left for the
+    4-bit path. The values projection and the MLP output are where 4-bit rounding costs most (Q4_K_M's choice)."""
+    n = len(w.layers)
+    layers = []
+    for i, lw in enumerate(w.layers):
+        keep = ["v", *(["down"] if more_bits(i, n) else [])]
+        layers.append({**lw, **{k: nbits.quantize(lw[k], 8, BLOCK) for k in keep if isinstance(lw[k], np.ndarray)}})
+    return replace(w, layers=layers)
 
 
 class ExternalData:

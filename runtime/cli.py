@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="packaged:NAME, a GGUF file, a CTranslate2 or transformers folder, or a hub id")
     p.add_argument(
         "--quant",
-        choices=["fp32", "int8", "int4", "gguf"],
+        choices=["fp32", "int8", "int4", "int4-mixed", "gguf"],
         default=None,
         help="default: the preset's, else int8 (speech, vision) / int4 (llm, vlm); gguf (llm): keep a GGUF source's "
         "own quantized blocks",

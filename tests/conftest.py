@@ -146,12 +146,13 @@ def tiny_llm_folder(root: Path, family: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llms(tmp_path_factory) -> dict:
-    """{family: (transformers folder, {quant: bundle})} for tiny random Llama (fp32, int8, int4) and Qwen2 (fp32, int4)."""
+    """{family: (transformers folder, {quant: bundle})} for tiny random Llama (fp32, int8, int4, int4-mixed) and Qwen2
+    (fp32, int4)."""
     from edgemm.export.llm import export_llm
 
     root = tmp_path_factory.mktemp("tiny-llm")
     result = {}
-    for family, quants in (("llama", ("fp32", "int8", "int4")), ("qwen2", ("fp32", "int4"))):
+    for family, quants in (("llama", ("fp32", "int8", "int4", "int4-mixed")), ("qwen2", ("fp32", "int4"))):
         folder = tiny_llm_folder(root, family)
         bundles = {}
         for quant in quants:

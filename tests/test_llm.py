@@ -252,3 +252,21 @@ def test_clip_search_lowers_the_error_of_heavy_tailed_blocks(monkeypatch):
     monkeypatch.setattr(nbits, "CLIP_RATIOS", np.array([1.0]))
     full_range = block_error(nbits.quantize(w, 4))
     assert searched < 0.97 * full_range
+
+
+def test_int4_mixed_keeps_values_and_some_mlp_outputs_in_8_bits(tiny_llms):
+    from edgemm.export.llm_onnx import more_bits
+
+    graph = onnx.load(tiny_llms["llama"][1]["int4-mixed"] / "decoder.onnx").graph
+    bits = {
+        n.input[1].removesuffix(".qweight"): next(a.i for a in n.attribute if a.name == "bits")
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+    }
+    layers = 2
+    for i in range(layers):
+        assert bits[f"layers.{i}.qkv_proj.2"] == 8  # v alone, beside 4-bit q and k
+        assert bits[f"layers.{i}.qkv_proj.0"] == bits[f"layers.{i}.qkv_proj.1"] == 4
+        assert bits[f"layers.{i}.down_proj"] == (8 if more_bits(i, layers) else 4)
+        assert bits[f"layers.{i}.gate_up_proj"] == 4
+    assert [more_bits(i, 24) for i in range(24)].count(True) == 12  # Qwen2.5-0.5B: half of its 24 layers
