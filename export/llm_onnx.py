@@ -19,7 +19,7 @@ correction in extra columns, see ``_Graph.linear``). lm_head is untied from the 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -69,9 +69,8 @@ class DecoderWeights:
     embed: Weight  # [V, D]
     lm_head: Weight  # [V, D]
     final_norm: np.ndarray
-    layers: list[
-        dict[str, np.ndarray]
-    ]  # keys: input_norm, post_norm, q, k, v, o, gate, up, down, (q_bias, k_bias, v_bias)
+    # keys: input_norm, post_norm, q, k, v, o, gate, up, down, (q_bias, k_bias, v_bias); read once, in order
+    layers: Sequence[dict[str, Weight]]
     cos: np.ndarray  # [max_positions, head_dim / 2]
     sin: np.ndarray
 
