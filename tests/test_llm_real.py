@@ -36,12 +36,16 @@ def test_cli_ask_json_answers(llm_bundle):
         ("smollm2-135m-instruct-int8", 0.005),
         # A Q4_K_M file imported block for block: the cost is only the int8 activations inside the kernels.
         ("qwen2.5-coder-0.5b-instruct-gguf", 0.01),
+        # Built on demand, not by make setup (measured: -0.6%, +0.01%, +0.5%).
+        ("qwen2.5-coder-0.5b-instruct-int8", 0.01),
+        ("qwen2.5-coder-1.5b-instruct-gguf", 0.01),
+        ("qwen2.5-coder-1.5b-instruct-int8", 0.01),
     ],
 )
 def test_quantized_fidelity_in_manifest(preset, bound):
     path = models_dir() / preset / "manifest.json"
     if not path.exists():
-        pytest.skip(f"{path} missing: run `make setup`")
+        pytest.skip(f"{path} missing: run `edgemm export llm --preset {preset}` (make setup builds the default ones)")
     fidelity = json.loads(path.read_text())["fidelity"]
     quant = preset.rsplit("-", 1)[1]
     assert fidelity["perplexity_fp32"] < 100  # a real model on real English text
