@@ -175,7 +175,8 @@ class _Graph:
                 (x,) = self.node("Concat", [x, sums], axis=-1)
                 offsets = np.zeros((p.n, width), np.float32)
                 offsets[:, :blocks] = p.offsets
-                p = nbits.join_columns(p, nbits.quantize(offsets, p.bits, p.block))
+                # min/max, no clip search: nothing corrects the offsets' own mean error, which the search trades away
+                p = nbits.join_columns(p, nbits.quantize(offsets, p.bits, p.block, clip=False))
             inputs = [x, self.const(f"{name}.qweight", p.codes), self.const(f"{name}.scales", p.scales)]
             if p.zero_points is not None:
                 inputs.append(self.const(f"{name}.zero_points", p.zero_points))

@@ -135,7 +135,7 @@ def _blocks(w: np.ndarray, block: int) -> np.ndarray:
     return w.reshape(n, -1, block).astype(np.float64)
 
 
-def quantize(w: np.ndarray, bits: int, block: int = 32) -> Packed:
+def quantize(w: np.ndarray, bits: int, block: int = 32, clip: bool = True) -> Packed:
     """Quantize a float weight [N, K] to ``bits`` (4: asymmetric, 8: symmetric) in blocks of ``block``.
 
     Every block is quantized on its own, so rows go ROWS at a time: the float64 work arrays are a few times one
@@ -143,11 +143,11 @@ def quantize(w: np.ndarray, bits: int, block: int = 32) -> Packed:
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, not {bits}")
     if len(w) <= ROWS:
-        return _quantize_rows(w, bits, block)
-    return join_rows([_quantize_rows(w[i : i + ROWS], bits, block) for i in range(0, len(w), ROWS)])
+        return _quantize_rows(w, bits, block, clip)
+    return join_rows([_quantize_rows(w[i : i + ROWS], bits, block, clip) for i in range(0, len(w), ROWS)])
 
 
-def _quantize_rows(w: np.ndarray, bits: int, block: int) -> Packed:
+def _quantize_rows(w: np.ndarray, bits: int, block: int, clip: bool) -> Packed:
     n, k = w.shape
     x = _blocks(w, block)
     if bits == 8:
@@ -159,7 +159,7 @@ def _quantize_rows(w: np.ndarray, bits: int, block: int) -> Packed:
     s, z, q = np.empty_like(x[..., :1]), np.empty_like(x[..., :1]), np.empty_like(x)
     for start in range(0, n, CLIP_ROWS):
         rows = slice(start, start + CLIP_ROWS)
-        s[rows], z[rows], q[rows] = _clip_search(x[rows])
+        s[rows], z[rows], q[rows] = _clip_search(x[rows]) if clip else _asymmetric_4bit(x[rows], 1.0)
     offsets = (x - (q - z) * s).mean(axis=-1)
     zp = pack(z.reshape(n, -1), 4).ravel()
     return Packed(pack(q, 4), s.astype(np.float32).ravel(), zp, 4, block, n, k, offsets.astype(np.float32))
