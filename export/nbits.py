@@ -10,7 +10,9 @@ A weight ``W`` of shape [N, K] (out, in) is cut into blocks of ``block`` values 
   ``blocksum(x) @ offsets.T`` (exact for Q4_1 sources, and it removes the mean error of any source).
 - 4-bit blocks from float weights get a clip search: the block's range may be shrunk (to 80% in 9 steps) when that
   lowers its squared error after the offset correction; rounding the few extreme values harder buys a finer grid
-  for the rest. The full range comes first and wins ties, so a Q4_1 block (zero error at its own range) keeps it.
+  for the rest. The full range comes first and wins ties, so a Q4_1 block that contains 0 keeps its grid; one
+  whose range had to be widened to 0 may be re-fitted. The offset columns themselves are not searched (nothing
+  corrects their mean error).
 - 8-bit, symmetric: z is the operator's default 128. A llama.cpp Q8_0 block (``d * q``, d = amax / 127) is
   reproduced exactly.
 """
