@@ -82,13 +82,20 @@ def more_bits(layer: int, layers: int) -> bool:
 
 
 def mixed_precision(w: DecoderWeights) -> DecoderWeights:
-    """int4-mixed: ``v`` in every layer and ``down`` in the more_bits layers as 8-bit blocks, the rest left for the
-    4-bit path. The values projection and the MLP output are where 4-bit rounding costs most (Q4_K_M's choice)."""
+    """int4-mixed: ``v`` in every layer and ``down`` in the more_bits layers as 8-bit blocks, every other linear
+    weight as clip-searched 4-bit blocks (see nbits). The values projection and the MLP output are where 4-bit
+    rounding costs most (Q4_K_M's choice)."""
     n = len(w.layers)
     layers = []
     for i, lw in enumerate(w.layers):
-        keep = ["v", *(["down"] if more_bits(i, n) else [])]
-        layers.append({**lw, **{k: nbits.quantize(lw[k], 8, BLOCK) for k in keep if isinstance(lw[k], np.ndarray)}})
+        eight = {"v", *(["down"] if more_bits(i, n) else [])}
+        packed = {}
+        for k in ("q", "k", "v", "o", "gate", "up", "down"):
+            if isinstance(lw[k], np.ndarray):
+                packed[k] = (
+                    nbits.quantize(lw[k], 8, BLOCK) if k in eight else nbits.quantize(lw[k], 4, BLOCK, clip=True)
+                )
+        layers.append({**lw, **packed})
     return replace(w, layers=layers)
 
 

@@ -8,7 +8,7 @@ A weight ``W`` of shape [N, K] (out, in) is cut into blocks of ``block`` values 
   multiple of ``d``: every value of the block shifts by up to d/2. That shift alone raised SmolLM2-135M's
   perplexity by 18%, so the mean error of each block is returned as ``offsets``; the graph adds it back as
   ``blocksum(x) @ offsets.T`` (exact for Q4_1 sources, and it removes the mean error of any source).
-- 4-bit blocks from float weights get a clip search: the block's range may be shrunk (to 80% in 9 steps) when that
+- 4-bit blocks may get a clip search (``clip=True``, the int4-mixed recipe): the block's range may be shrunk (to 80% in 9 steps) when that
   lowers its squared error after the offset correction; rounding the few extreme values harder buys a finer grid
   for the rest. The full range comes first and wins ties, so a Q4_1 block that contains 0 keeps its grid; one
   whose range had to be widened to 0 may be re-fitted. The offset columns themselves are not searched (nothing
@@ -137,7 +137,7 @@ def _blocks(w: np.ndarray, block: int) -> np.ndarray:
     return w.reshape(n, -1, block).astype(np.float64)
 
 
-def quantize(w: np.ndarray, bits: int, block: int = 32, clip: bool = True) -> Packed:
+def quantize(w: np.ndarray, bits: int, block: int = 32, clip: bool = False) -> Packed:
     """Quantize a float weight [N, K] to ``bits`` (4: asymmetric, 8: symmetric) in blocks of ``block``.
 
     Every block is quantized on its own, so rows go ROWS at a time: the float64 work arrays are a few times one
