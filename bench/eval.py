@@ -179,8 +179,9 @@ def summarize(result: dict, questions: list[Question]) -> dict:
     }
 
 
-def _evaluate(folders: list[Path], questions: list[Question], args) -> tuple[dict, dict]:
-    """{bundle name: summary} and {bundle name: why it failed}, each bundle answered in its own worker."""
+def _evaluate(folders: list[Path], questions: list[Question], args, complete: bool) -> tuple[dict, dict]:
+    """{bundle name: summary} and {bundle name: why it failed}, each bundle answered in its own worker. ``complete``:
+    the whole question set was asked, so each result is kept for `edgemm models`."""
     from tqdm import tqdm
 
     jobs = [asdict(q) for q in questions]
@@ -203,7 +204,7 @@ def _evaluate(folders: list[Path], questions: list[Question], args) -> tuple[dic
                 continue
             size = sum(f["bytes"] for f in json.loads((folder / "manifest.json").read_text())["files"].values())
             results[folder.name] = {"path": str(folder), "megabytes": size / 1e6, **summarize(result, questions)}
-            if folder.parent == models_dir() and len(questions) == len(load_questions(args.questions)[1]):
+            if complete and folder.parent == models_dir():
                 record_eval(models_dir(), folder, results[folder.name])  # `edgemm models` shows it
     return results, failed
 
@@ -218,14 +219,14 @@ def run_eval(args) -> int:
         import tqdm  # noqa: F401
     except ImportError:
         raise EdgemmError("edgemm eval needs the bench extra (tqdm is missing): pip install 'edgemm[bench]'") from None
-    version, questions = load_questions(args.questions)
-    questions = select(questions, args.category, args.limit)
+    version, every = load_questions(args.questions)
+    questions = select(every, args.category, args.limit)
     folders = [resolve_model(spec) for spec in args.model] if args.model else built_models()
     vision = None
     if any(q.category == "photos" for q in questions):  # its one-line BundleError before any answer
         vision = open_bundle(args.vision_model or default_bundle("vision"), "vision").path.name
     started = eval_report.machine()
-    results, failed = _evaluate(folders, questions, args)
+    results, failed = _evaluate(folders, questions, args, complete=len(questions) == len(every))
     report = {
         "questions_file": str(args.questions or "bench/" + QUESTIONS.name),
         "questions_version": version,
