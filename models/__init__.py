@@ -60,12 +60,15 @@ def catalogue(folder=None) -> list[dict]:
     """Every preset with what its built bundle (if any) in ``folder`` (default: $EDGEMM_MODELS) measured: size on
     disk and quality from its manifest, speed from its last ``edgemm eval``."""
     from edgemm.runtime.bundle import models_dir
+    from edgemm.runtime.profiles import active_profile
 
     folder = models_dir() if folder is None else folder
+    profile = active_profile()  # its presets stand in for the defaults
     rows = []
     for kind, table in presets().items():
+        default = profile.presets.get(kind) or table["default"]
         for name, preset in table["presets"].items():
-            row = {"kind": kind, "name": name, "default": name == table["default"], "built": False, **preset}
+            row = {"kind": kind, "name": name, "default": name == default, "built": False, **preset}
             manifest = folder / name / "manifest.json"
             try:
                 body = json.loads(manifest.read_text())

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgemm.runtime.limits import release_memory
 from edgemm.runtime.llm import Chat, ContextError, GenerationOptions, LanguageModel, PromptError
 from edgemm.runtime.llm.model import CacheBusyError
 from edgemm.runtime.speech import Transcriber
@@ -213,6 +214,7 @@ class Assistant:
         except Exception as e:  # an utterance that cannot be transcribed is skipped, not fatal
             log.warning("cannot transcribe an utterance: %s", _first_line(e))
             return 0.0
+        release_memory()  # the encoder's 30 s window of activations, before the answer's models run
         if not transcript:
             return 0.0
         turn = Turn(transcript)
@@ -251,6 +253,7 @@ class Assistant:
             spoken += yield from self._speak(sentence, turn, t0, speaker)
         turn.answer = turn.answer.strip()
         self.turns.append(turn)
+        release_memory()  # the turn's freed activations: not kept resident under the next turn's
         yield TurnEnd(turn)
         return spoken
 

@@ -213,10 +213,12 @@ def bundle_kind(path: str | Path) -> str | None:
 
 
 def default_bundle(kind: str) -> Path:
-    """The folder of the default preset of ``kind`` (models/presets.json)."""
+    """The folder of the default preset of ``kind``: the machine profile's choice (runtime/profiles.py), else the
+    kind's default in models/presets.json."""
     from edgemm.models import presets
+    from edgemm.runtime.profiles import active_profile
 
-    return models_dir() / presets()[kind]["default"]
+    return models_dir() / (active_profile().presets.get(kind) or presets()[kind]["default"])
 
 
 def _check_file_field(bundle: Bundle, dotted: str) -> None:

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.profiles import CHOICES as PROFILE_CHOICES
+from edgemm.runtime.profiles import PROFILE_ENV, use_profile
 
 log = logging.getLogger("edgemm")
 
@@ -439,9 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = _Parser(prog="edgemm", description="On-device speech, text and image assistant.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and timings")
-    # -v also after the subcommand (`edgemm listen -v`); SUPPRESS keeps it from resetting the one given before.
+    parser.add_argument(
+        "--profile",
+        choices=PROFILE_CHOICES,
+        default=None,
+        help=f"machine profile: default bundles and settings (pi: small boards; default: ${PROFILE_ENV} or auto)",
+    )
+    # -v and --profile also after the subcommand (`edgemm listen -v`); SUPPRESS keeps them from resetting the ones
+    # given before.
     verbose = _Parser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as edgemm -v")
+    verbose.add_argument("--profile", choices=PROFILE_CHOICES, default=argparse.SUPPRESS, help="as edgemm --profile")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("transcribe", parents=[verbose], help="speech to text", formatter_class=fmt)
@@ -671,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger().handlers[0].setFormatter(logging.Formatter("%(message)s"))
     try:
+        if args.profile:  # through the environment, so that the workers a command starts use it too
+            use_profile(args.profile)
         return args.func(args)
     except EdgemmError as e:
         print(f"edgemm: error: {e}", file=sys.stderr)

@@ -101,6 +101,15 @@ def check_system(report: Report) -> None:
     total, available = _memory_mb()
     if total is not None:
         report.add("system", "memory", f"{total} MB, {available} MB available")
+    from edgemm.runtime.errors import OptionsError
+    from edgemm.runtime.profiles import PROFILE_ENV, active_profile, guess
+
+    try:
+        profile = active_profile()
+        chosen = "set" if os.environ.get(PROFILE_ENV, "auto") != "auto" else "chosen for this machine"
+        report.add("system", "profile", f"{profile.name} ({chosen}): {profile.about}")
+    except OptionsError as e:
+        report.add("system", "profile", str(e), False, f"unset {PROFILE_ENV} (this machine's guess: {guess()})")
 
 
 def check_onnxruntime(report: Report) -> None:

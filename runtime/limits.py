@@ -7,6 +7,7 @@ memory is spent on it. README.md lists the same limits.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import math
 import numbers
@@ -70,6 +71,22 @@ def check_memory_for(*graphs: Path) -> None:
             f"available (close other programs or pick a smaller preset: edgemm models; {SKIP_MEMORY_CHECK}=1 "
             f"loads it anyway)"
         )
+
+
+def release_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing). Freed activations of
+    a finished stage otherwise stay in the process's resident memory, where the next stage's peak adds to them."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def available_cores() -> int:

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.limits import check_int, check_memory_for
+from edgemm.runtime.profiles import active_profile
 from edgemm.runtime.sessions import create_session
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,10 @@ class LanguageModel:
         self.special = m["special_tokens"]
         self.eos_ids = set(self.special["eos_token_ids"])
         limit = self.config.max_positions
-        self.context = min(DEFAULT_CONTEXT, limit) if context is None else check_int(context, "context", 16, limit)
+        if context is None:  # the machine profile's window (a smaller KV cache on small boards), else the default
+            self.context = min(active_profile().context or DEFAULT_CONTEXT, limit)
+        else:
+            self.context = check_int(context, "context", 16, limit)
         self._mask = np.ones((1, self.context), np.int64)  # read only: shared by every cache
 
     @classmethod

@@ -20,7 +20,8 @@ from edgemm.runtime.bundle import bundle_kind
 from edgemm.runtime.limits import MAX_IMAGES
 from edgemm.runtime.llm import DEFAULT_SYSTEM, Chat, Generation, GenerationOptions, LanguageModel, ask
 from edgemm.runtime.llm.chat import clean_text
-from edgemm.runtime.vision.describe import ImageFacts, SceneDescriber, grounded_question
+from edgemm.runtime.profiles import active_profile
+from edgemm.runtime.vision.describe import ImageFacts, OnDemandDescriber, SceneDescriber, grounded_question
 from edgemm.runtime.vision.image import ImageError
 from edgemm.runtime.vision.vlm import VisionLanguageModel
 
@@ -41,7 +42,7 @@ class ImageQuestion:
     def __init__(
         self,
         vlm: VisionLanguageModel | None = None,
-        describer: SceneDescriber | None = None,
+        describer: SceneDescriber | OnDemandDescriber | None = None,
         lm: LanguageModel | None = None,
     ):
         if vlm is None and (describer is None or lm is None):
@@ -57,15 +58,23 @@ class ImageQuestion:
         context: int | None = None,
         ocr: bool = True,
         lm: LanguageModel | None = None,
+        on_demand: bool | None = None,
     ) -> ImageQuestion:
         """The first vlm bundle among ``model`` and ``vision_model`` (or, when neither is named, ``$EDGEMM_VLM``)
         answers by itself. Otherwise ``vision_model`` is the classifier bundle of the offline path and ``model`` the
-        llm bundle that answers from descriptions (None: ``lm`` when one is already loaded, else the default)."""
+        llm bundle that answers from descriptions (None: ``lm`` when one is already loaded, else the default).
+        ``on_demand``: load the offline path's photo models for each question and drop them after it (None: as the
+        machine profile says; see runtime/profiles.py)."""
         named = [path for path in (model, vision_model) if path] or [os.environ.get(VLM_ENV)]
         vlm = next((path for path in named if path and bundle_kind(path) == "vlm"), None)
         if vlm is not None:
             return cls(vlm=VisionLanguageModel.load(vlm, threads=threads, context=context))
-        describer = SceneDescriber.load(vision_model, threads=threads, ocr=ocr)
+        if on_demand is None:
+            on_demand = active_profile().photo_models_on_demand
+        if on_demand:
+            describer = OnDemandDescriber(vision_model, threads=threads, ocr=ocr)
+        else:
+            describer = SceneDescriber.load(vision_model, threads=threads, ocr=ocr)
         return cls(describer=describer, lm=lm or LanguageModel.load(model, threads=threads, context=context))
 
     @property
@@ -98,7 +107,7 @@ class ImageQuestion:
             raise ImageError(f"a question takes 1 to {MAX_IMAGES} images, not {len(images)}")
         if self.vlm is not None:
             return ImageAnswer(self.vlm.ask(question, images, options, system=system), "vlm")
-        facts = [self.describer.facts(image) for image in images]
+        facts = self.describer.facts_of(images)
         prompt = grounded_question(clean_text(question), facts)
         if chat is not None:
             generation = chat.send(prompt, options)
