@@ -426,6 +426,10 @@ def cmd_bench(args) -> int:
         from edgemm.bench.assistant import run_bench_assistant
 
         return run_bench_assistant(args)
+    if args.target == "estimate":
+        from edgemm.bench.estimate import run_bench_estimate
+
+        return run_bench_estimate(args)
     from edgemm.bench.asr import run_bench
 
     return run_bench(args)
@@ -613,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
-    p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve"])
+    p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve", "estimate"])
     p.add_argument(
         "--model", type=Path, default=None, help="our bundle (default: the speech or llm preset; assistant: its llm)"
     )
