@@ -508,6 +508,12 @@ def measure(job: dict) -> dict:
     for kind, question in QUESTIONS.items():
         speech = synth.synthesize(question)
         utterances[kind] = soxr.resample(speech.samples, speech.sample_rate, 16000).astype(np.float32)
+    log.info("whole turns ...")  # first: the peak RSS is the assistant's, before the graphs are probed
+    measured = {
+        kind: measured_first_audio(assistant, u, _Photo(photo) if kind == "camera" else None, min(runs, 3))
+        for kind, u in utterances.items()
+    }
+    rss = round(peak_rss_mb())
     log.info("speech stages ...")
     stages, speech_counts = _speech_stages(assistant.transcriber, utterances["camera"], runs)
     log.info("vision stages ...")
@@ -518,7 +524,7 @@ def measure(job: dict) -> dict:
     chat = Chat(lm, options=GenerationOptions(max_new_tokens=48))
     llm, answers = _llm_stages(lm, chat, prompts, runs)
     stages.update(llm)
-    log.info("TTS and whole turns ...")
+    log.info("TTS ...")
     stages["tts"] = _tts_stage(synth, answers["camera"][0] or QUESTIONS["camera"], runs)
     turns = {}
     for kind, utterance in utterances.items():
@@ -526,19 +532,18 @@ def measure(job: dict) -> dict:
         counts = {
             k: v * len(utterance) / len(utterances["camera"]) if k == "vad" else v for k, v in speech_counts.items()
         }
-        counts.update({"vision": 1, "ocr": 1} if kind == "camera" and "ocr" in stages else {})
-        counts.update({"vision": 1} if kind == "camera" and "ocr" not in stages else {})
+        if kind == "camera":
+            counts.update({k: 1 for k in ("vision", "ocr") if k in stages})
         counts[f"prefill_{kind}"] = 1
         counts["decode"] = max(tokens - 1, 0)  # the prefill gives the first token
         counts["tts"] = synth.synthesize(sentence).seconds if sentence else 0.0
-        camera = _Photo(photo) if kind == "camera" else None
         turns[kind] = {
             "question": QUESTIONS[kind],
             "first_sentence": sentence,
             "counts": counts,
-            "measured_first_audio_s": measured_first_audio(assistant, utterances[kind], camera, min(runs, 3)),
+            "measured_first_audio_s": measured[kind],
         }
-    return {"model": lm.name, "stages": stages, "turns": turns, "peak_rss_mb": round(peak_rss_mb())}
+    return {"model": lm.name, "stages": stages, "turns": turns, "peak_rss_mb": rss}
 
 
 # ---- parent side: this machine's peak, the estimates, the report ----------------------------------------------------
