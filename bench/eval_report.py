@@ -132,8 +132,21 @@ def _machine_lines(m: dict) -> list[str]:
     ]
 
 
-def document(report: dict) -> str:
-    """The whole report as markdown (docs/EVAL.md)."""
+# A section of the written report that people write, not the scorer: a rewrite keeps it, after the results.
+KEPT_SECTION = "## The default LLM"
+
+
+def kept_section(text: str) -> str:
+    """``KEPT_SECTION`` of an earlier report, up to the next section (empty when it has none)."""
+    start = text.find(KEPT_SECTION + "\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(KEPT_SECTION))
+    return text[start : end if end >= 0 else len(text)].strip() + "\n"
+
+
+def document(report: dict, kept: str = "") -> str:
+    """The whole report as markdown (docs/EVAL.md); ``kept``: a hand-written section placed after the results."""
     questions = {q["id"]: q for q in report["questions"]}
     counts = {}
     for q in report["questions"]:
@@ -177,6 +190,7 @@ def document(report: dict) -> str:
         "",
         summary(report),
         "",
+        *([kept] if kept else []),
         "## Answers",
         "",
     ]
@@ -200,7 +214,8 @@ def _description_lines(seen: dict[str, dict]) -> list[str]:
 def write(report: dict, path: Path) -> None:
     path = Path(path)
     try:
+        kept = kept_section(path.read_text(encoding="utf-8")) if path.is_file() else ""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(document(report), encoding="utf-8")
+        path.write_text(document(report, kept), encoding="utf-8")
     except OSError as e:
         raise EdgemmError(f"cannot write {path}: {e.strerror}") from None

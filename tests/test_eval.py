@@ -177,6 +177,14 @@ def test_report_scores_and_lists_every_answer(tmp_path):
     assert "Paris \\| France" in doc and "No.<br>Only a cat." in doc and "✗ no accepted answer" in doc
     assert "| chelsea | b | A tabby cat. |" in doc
 
+    # A rewrite keeps the hand-written section on the default, placed after the results.
+    decision = "## The default LLM\n\nChosen for its answers.\n"
+    (tmp_path / "docs" / "EVAL.md").write_text(doc.replace("## Answers", decision + "\n## Answers"))
+    eval_report.write(report, tmp_path / "docs" / "EVAL.md")
+    rewritten = (tmp_path / "docs" / "EVAL.md").read_text()
+    assert rewritten.count(decision) == 1
+    assert rewritten.index("## Results") < rewritten.index(decision) < rewritten.index("## Answers")
+
 
 @pytest.mark.slow
 def test_real_run_on_the_default_bundle(llm_bundle, tmp_path):
