@@ -7,10 +7,11 @@ the branch that run takes), or for the LLM from the decoder's MatMulNBits/MatMul
 term (4 * layers * heads * head_dim FLOPs per token per earlier position); and the bytes it must read: its weights,
 and for the decoders per token the KV cache (Whisper's cross-attention K/V too).
 
-The model: a stage's time is max(FLOPs / compute, bytes / bandwidth) divided by the fraction of that bound it
-reaches. The fraction is measured here (this machine's peak from its instruction sets, its read bandwidth measured
-as ``bench llm`` does) and ASSUMED to be the same on the boards, applied to their peak compute (cores * GHz * SIMD
-operations per cycle of the precision the kernels use there) and their achievable bandwidth. Glue outside the
+The model: a stage's time is max(FLOPs / (c * peak compute), bytes / (m * bandwidth)). c and m, the fractions of
+this machine's peak (from its instruction sets) and of its read bandwidth (measured as ``bench llm`` does) the stage
+reaches, are measured here for the bound that binds (the other is the LLM prefill's c or the LLM decode's m) and
+ASSUMED the same on the boards, applied to their peak compute (cores * GHz * SIMD operations per cycle of the
+precision the kernels use there) and their achievable bandwidth. Glue outside the
 stages (tokenizers, sampling, Python) is measured as the rest of a real turn and scaled by the core clock only.
 """
 
