@@ -97,3 +97,14 @@ OGENAI_MODEL := $(EDGEMM_MODELS)/peers/smollm2-135m-ogenai-int4
 .PHONY: bench-peers
 bench-peers:
 	PYTHON=$(PYTHON) bash tools/peers/setup.sh $(PEERS_VENV) $(OGENAI_MODEL)
+
+# ---- `make test-arm64`: the runtime on aarch64 (Debian bookworm arm64, Python 3.11, as on a Raspberry Pi) emulated by
+# qemu-user: the same commands run on x86-64 and on aarch64 with the bundles built here, and must print the same
+# (docs/ARM64.md). The userland, the wheels and the downloads are cached in build/arm64. ARM64_CLIPS=N: N clips only.
+ARM64 := build/arm64
+ARM64_CLIPS ?=
+
+.PHONY: test-arm64
+test-arm64: $(STAMP) $(SPEECH_BUNDLE) $(VISION_BUNDLE) $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json
+	bash tools/arm64/setup.sh $(ARM64) $(BIN)/python
+	$(BIN)/python tools/arm64/check.py --root $(ARM64) --models $(EDGEMM_MODELS) $(if $(ARM64_CLIPS),--clips $(ARM64_CLIPS))
