@@ -59,6 +59,9 @@ PROBES = [
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
 ]
 OGENAI_FOLDER = "peers/smollm2-135m-ogenai-int4"  # under $EDGEMM_MODELS, as `make bench-peers` builds it
+# Without --model: the bundle of the model the default peers run (OGENAI_FOLDER, the packaged GGUF), whatever the
+# default LLM is; with --model, give the peers the same model (--ogenai-model, --gguf).
+PEERS_PRESET = "smollm2-135m-instruct-int4"
 PEER_VENV = ".venv-peers"
 PEERS_WORKER = Path(__file__).resolve().with_name("peers_worker.py")  # run by the peers' python, by path
 BANDWIDTH_BYTES = 512 * 2**20
@@ -220,10 +223,10 @@ def _table(report: dict) -> str:
 def run_bench_llm(args) -> int:
     from tokenizers import Tokenizer
 
-    from edgemm.runtime.bundle import default_bundle, open_bundle
+    from edgemm.runtime.bundle import models_dir, open_bundle
     from edgemm.runtime.errors import EdgemmError
 
-    folder = Path(args.model) if args.model else default_bundle("llm")
+    folder = Path(args.model) if args.model else models_dir() / PEERS_PRESET
     bundle = open_bundle(folder, "llm", verify=False)  # the worker checks every file when it loads
     tokenizer = Tokenizer.from_file(str(bundle.file(bundle.manifest["tokenizer"])))
     prompt, forced = bench_tokens(tokenizer)

@@ -619,7 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
     p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve", "estimate"])
     p.add_argument(
-        "--model", type=Path, default=None, help="our bundle (default: the speech or llm preset; assistant: its llm)"
+        "--model",
+        type=Path,
+        default=None,
+        help="our bundle (default: the speech preset; llm: SmolLM2-135M int4, the default peers' model; "
+        "assistant: its llm)",
     )
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
     p.add_argument(

@@ -28,6 +28,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
+from edgemm.runtime.bundle import default_bundle
 from edgemm.runtime.limits import MAX_IMAGE_PIXELS, MAX_LINE_CHARS, MAX_SPEECH_CHARS, MAX_TEXT_CHARS, available_cores
 
 MANIFEST = "manifest.json"
@@ -60,6 +61,17 @@ def api(name, call, **kw) -> Case:
 
 
 CORES = available_cores()
+
+
+def _default_llm_positions() -> int | str:
+    """The default llm bundle's longest context (``model.max_positions``), which the context errors name."""
+    try:
+        return json.loads((default_bundle("llm") / MANIFEST).read_text())["model"]["max_positions"]
+    except (OSError, ValueError, KeyError):
+        return "?"  # no default bundle: the cases that need it are skipped
+
+
+LLM_POSITIONS = _default_llm_positions()
 
 CASES = [
     # --- audio files --------------------------------------------------------------------------------------------
@@ -234,7 +246,7 @@ CASES = [
     api(
         "context-5",
         "llm_context_5",
-        error="context must be an integer between 16 and 8192, not 5",
+        error=f"context must be an integer between 16 and {LLM_POSITIONS}, not 5",
         raises="OptionsError",
     ),
     api(
@@ -270,7 +282,7 @@ CASES = [
         "hi",
         "--context",
         "10000000",
-        error="context must be an integer between 16 and 8192, not 10000000",
+        error=f"context must be an integer between 16 and {LLM_POSITIONS}, not 10000000",
     ),
     cli(
         "threads-1000",

@@ -14,7 +14,7 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from PIL import Image
 
-from edgemm.runtime.bundle import FORMAT, MANIFEST, MAX_TILES_PER_SIDE, file_entry, open_bundle
+from edgemm.runtime.bundle import FORMAT, MANIFEST, MAX_TILES_PER_SIDE, file_entry, models_dir, open_bundle
 from edgemm.runtime.errors import BundleError
 from edgemm.runtime.llm import chat
 from edgemm.runtime.llm.chat import Chat, ChatTemplate, PromptError
@@ -476,8 +476,19 @@ def test_system_text_cannot_inject_control_tokens(real_lm):
     assert _special_ids(real_lm, ids[1]) == _special_ids(real_lm, ids[0])
 
 
-def test_vlm_question_cannot_inject_control_tokens(real_lm):
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2's bundle: its vocabulary has special tokens that its chat template does not use (Qwen's, as its
+    GGUF gives it, has none to spare)."""
+    path = models_dir() / "smollm2-135m-instruct-int4"
+    if not (path / MANIFEST).exists():
+        pytest.skip(f"{path} missing: run `make setup`")
+    return LanguageModel.load(path, context=256)
+
+
+def test_vlm_question_cannot_inject_control_tokens(smollm2):
     """prompt_ids with a LLaVA-style image entry: the template's image token expands, the question's stays text."""
+    real_lm = smollm2
     vlm = VisionLanguageModel.__new__(VisionLanguageModel)
     vlm.lm = real_lm
     vlm.image = {"token": "<jupyter_code>", "tokens_per_image": 4, "processor": {"type": "clip"}}

@@ -367,7 +367,7 @@ EXPECTED: dict[str, Expectation] = {
     ),
     "edgemm models": Succeeds(stdout=("smollm2-135m-instruct-int4", "qwen2.5-coder-0.5b-instruct-gguf")),
     "edgemm doctor": Succeeds(
-        stdout=("onnxruntime:", "smollm2-135m-instruct-int4: ok", "files verified", "0 problems")
+        stdout=("onnxruntime:", "qwen2.5-coder-0.5b-instruct-gguf: ok", "files verified", "0 problems")
     ),
     "edgemm export llm --source Qwen/Qwen2.5-0.5B-Instruct --quant int8 --out ./qwen-int8": FailsWith(
         hub_offline("Qwen/Qwen2.5-0.5B-Instruct")
