@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw, ImageFont
 from edgemm.bench.clips import POCKETSPHINX
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import default_bundle
+from edgemm.runtime.profiles import PROFILES
 
 skdata = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow
@@ -317,6 +318,15 @@ EXPECTED: dict[str, Expectation] = {
         stdout=("you: " + QUESTION, CAT), stderr=("listening",), wav="answers.wav"
     ),
     "edgemm listen --list-devices": Succeeds(check=_devices_listed),
+    "edgemm --profile pi doctor": Succeeds(
+        stdout=(r"profile: pi \(set\)", "smollm2-135m-instruct-int4: ok", "files verified", "0 problems")
+    ),
+    "edgemm --profile pi listen --camera 0": Succeeds(
+        stdin=FRANCE,
+        devices_absent=True,
+        stdout=(PARIS,),
+        stderr=("edgemm: cannot open camera '0'",),
+    ),
     "edgemm serve": Serves(r"^edgemm serve: (http://\S+)", _serves_page_and_chat),
     'edgemm say "Hello there" --out hello.wav': Succeeds(wav="hello.wav", stderr=("wrote hello.wav",)),
     "edgemm export speech --preset whisper-tiny.en-int8": Succeeds(
@@ -465,10 +475,10 @@ def folders(tmp_path_factory):
     work, home, models = root / "work", root / "home", root / "models"
     for folder in (work / "photos", home, models):
         folder.mkdir(parents=True)
-    for kind in ("speech", "llm", "vision"):
-        bundle = default_bundle(kind)
+    pi_llm = default_bundle("llm").parent / PROFILES["pi"].presets["llm"]  # the README's Raspberry Pi commands
+    for bundle in [default_bundle(kind) for kind in ("speech", "llm", "vision")] + [pi_llm]:
         if not (bundle / "manifest.json").exists():
-            pytest.skip(f"default {kind} bundle missing: run `make setup`")
+            pytest.skip(f"bundle missing: {bundle}: run `make setup`")
         shutil.copytree(bundle, models / bundle.name)
 
     audio, rate = sf.read(librivox)  # "he was not an ill disposed young man"
