@@ -20,15 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import soundfile
-
 from edgemm.bench.clips import dev_clips
+from edgemm.bench.wer import normalize, wer
 
 ASK_TEXT = "What is the capital of France?"
 ASK_IMAGE = "What animal is in this picture?"
 SPEECH, LLM, VISION = "whisper-tiny.en-int8", "smollm2-135m-instruct-int4", "mobilenetv2-imagenet-int8"
-# Spoken answers may differ by a few samples between the two CPUs' float rounding; the words may not.
-SPEECH_SECONDS_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -36,6 +33,7 @@ class Check:
     name: str
     args: list[str]  # edgemm's command line, after `edgemm`
     key: Callable[[str, Path], object]  # (stdout, the run's own folder) -> what must be equal on both sides
+    reference: str | None = None  # a clip's reference transcript (for the WER summary)
 
 
 @dataclass(frozen=True)
@@ -44,6 +42,9 @@ class Outcome:
     ok: bool
     seconds: float  # the aarch64 run
     detail: str
+    x86: object = None  # each side's key
+    arm64: object = None
+    reference: str | None = None
 
 
 def transcript(stdout: str, _: Path) -> object:
@@ -66,10 +67,15 @@ def answer(stdout: str, _: Path) -> object:
     return key
 
 
-def conversation(stdout: str, folder: Path) -> object:
-    """What `edgemm listen` heard and answered, and the length of the spoken answer (rounded to the tolerance)."""
-    seconds = soundfile.info(str(folder / "answer.wav")).duration
-    return {"lines": stdout.splitlines(), "answer_s": round(seconds / SPEECH_SECONDS_TOLERANCE)}
+def conversation(speech: str) -> Callable[[str, Path], object]:
+    """What `edgemm listen` heard and answered, and what its spoken answer says: answer.wav transcribed on x86-64
+    (Piper samples its phoneme lengths at random, so the audio itself differs from run to run on one machine)."""
+
+    def key(stdout: str, folder: Path) -> object:
+        spoken = edgemm(sys.executable, ["transcribe", "--model", speech, "answer.wav"], folder).strip()
+        return {"lines": stdout.splitlines(), "spoken": spoken}
+
+    return key
 
 
 def checks(models: Path, inputs: Path, clips: int | None) -> list[Check]:
@@ -81,7 +87,7 @@ def checks(models: Path, inputs: Path, clips: int | None) -> list[Check]:
         )
     image = str(inputs / "chelsea.png")
     result = [
-        Check(f"transcribe {c.path.name}", ["transcribe", "--model", speech, "--json", str(c.path)], transcript)
+        Check(f"transcribe {c.path.name}", ["transcribe", "--model", speech, "--json", str(c.path)], transcript, c.text)
         for c in found
     ]
     result.append(Check("ask (text, SmolLM2 int4)", ["ask", "--model", llm, "--json", ASK_TEXT], answer))
@@ -94,7 +100,7 @@ def checks(models: Path, inputs: Path, clips: int | None) -> list[Check]:
     )
     listen = ["listen", "--mic", str(inputs / "question.wav"), "--camera", image, "--speaker", "answer.wav"]
     listen += ["--model", llm, "--speech-model", speech, "--vision-model", vision]
-    result.append(Check("listen (wav mic, png camera, wav speaker)", listen, conversation))
+    result.append(Check("listen (wav mic, png camera, wav speaker)", listen, conversation(speech)))
     return result
 
 
@@ -135,9 +141,13 @@ def run_check(check: Check, arm64_python: str, work: Path, index: int) -> Outcom
         last = (e.stderr.strip().splitlines() or ["(no message)"])[-1]
         return Outcome(check.name, False, time.monotonic() - start, f"exit {e.returncode}: {last}")
     seconds = time.monotonic() - start
+    sides = dict(x86=x86, arm64=arm64, reference=check.reference)
     if x86 == arm64:
-        return Outcome(check.name, True, seconds, json.dumps(x86)[:100])
-    return Outcome(check.name, False, seconds, f"x86-64 {json.dumps(x86)} != aarch64 {json.dumps(arm64)}")
+        return Outcome(check.name, True, seconds, json.dumps(x86)[:100], **sides)
+    detail = f"x86-64 {json.dumps(x86)} != aarch64 {json.dumps(arm64)}"
+    if check.reference is not None and normalize(x86) == normalize(arm64):
+        detail += " (the same words once normalized)"
+    return Outcome(check.name, False, seconds, detail, **sides)
 
 
 def report(outcomes: list[Outcome], total: float) -> None:
@@ -145,6 +155,11 @@ def report(outcomes: list[Outcome], total: float) -> None:
     print(f"\n{'check':{width}} {'result':6} {'aarch64 s':>9}  detail")
     for o in outcomes:
         print(f"{o.name:{width}} {'pass' if o.ok else 'FAIL':6} {o.seconds:9.1f}  {o.detail}")
+    transcribed = [o for o in outcomes if o.reference is not None and o.arm64 is not None]
+    if transcribed:
+        refs = [o.reference for o in transcribed]
+        x86, arm64 = (wer(refs, [getattr(o, side) for o in transcribed]) for side in ("x86", "arm64"))
+        print(f"\nWER of the {len(refs)} clips against their references: x86-64 {x86:.4f}, aarch64 {arm64:.4f}")
     failed = sum(not o.ok for o in outcomes)
     print(f"\n{len(outcomes) - failed} of {len(outcomes)} checks passed in {total / 60:.1f} min")
 

