@@ -132,14 +132,14 @@ def run_side(python: str, check: Check, folder: Path) -> object:
 
 
 def run_check(check: Check, arm64_python: str, work: Path, index: int) -> Outcome:
-    start = time.monotonic()
+    side, start = "x86-64", time.monotonic()
     try:
         x86 = run_side(sys.executable, check, work / "x86" / str(index))
-        start = time.monotonic()
+        side, start = "aarch64", time.monotonic()
         arm64 = run_side(arm64_python, check, work / "arm64" / str(index))
     except subprocess.CalledProcessError as e:
         last = (e.stderr.strip().splitlines() or ["(no message)"])[-1]
-        return Outcome(check.name, False, time.monotonic() - start, f"exit {e.returncode}: {last}")
+        return Outcome(check.name, False, time.monotonic() - start, f"{side} exit {e.returncode}: {last}")
     seconds = time.monotonic() - start
     sides = dict(x86=x86, arm64=arm64, reference=check.reference)
     if x86 == arm64:
