@@ -26,6 +26,10 @@ from edgemm.bench.wer import normalize, wer
 ASK_TEXT = "What is the capital of France?"
 ASK_IMAGE = "What animal is in this picture?"
 SPEECH, LLM, VISION = "whisper-tiny.en-int8", "smollm2-135m-instruct-int4", "mobilenetv2-imagenet-int8"
+# Transcripts: the int8 Whisper encoder's output moves by ~7% between onnxruntime's x86-64 and aarch64 kernels (as
+# much as between its x86-64 kernels with and without graph optimizations), and greedy decoding then flips near-tie
+# words. A clip's transcript may therefore differ; the clips together must stay within this much WER of x86-64's.
+WER_TOLERANCE = 0.03
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,28 @@ def run_check(check: Check, arm64_python: str, work: Path, index: int) -> Outcom
     if x86 == arm64:
         return Outcome(check.name, True, seconds, json.dumps(x86)[:100], **sides)
     detail = f"x86-64 {json.dumps(x86)} != aarch64 {json.dumps(arm64)}"
-    if check.reference is not None and normalize(x86) == normalize(arm64):
-        detail += " (the same words once normalized)"
-    return Outcome(check.name, False, seconds, detail, **sides)
+    if check.reference is None:
+        return Outcome(check.name, False, seconds, detail, **sides)
+    # A transcript: judged with the others, by the WER of the set (transcripts_outcome).
+    same = normalize(x86) == normalize(arm64)
+    detail = ("differs only in punctuation: " if same else "differs: ") + detail
+    return Outcome(check.name, True, seconds, detail, **sides)
+
+
+def transcripts_outcome(outcomes: list[Outcome]) -> Outcome | None:
+    """All the transcripts as one check: aarch64's WER against the references within WER_TOLERANCE of x86-64's."""
+    transcribed = [o for o in outcomes if o.reference is not None and o.arm64 is not None]
+    if not transcribed:
+        return None
+    refs = [o.reference for o in transcribed]
+    x86, arm64 = (wer(refs, [getattr(o, side) for o in transcribed]) for side in ("x86", "arm64"))
+    differ = sum(o.x86 != o.arm64 for o in transcribed)
+    detail = (
+        f"WER of the {len(refs)} clips against their references: x86-64 {x86:.4f}, aarch64 {arm64:.4f} "
+        f"(at most {x86 + WER_TOLERANCE:.4f}); {differ} transcript(s) differ"
+    )
+    seconds = sum(o.seconds for o in transcribed)
+    return Outcome(f"transcripts of {len(refs)} clips", arm64 <= x86 + WER_TOLERANCE, seconds, detail)
 
 
 def report(outcomes: list[Outcome], total: float) -> None:
@@ -155,11 +178,6 @@ def report(outcomes: list[Outcome], total: float) -> None:
     print(f"\n{'check':{width}} {'result':6} {'aarch64 s':>9}  detail")
     for o in outcomes:
         print(f"{o.name:{width}} {'pass' if o.ok else 'FAIL':6} {o.seconds:9.1f}  {o.detail}")
-    transcribed = [o for o in outcomes if o.reference is not None and o.arm64 is not None]
-    if transcribed:
-        refs = [o.reference for o in transcribed]
-        x86, arm64 = (wer(refs, [getattr(o, side) for o in transcribed]) for side in ("x86", "arm64"))
-        print(f"\nWER of the {len(refs)} clips against their references: x86-64 {x86:.4f}, aarch64 {arm64:.4f}")
     failed = sum(not o.ok for o in outcomes)
     print(f"\n{len(outcomes) - failed} of {len(outcomes)} checks passed in {total / 60:.1f} min")
 
@@ -190,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     for index, check in enumerate(checks(args.models.resolve(), args.root.resolve() / "inputs", args.clips)):
         outcomes.append(run_check(check, str(arm64_python), work, index))
         print(f"{'pass' if outcomes[-1].ok else 'FAIL'}  {check.name} ({outcomes[-1].seconds:.0f} s)", flush=True)
+    summary = transcripts_outcome(outcomes)
+    outcomes += [summary] if summary else []
     report(outcomes, time.monotonic() - started)
     return 0 if all(o.ok for o in outcomes) else 1
 
