@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgemm.runtime.limits import available_memory, total_memory
 from edgemm.runtime.packages import installed
 
 # The instruction sets that decide onnxruntime's and llama.cpp's kernels, as /proc/cpuinfo names them.
@@ -81,11 +82,10 @@ def _cpuinfo() -> dict[str, str]:
 
 def _memory_mb() -> tuple[int | None, int | None]:
     """Total and available memory (MB) from /proc/meminfo."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        return int(fields["MemTotal"].split()[0]) // 1024, int(fields["MemAvailable"].split()[0]) // 1024
-    except (OSError, KeyError, ValueError):
+    total, available = total_memory(), available_memory()
+    if total is None or available is None:
         return None, None
+    return total >> 20, available >> 20
 
 
 def check_system(report: Report) -> None:

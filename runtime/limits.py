@@ -38,15 +38,25 @@ LOAD_FACTOR, LOAD_OVERHEAD = 1.2, 32 << 20
 SKIP_MEMORY_CHECK = "EDGEMM_SKIP_MEMORY_CHECK"  # set to 1 to load anyway (e.g. with swap the kernel cannot see)
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux MemAvailable: free plus reclaimable cache), or None."""
+def meminfo(field: str) -> int | None:
+    """Bytes of one Linux /proc/meminfo field (``MemTotal``, ``MemAvailable``...), or None (not Linux, no field)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable: free plus reclaimable cache), or None."""
+    return meminfo("MemAvailable")
+
+
+def total_memory() -> int | None:
+    """Bytes of RAM (Linux MemTotal), or None."""
+    return meminfo("MemTotal")
 
 
 def check_memory_for(*graphs: Path) -> None:

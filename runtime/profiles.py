@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgemm.runtime.errors import OptionsError
+from edgemm.runtime.limits import total_memory
 
 PROFILE_ENV = "EDGEMM_PROFILE"
 SMALL_MEMORY = 3 << 30  # bytes of RAM under which the pi profile is chosen automatically
@@ -44,17 +45,6 @@ PROFILES = {
     ),
 }
 CHOICES = ("auto", *PROFILES)
-
-
-def total_memory() -> int | None:
-    """Bytes of RAM (Linux MemTotal), or None."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def guess() -> str:
