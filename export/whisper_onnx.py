@@ -2,7 +2,9 @@
 
 ``encoder.onnx``: ``input_features`` [B, n_mels, 3000] -> ``cross_k``, ``cross_v``
     [L, B, H, 1500, head_dim]: the cross-attention keys/values of every decoder layer, computed once per
-    30 s window instead of once per token. With ``dynamic_frames`` the frames axis is free (any even length up to
+    30 s window instead of once per token. Its self-attention is onnxruntime's fused ``MultiHeadAttention``
+    (domain ``com.microsoft``), whose CPU kernel works block by block (flash attention) and never holds the
+    [H, 1500, 1500] scores of a 30 s window (54 MB per layer for tiny's 6 heads). With ``dynamic_frames`` the frames axis is free (any even length up to
     3000 -> frames / 2 positions): for students distilled to encode the audio's own length; Whisper itself was
     trained on 30 s windows only, so a plain checkpoint is exported (and run) at 3000 frames.
 ``decoder.onnx``: ``input_ids`` [B, T], ``past_k``/``past_v`` [L, B, H, P, head_dim] (P may be 0),
@@ -38,17 +40,44 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * hd)
 
 
-def encode_frames(encoder, input_features: torch.Tensor) -> torch.Tensor:
+class FusedSelfAttention(torch.autograd.Function):
+    """Multi-head attention over already projected ``q``, ``k``, ``v`` [B, T, D] -> [B, T, D], scaled by
+    1 / sqrt(head_dim) as Whisper scales it. PyTorch computes it plainly; the ONNX export writes one
+    ``com.microsoft.MultiHeadAttention`` node (inference only: there is no backward)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, n_heads: int):
+        q, k, v = (_heads(x, n_heads) for x in (q, k, v))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        return _merge(torch.matmul(torch.softmax(scores, dim=-1), v))
+
+    @staticmethod
+    def symbolic(g, q, k, v, n_heads: int):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=n_heads)
+        out.setType(q.type())
+        return out
+
+
+def fused_encoder_layer(layer, x: torch.Tensor) -> torch.Tensor:
+    """transformers' ``WhisperEncoderLayer`` at inference, its self-attention as :class:`FusedSelfAttention`."""
+    attn = layer.self_attn
+    h = layer.self_attn_layer_norm(x)
+    x = x + attn.out_proj(FusedSelfAttention.apply(attn.q_proj(h), attn.k_proj(h), attn.v_proj(h), attn.num_heads))
+    return x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+
+
+def encode_frames(encoder, input_features: torch.Tensor, fused: bool = False) -> torch.Tensor:
     """Whisper's encoder on log-mel ``input_features`` [B, n_mels, T] of any even length T up to 2 x its positions
     (3000 frames, 30 s): the positional embeddings are sliced to the T / 2 positions the convolutions give.
     transformers' own forward accepts only the full 30 s window; at T = 3000 this computes exactly what it does.
+    ``fused``: the layers as :func:`fused_encoder_layer` (for export; it cannot be trained).
     Returns the hidden states [B, T / 2, d_model]."""
     x = nn.functional.gelu(encoder.conv1(input_features))
     x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
     x = x + encoder.embed_positions.weight[: x.shape[1]]
     x = nn.functional.dropout(x, p=encoder.dropout, training=encoder.training)
     for layer in encoder.layers:
-        x = layer(x, None, layer_head_mask=None)[0]
+        x = fused_encoder_layer(layer, x) if fused else layer(x, None, layer_head_mask=None)[0]
     return encoder.layer_norm(x)
 
 
@@ -60,7 +89,7 @@ class EncoderWithCrossKV(nn.Module):
         self.n_heads = model.config.decoder_attention_heads
 
     def forward(self, input_features: torch.Tensor):
-        hidden = encode_frames(self.encoder, input_features)
+        hidden = encode_frames(self.encoder, input_features, fused=True)
         ks = [_heads(layer.encoder_attn.k_proj(hidden), self.n_heads) for layer in self.layers]
         vs = [_heads(layer.encoder_attn.v_proj(hidden), self.n_heads) for layer in self.layers]
         return torch.stack(ks), torch.stack(vs)
@@ -147,6 +176,7 @@ def export_whisper(
             output_names=ENCODER_OUTPUTS,
             dynamic_axes={"input_features": {0: "batch", **frames}, "cross_k": cross_axes, "cross_v": cross_axes},
             opset_version=OPSET,
+            custom_opsets={"com.microsoft": 1},
             dynamo=False,
         )
         torch.onnx.export(
