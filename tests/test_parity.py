@@ -82,3 +82,30 @@ def test_decoder_stores_tied_embedding_once(tiny_random):
     model = onnx.load(str(fp32 / "decoder.onnx"))
     vocab_sized = [i.name for i in model.graph.initializer if 51864 in i.dims]
     assert len(vocab_sized) == 1, vocab_sized
+
+
+def test_encoder_attention_is_fused(tiny_random):
+    """The encoder's self-attention is onnxruntime's MultiHeadAttention (flash attention on CPU: no [H, T, T]
+    scores); the greedy-token tests above hold on that graph."""
+    import onnx
+
+    _, fp32, int8 = tiny_random
+    for bundle in (fp32, int8):
+        ops = [n.op_type for n in onnx.load(str(bundle / "encoder.onnx")).graph.node]
+        assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops  # the tiny model has 2 encoder layers
+
+
+def test_int8_decoder_gathers_its_own_rows(tiny_random):
+    """The int8 decoder's token lookup reads a row-major copy in external data (memory-mapped: only the rows of
+    the tokens seen become resident), not the matrix the output projection prepacks."""
+    import onnx
+
+    _, _, int8 = tiny_random
+    model = onnx.load(str(int8 / "decoder.onnx"), load_external_data=False)
+    external = {i.name: i for i in model.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL}
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in external]
+    assert len(gathers) == 1
+    rows = external[gathers[0].input[0]]
+    assert rows.data_type == onnx.TensorProto.UINT8 and list(rows.dims) == [51864, 64]  # [vocab, d_model]
+    projection = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")][-1]
+    assert projection.input[1] not in external
