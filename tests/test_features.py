@@ -23,3 +23,13 @@ def test_log_mel_matches_transformers(speech_clip, n_mels):
 def test_log_mel_of_silence_is_flat():
     mel = LogMel()(np.zeros(16000, np.float32))
     assert np.all(np.isfinite(mel)) and np.ptp(mel) == 0
+
+
+def test_log_mel_does_not_depend_on_the_fft_block(speech_clip, monkeypatch):
+    """The spectrogram is computed a block of frames at a time (memory); the block size changes nothing."""
+    from edgemm.runtime.speech import features
+
+    samples = pad_or_trim(speech_clip[0])
+    blocked = LogMel()(samples)
+    monkeypatch.setattr(features, "FFT_BLOCK_FRAMES", N_FRAMES + 1)  # the whole window in one block
+    np.testing.assert_array_equal(LogMel()(samples), blocked)
