@@ -83,20 +83,44 @@ def check_memory_for(*graphs: Path) -> None:
         )
 
 
+def _glibc():
+    """The C library's handle when it is glibc (it has ``malloc_trim``), else None (musl, macOS, Windows)."""
+    global _libc
+    if _libc is None:
+        try:
+            libc = ctypes.CDLL(None)
+            _libc = libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else False
+        except OSError:
+            _libc = False
+    return _libc or None
+
+
 def release_memory() -> None:
     """Hand the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing). Freed activations of
     a finished stage otherwise stay in the process's resident memory, where the next stage's peak adds to them."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    if libc := _glibc():
+        libc.malloc_trim(0)
 
 
-_malloc_trim = None
+def map_large_allocations() -> None:
+    """Serve every C allocation of ``MMAP_THRESHOLD`` bytes or more with its own memory mapping, returned to the
+    system as soon as it is freed (glibc; elsewhere nothing). Process-wide and idempotent.
+
+    glibc starts at that threshold but raises it (up to 32 MB) each time a mapped block is freed, so after the first
+    30 s speech window or photo the activations of every later one come from the heap, whose freed pages stay
+    resident under the next stage's: the whole assistant peaked 41 MB higher (580 instead of 539 MB). Setting the
+    threshold explicitly keeps it fixed. The cost is page faults on fresh buffers: +9% on a 128-token LLM prefill,
+    none measured on decoding."""
+    global _large_allocations_mapped
+    libc = _glibc()
+    if libc and not _large_allocations_mapped:
+        _large_allocations_mapped = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+MMAP_THRESHOLD = 128 << 10  # glibc's own starting value
+_libc = None
+_large_allocations_mapped = False
 
 
 def available_cores() -> int:

@@ -50,3 +50,26 @@ def test_the_cli_says_it_in_one_line(llm):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and out.stdout == ""
     assert out.stderr.startswith("edgemm: error: not enough memory for ") and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_freed_large_buffers_go_back_to_the_system():
+    """After map_large_allocations, a large buffer freed leaves the process's resident memory at once, even after
+    earlier ones (glibc would otherwise raise its mapping threshold and keep later ones in the heap)."""
+    script = """
+import numpy as np
+from edgemm.runtime.limits import map_large_allocations
+def rss(): return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+if {mapped}: map_large_allocations()
+first = np.ones(3 << 20); del first  # 24 MB, freed
+before = rss(); second = np.ones(2 << 20); del second  # 16 MB, freed
+print(rss() - before)
+"""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    grown = {}
+    for mapped in (True, False):
+        out = subprocess.run([sys.executable, "-c", script.format(mapped=mapped)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        grown[mapped] = int(out.stdout)
+    assert grown[True] <= 2, grown  # 16 MB freed: returned
+    assert grown[False] >= 12, grown  # what it prevents: the 16 MB stay resident
