@@ -241,56 +241,34 @@ class SceneDescriber:
 
     @classmethod
     def load(cls, path=None, threads: int | None = None, ocr: bool = True) -> SceneDescriber:
-        reader = None
-        if ocr and TextReader.available():
-            reader = TextReader(threads)
-        elif ocr:
-            log.info("OCR is not installed (pip install 'edgemm[ocr]'): text in images is not read")
+        reader = TextReader(threads) if _ocr_wanted(ocr) else None
         classifier = ImageClassifier.load(path, threads=threads)
-        detector = None
-        if classifier.bundle.manifest.get("detector") is not None:
-            detector = ObjectDetector(classifier.bundle, threads=threads)
-        else:
-            log.info(
-                "%s has no object detector: objects are not counted (rebuild it with edgemm export vision)",
-                classifier.bundle.path,
-            )
+        detector = ObjectDetector(classifier.bundle, threads=threads) if _has_detector(classifier.bundle) else None
         return cls(classifier, reader, detector)
 
     def facts(self, image) -> ImageFacts:
-        image = load_image(image)
-        labels = self.classifier.classify(image, k=5)
-        text, ocr = [], self.reader is not None
-        if self.reader:
-            try:
-                text = self.reader.read(image)
-            except Exception as e:  # OCR is best effort: rapidocr raises its own types on extreme shapes
-                log.warning("could not read text in the image (%s: %s)", type(e).__name__, e)
-                ocr = False  # then the description does not claim there is no text
-        objects = None
-        if self.detector is not None:
-            candidates = self.detector.detect(image, min_score=CORROBORATED_SCORE)
-            objects = [
-                SceneObject(d, colour_names(image, d.box, centre=OBJECT_CENTRE))
-                for d in reconcile(candidates, labels[0], self.detector.min_score)
-            ]
-        return ImageFacts(labels, text, ocr=ocr, objects=objects, colours=colour_names(image))
+        return self.facts_of([image])[0]
 
     def facts_of(self, images: list) -> list[ImageFacts]:
-        return [self.facts(image) for image in images]
+        return describe_in_stages(
+            images,
+            lambda: self.classifier,
+            (lambda: self.reader) if self.reader else None,
+            (lambda: self.detector) if self.detector else None,
+        )
 
 
 class OnDemandDescriber:
-    """A SceneDescriber built for each photo question and dropped after it: the assistant between scene questions
-    does without the classifier's, detector's and OCR's ~140 MB, for ~0.2 s more per photo question (machine
-    profile ``pi``). The vision bundle is checked once, here, so that a missing one fails at start-up. Safe to share
-    between threads: questions are described one at a time (two would hold two copies of the models)."""
+    """The photo models loaded for each photo question and dropped after it, one model at a time: the assistant
+    between scene questions does without the classifier's, detector's and OCR's ~65 MB, and during one holds the
+    largest of them only (the OCR's ~30 MB), for ~0.2 s more per photo question (machine profile ``pi``). The vision
+    bundle is checked once, here, so that a missing one fails at start-up. Safe to share between threads: questions
+    are described one at a time (two would hold two copies of the models)."""
 
     def __init__(self, path=None, threads: int | None = None, ocr: bool = True):
-        self.path = open_bundle(path, "vision").path
-        self.threads, self.ocr = threads, ocr and TextReader.available()
-        if ocr and not self.ocr:
-            log.info("OCR is not installed (pip install 'edgemm[ocr]'): text in images is not read")
+        bundle = open_bundle(path, "vision")
+        self.path, self.threads = bundle.path, threads
+        self.ocr, self.detector = _ocr_wanted(ocr), _has_detector(bundle)
         self._lock = threading.Lock()
 
     def facts(self, image) -> ImageFacts:
@@ -298,12 +276,71 @@ class OnDemandDescriber:
 
     def facts_of(self, images: list) -> list[ImageFacts]:
         with self._lock:
-            describer = SceneDescriber.load(self.path, threads=self.threads, ocr=self.ocr)
-            try:
-                return describer.facts_of(images)
-            finally:
-                del describer
+            bundle = open_bundle(self.path, "vision")
+            return describe_in_stages(
+                images,
+                lambda: ImageClassifier(bundle, self.threads),
+                (lambda: TextReader(self.threads)) if self.ocr else None,
+                (lambda: ObjectDetector(bundle, self.threads)) if self.detector else None,
+                release=True,
+            )
+
+
+def describe_in_stages(images: list, classifier, reader=None, detector=None, release: bool = False):
+    """The facts of each image, one model at a time over all of them: labels, then text, then objects. Each model
+    argument is a function that gives the model (None: that stage does not run); with ``release`` each model is
+    dropped after its stage and its memory handed back before the next one loads."""
+    images = [load_image(image) for image in images]
+
+    def stage(get_model, work, *columns) -> list:
+        if get_model is None:
+            return [None] * len(images)
+        model = get_model()
+        try:
+            return [work(model, *row) for row in zip(images, *columns, strict=True)]
+        finally:
+            del model  # the last reference when ``get_model`` made it
+            if release:
                 release_memory()
+
+    labels = stage(classifier, lambda model, image: model.classify(image, k=5))
+    texts = stage(reader, _read_text)  # None: no text was read (no OCR, or it failed)
+    objects = stage(detector, lambda model, image, top: _objects(model, image, top[0]), labels)
+    return [
+        ImageFacts(top, text or [], ocr=text is not None, objects=found, colours=colour_names(image))
+        for image, top, text, found in zip(images, labels, texts, objects, strict=True)
+    ]
+
+
+def _read_text(reader: TextReader, image) -> list[str] | None:
+    try:
+        return reader.read(image)
+    except Exception as e:  # OCR is best effort: rapidocr raises its own types on extreme shapes
+        log.warning("could not read text in the image (%s: %s)", type(e).__name__, e)
+        return None  # then the description does not claim there is no text
+
+
+def _objects(detector: ObjectDetector, image, top_label: Label) -> list[SceneObject]:
+    candidates = detector.detect(image, min_score=CORROBORATED_SCORE)
+    return [
+        SceneObject(d, colour_names(image, d.box, centre=OBJECT_CENTRE))
+        for d in reconcile(candidates, top_label, detector.min_score)
+    ]
+
+
+def _ocr_wanted(ocr: bool) -> bool:
+    if ocr and not TextReader.available():
+        log.info("OCR is not installed (pip install 'edgemm[ocr]'): text in images is not read")
+    return ocr and TextReader.available()
+
+
+def _has_detector(bundle) -> bool:
+    if bundle.manifest.get("detector") is None:
+        log.info(
+            "%s has no object detector: objects are not counted (rebuild it with edgemm export vision)", bundle.path
+        )
+        return False
+    return True
 
 
 def grounded_question(question: str, facts: list[ImageFacts]) -> str:
