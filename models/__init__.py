@@ -22,6 +22,8 @@ def _quality(kind: str, quant: str, fidelity: dict) -> str:
         return line
     if kind == "speech" and "wer_fp32" in fidelity:
         return f"WER {fidelity.get(f'wer_{quant}', fidelity['wer_fp32']):.1%} on {fidelity.get('clips', '?')} clips"
+    if kind == "voice" and f"round_trip_wer_{quant}" in fidelity:
+        return f"round-trip WER {fidelity[f'round_trip_wer_{quant}']:.1%} on {fidelity.get('sentences', '?')} sentences"
     if f"{quant}_vs_fp32" in fidelity and "top1_agreement" in fidelity[f"{quant}_vs_fp32"]:
         return f"top-1 agreement with fp32 {fidelity[f'{quant}_vs_fp32']['top1_agreement']}"
     return ""

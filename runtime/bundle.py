@@ -71,6 +71,7 @@ NUMBERS = {
         },
     },
     "vision": {"preprocessing": {"resize_shorter": (1, 8192), "crop": (1, 8192)}, "model": {"classes": (1, 1 << 20)}},
+    "voice": {"voice": {"sample_rate": (1000, 384000), "hop_length": (1, 1 << 16)}},
 }
 # The files each kind's manifest names (a dotted key is a field of a section): each must name a listed file.
 FILE_FIELDS = {
@@ -78,6 +79,7 @@ FILE_FIELDS = {
     "vlm": ("graphs.embed", "graphs.decoder", "graphs.vision", "tokenizer", "chat_template"),
     "speech": ("graphs.encoder", "graphs.decoder", "tokenizer"),
     "vision": ("graphs.classifier", "labels"),
+    "voice": ("voice.acoustic", "voice.vocoder", "voice.config"),
 }
 # A vlm bundle's image processor (manifest image.processor, as export/vlm.py writes it; see check_image_processor).
 MAX_IMAGE_SIDE = 4096  # pixels: no image is worked on past this side (Idefics3's processor never resizes past it)
@@ -261,6 +263,8 @@ def check_numbers(bundle: Bundle) -> None:
             check_encoder_lengths(bundle)
     if bundle.kind == "vlm":
         check_image_processor(bundle)
+    if bundle.kind == "voice":
+        bundle.field("voice", "latent", lambda v: isinstance(v, str) and v, "the name of the vocoder's input")
     for dotted in FILE_FIELDS.get(bundle.kind, ()):
         _check_file_field(bundle, dotted)
     if bundle.kind == "vision" and bundle.manifest.get("detector") is not None:

@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", parents=[verbose], help="build a model bundle (needs the export extra)", formatter_class=fmt
     )
-    p.add_argument("component", choices=["speech", "llm", "vision", "vlm"], help="which model to export")
+    p.add_argument("component", choices=["speech", "llm", "vision", "vlm", "voice"], help="which model to export")
     p.add_argument(
         "--preset", help="a preset from models/presets.json (gives source and quant; out: $EDGEMM_MODELS/NAME)"
     )
@@ -562,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quant",
         choices=["fp32", "int8", "int4", "int4-mixed", "gguf"],
         default=None,
-        help="default: the preset's, else int8 (speech, vision) / int4 (llm, vlm); gguf (llm): keep a GGUF source's "
+        help="default: the preset's, else int8 (speech, vision, voice) / int4 (llm, vlm); gguf (llm): keep a GGUF source's "
         "own quantized blocks",
     )
     p.add_argument("--out", type=Path, help="bundle folder to write (replaced only on success)")

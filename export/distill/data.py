@@ -227,13 +227,13 @@ class Piper:
     def __init__(self):
         from piper.config import SynthesisConfig
 
-        from edgemm.runtime.tts import Synthesizer, default_voice
+        from edgemm.runtime.tts import Synthesizer, packaged_voice
 
         # One thread: onnxruntime's result may depend on how work is split between threads; build_corpus runs
         # processes side by side instead.
-        self.synth = Synthesizer(voice=default_voice(), threads=1, varied=False)
+        self.synth = Synthesizer(voice=packaged_voice(), threads=1, varied=False)  # the corpus's voice stays fp32
         self.config = SynthesisConfig
-        self.name = f"piper:{default_voice().stem}"  # e.g. piper:en_US-joe-medium
+        self.name = f"piper:{packaged_voice().stem}"  # e.g. piper:en_US-joe-medium
 
     def speak(self, text: str, rng: np.random.Generator) -> tuple[np.ndarray, str, list[str]]:
         rate = float(rng.choice(self.RATES))
