@@ -8,6 +8,7 @@ import onnxruntime as ort
 
 from edgemm.runtime.errors import BundleError
 from edgemm.runtime.limits import available_cores, check_memory_for, check_threads, map_large_allocations
+from edgemm.runtime.profiles import active_profile
 
 
 def default_threads() -> int:
@@ -23,7 +24,8 @@ def create_session(
     instead of 750 MB with arenas on, for ~10% slower speech decoding and no measurable LLM difference. A graph that
     needs more memory than is available is refused first (MemoryLimitError, with both figures)."""
     check_memory_for(path)  # refused before onnxruntime starts reading it
-    map_large_allocations()  # freed activations go back to the system at once, not into the heap
+    if active_profile().map_large_allocations:
+        map_large_allocations()  # freed activations go back to the system at once, not into the heap
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = check_threads(threads) or default_threads()
