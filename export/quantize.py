@@ -52,9 +52,9 @@ def _float_matmul_weights(model: onnx.ModelProto) -> dict[str, int]:
     return weights
 
 
-def _gather_own_rows(model: onnx.ModelProto, dst: Path) -> None:
+def _gather_own_rows(model: onnx.ModelProto, dst: Path) -> int:
     """Point Gathers of a float matrix at an 8-bit copy of it, row per gathered index, in external data beside
-    ``dst``, followed by a DequantizeLinear; drop the float matrix.
+    ``dst``, followed by a DequantizeLinear; drop the float matrix. Returns the bytes written beside ``dst``.
 
     The MatMul that shares the matrix (the Whisper decoder's tied embedding and output projection) keeps its own 8-bit
     copy, ``<name>_quantized``, which onnxruntime prepacks and then frees. The Gather's copy is a memory-mapped file
@@ -113,6 +113,7 @@ def _gather_own_rows(model: onnx.ModelProto, dst: Path) -> None:
     for init in list(model.graph.initializer):
         if init.name not in still_used:
             model.graph.initializer.remove(init)
+    return offset
 
 
 def _float_bytes(graph: onnx.GraphProto) -> int:
@@ -137,7 +138,7 @@ def quantize_int8(src: Path, dst: Path) -> dict:
         per_channel=True,
     )
     model = onnx.load(str(dst))
-    _gather_own_rows(model, dst)
+    external_bytes = _gather_own_rows(model, dst)
     onnx.save(model, str(dst))
     left = _float_matmul_weights(model)
     if left:
@@ -152,6 +153,5 @@ def quantize_int8(src: Path, dst: Path) -> dict:
             f"{dst.name}: {quantized} quantized MatMuls, float weights {float_before} -> {float_after} bytes "
             f"({matmul_bytes} bytes of MatMul weights)"
         )
-    data = dst.with_name(f"{dst.name}.data")
-    size = os.path.getsize(dst) + (os.path.getsize(data) if data.exists() else 0)
+    size = os.path.getsize(dst) + external_bytes
     return {"bytes_fp32": os.path.getsize(src), "bytes_int8": size, "quantized_matmuls": quantized}

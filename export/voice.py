@@ -192,7 +192,8 @@ def check_chunks(job: ExportJob) -> str:
     from edgemm.runtime.tts import Synthesizer
 
     text = " ".join(SENTENCES[3:7])  # ~10 s: several vocoder chunks
-    chunked = Synthesizer(job.bundle(), varied=False).synthesize(text).samples
+    bundle = Synthesizer(job.bundle(), varied=False)
+    chunked = bundle.synthesize(text).samples
     whole = Synthesizer(job.work / SOURCE / WHOLE, varied=False).synthesize(text).samples
     if len(chunked) != len(whole) or not np.isfinite(chunked).all():
         raise ExportError(f"the chunked voice gave {len(chunked)} samples, the whole graph {len(whole)}")
@@ -200,7 +201,7 @@ def check_chunks(job: ExportJob) -> str:
     if diff > MAX_CHUNK_DIFF:
         raise ExportError(f"the chunked voice differs from the whole graph by up to {diff:.2g}")
     job.fidelity["chunked_vs_whole_max_abs_diff"] = diff
-    return f"{len(whole) / Synthesizer(job.bundle()).sample_rate:.1f} s of speech, max sample diff {diff:.1e}"
+    return f"{len(whole) / bundle.sample_rate:.1f} s of speech, max sample diff {diff:.1e}"
 
 
 def round_trip(job: ExportJob) -> str:
@@ -228,7 +229,7 @@ def round_trip(job: ExportJob) -> str:
     if job.quant != "fp32":
         result[f"{job.quant}_length_vs_fp32"] = round(seconds[job.quant] / seconds["fp32"], 4)
     job.fidelity.update(result)
-    line = ", ".join(f"WER {name} {result[f'round_trip_wer_{name}']:.3f}" for name in dict.fromkeys(voices))
+    line = ", ".join(f"WER {name} {result[f'round_trip_wer_{name}']:.3f}" for name in voices)
     return line + (f", length x{result[f'{job.quant}_length_vs_fp32']:.3f}" if job.quant != "fp32" else "")
 
 

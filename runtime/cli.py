@@ -562,8 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quant",
         choices=["fp32", "int8", "int4", "int4-mixed", "gguf"],
         default=None,
-        help="default: the preset's, else int8 (speech, vision, voice) / int4 (llm, vlm); gguf (llm): keep a GGUF source's "
-        "own quantized blocks",
+        help="default: the preset's, else int8 (speech, vision, voice) / int4 (llm, vlm); gguf (llm): keep a GGUF "
+        "source's own quantized blocks",
     )
     p.add_argument("--out", type=Path, help="bundle folder to write (replaced only on success)")
     p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity measurements (WER, perplexity, ...)")
