@@ -52,6 +52,13 @@ def fp32_bundle(tmp_path_factory) -> Path:
     return out
 
 
+def flip_byte(path: Path) -> None:
+    """Tamper with a bundle file: invert the byte in its middle (its size stays, its sha256 does not)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def tiny_whisper_folder(root: Path, multilingual: bool = False) -> Path:
     """A random Whisper (real architecture, tiny sizes) saved as a transformers folder with a real tokenizer."""
     torch = pytest.importorskip("torch")

@@ -11,6 +11,7 @@ import soundfile as sf
 from edgemm.runtime.bundle import open_bundle
 from edgemm.runtime.errors import AudioError, BundleError
 from edgemm.runtime.speech.audio import load_audio
+from tests.conftest import flip_byte
 
 
 def _cli(*args, timeout=120):
@@ -102,9 +103,7 @@ def bundle_copy(speech_bundle, tmp_path):
 
 
 def test_tampered_file_is_refused(bundle_copy, clips):
-    data = bytearray((bundle_copy / "decoder.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (bundle_copy / "decoder.onnx").write_bytes(bytes(data))
+    flip_byte(bundle_copy / "decoder.onnx")
     with pytest.raises(BundleError, match="sha256"):
         open_bundle(bundle_copy, "speech")
     out = _cli("transcribe", clips[0].path, "--model", bundle_copy)

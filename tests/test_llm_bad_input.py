@@ -14,6 +14,7 @@ from edgemm.runtime.errors import BundleError, OptionsError
 from edgemm.runtime.llm.chat import Chat, PromptError, clean_text
 from edgemm.runtime.llm.generate import GenerationOptions
 from edgemm.runtime.llm.model import ContextError, LanguageModel
+from tests.conftest import flip_byte
 
 
 def _cli(*args, timeout=300):
@@ -103,9 +104,7 @@ def test_options_are_frozen():
 def test_tampered_bundle(tiny_lm, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_lm, copy)
-    data = bytearray((copy / "decoder.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (copy / "decoder.onnx").write_bytes(bytes(data))
+    flip_byte(copy / "decoder.onnx")
     with pytest.raises(BundleError, match="sha256"):
         LanguageModel.load(copy)
     out = _cli("ask", "hi", "--model", copy)

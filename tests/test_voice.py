@@ -11,6 +11,7 @@ from onnx import numpy_helper
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import MANIFEST, default_bundle
 from edgemm.runtime.errors import EdgemmError
+from tests.conftest import flip_byte
 
 LONG = (
     "I could not read any text in the photo, but I can see a cat sitting on a wooden floor next to a red chair, "
@@ -87,9 +88,7 @@ def test_built_default_voice_records_its_fidelity():
 def test_tampered_voice_bundle_is_refused_in_one_line(voice, tmp_path):
     copy = tmp_path / "tampered"
     shutil.copytree(voice, copy)
-    data = bytearray((copy / "vocoder.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (copy / "vocoder.onnx").write_bytes(bytes(data))
+    flip_byte(copy / "vocoder.onnx")
     with pytest.raises(EdgemmError) as refused:
         tts.Synthesizer(copy)
     assert "vocoder.onnx" in str(refused.value) and "\n" not in str(refused.value)
