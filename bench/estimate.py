@@ -410,11 +410,18 @@ def _add(a: dict, b: dict) -> dict:
 
 
 def _tts_stage(synth, sentence: str, runs: int) -> dict:
+    from edgemm.runtime.tts import ChunkedVoice
+
     speech = synth.synthesize(sentence)
     seconds = median_seconds(lambda: synth.synthesize(sentence), runs) / speech.seconds
-    recorder = FeedRecorder(synth.voice.session)
+    voice = synth.voice.session  # a voice bundle's ChunkedVoice runs two graphs: the acoustic one, then the vocoder
+    sessions = [voice.acoustic, voice.vocoder] if isinstance(voice, ChunkedVoice) else [voice]
+    recorders = [FeedRecorder(session) for session in sessions]
     synth.synthesize(sentence)
-    flops, nbytes = graph_work(synth.voice.session._model_path, recorder.stop())
+    flops, nbytes = {}, 0
+    for session, recorder in zip(sessions, recorders):
+        f, b = graph_work(session._model_path, recorder.stop())
+        flops, nbytes = _add(flops, f), nbytes + b
     return stage("TTS (Piper)", "s of audio", seconds, {k: v / speech.seconds for k, v in flops.items()}, nbytes, None)
 
 
