@@ -72,9 +72,10 @@ X86_OPS = [  # (flag, {precision: ops per cycle}), first match wins
     ("avx_vnni", {"fp32": 32, "int8": 128, "nbits": 128}),
     ("avx2", {"fp32": 32, "int8": 64, "nbits": 64}),
 ]
-# ops counted per node type; the int8 ones by their op, float ops whose weight is dequantized (QDQ) as int8 too
+# ops counted per node type; the int8 ones by their op, float ops whose input and weight are dequantized (QDQ) too
 INT8_OPS = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul"}
 COUNTED = INT8_OPS | {"MatMul", "Gemm", "Conv", "ConvTranspose", "FusedMatMul", "MatMulNBits", "LSTM", "GRU"}
+COUNTED = COUNTED | {"MultiHeadAttention"}  # onnxruntime's fused attention (the Whisper encoder's)
 
 QUESTIONS = {"camera": "What animal is in this picture?", "text": "What is the capital of France?"}
 DEFAULT_BUNDLES = ("smollm2-135m-instruct-int4", "qwen2.5-coder-0.5b-instruct-gguf")  # under $EDGEMM_MODELS
@@ -170,8 +171,10 @@ def _precision(node, producers: dict) -> str:
         return "nbits"
     if node.op_type in INT8_OPS:
         return "int8"
-    weight = node.input[1] if len(node.input) > 1 else ""
-    return "int8" if producers.get(weight) == "DequantizeLinear" else "fp32"
+    # QDQ (input and weight dequantized) runs as an int8 kernel; weight-only int8 (the voice) is dequantized to fp32
+    data, weight = node.input[0] if node.input else "", node.input[1] if len(node.input) > 1 else ""
+    quantized = producers.get(data) == "DequantizeLinear" and producers.get(weight) == "DequantizeLinear"
+    return "int8" if quantized else "fp32"
 
 
 def _node_flops(node, shape) -> float:
@@ -205,6 +208,9 @@ def _node_flops(node, shape) -> float:
         for d in w[1:]:
             per_input *= d
         return 2.0 * inputs * per_input
+    if op == "MultiHeadAttention":  # scores and weighted sum: 2 x 2 FLOPs per query, key position and hidden unit
+        key = shape(node.input[1])  # [batch, positions, hidden] or [batch, heads, positions, head size]
+        return 4.0 * size * key[-2 if len(key) == 4 else 1]
     if op in ("LSTM", "GRU"):
         seq, batch, _ = shape(node.input[0])
         w, r = shape(node.input[1]), shape(node.input[2])  # [dirs, gates*H, I], [dirs, gates*H, H]
@@ -419,7 +425,7 @@ def _tts_stage(synth, sentence: str, runs: int) -> dict:
     recorders = [FeedRecorder(session) for session in sessions]
     synth.synthesize(sentence)
     flops, nbytes = {}, 0
-    for session, recorder in zip(sessions, recorders):
+    for session, recorder in zip(sessions, recorders, strict=True):
         f, b = graph_work(session._model_path, recorder.stop())
         flops, nbytes = _add(flops, f), nbytes + b
     return stage("TTS (Piper)", "s of audio", seconds, {k: v / speech.seconds for k, v in flops.items()}, nbytes, None)

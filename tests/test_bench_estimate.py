@@ -41,22 +41,41 @@ def test_matmul_flops_are_2mkn_and_weights_are_counted():
     assert flops["fp32"] == 2.0 * (m + 1) * k * n
 
 
-def test_conv_flops_and_qdq_weights_count_as_int8():
+def _conv(activation_quantized: bool):
+    """A 3x3 convolution whose weights are int8 (DequantizeLinear); its input quantized too (QDQ) or not."""
     cin, cout, size = 3, 8, 10
     scale = numpy_helper.from_array(np.array(0.1, np.float32), "scale")
     zero = numpy_helper.from_array(np.array(0, np.uint8), "zero")
     wq = numpy_helper.from_array(np.ones((cout, cin, 3, 3), np.uint8), "wq")
-    model = _model(
-        [
-            helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["w"]),
-            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
-        ],
-        [_f32("x", [1, cin, size, size])],
-        [_f32("y", [1, cout, size, size])],
-        [scale, zero, wq],
-    )
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["w"])]
+    if activation_quantized:
+        nodes += [
+            helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xd"]),
+        ]
+    nodes.append(helper.make_node("Conv", ["xd" if activation_quantized else "x", "w"], ["y"], pads=[1, 1, 1, 1]))
+    model = _model(nodes, [_f32("x", [1, cin, size, size])], [_f32("y", [1, cout, size, size])], [scale, zero, wq])
     flops, _ = est.graph_work(model, [{"x": np.ones((1, cin, size, size), np.float32)}])
-    assert flops == {"int8": 2.0 * cout * size * size * cin * 3 * 3}
+    return flops, 2.0 * cout * size * size * cin * 3 * 3
+
+
+def test_conv_flops_count_as_int8_only_when_input_and_weights_are_quantized():
+    flops, expected = _conv(activation_quantized=True)  # QDQ: onnxruntime runs an int8 convolution
+    assert flops == {"int8": expected}
+    flops, expected = _conv(activation_quantized=False)  # weight-only int8 (the voice): dequantized, run in fp32
+    assert flops == {"fp32": expected}
+
+
+def test_fused_attention_flops_are_4_x_queries_x_keys_x_hidden():
+    batch, positions, hidden, heads = 1, 50, 16, 2
+    node = helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft", num_heads=heads)
+    graph = helper.make_graph([node], "g", [_f32(n, [batch, "s", hidden]) for n in "qkv"], [_f32("y", None)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    x = np.ones((batch, positions, hidden), np.float32)
+    flops, _ = est.graph_work(model, [{"q": x, "k": x, "v": x}])
+    assert flops == {"fp32": 4.0 * batch * positions * positions * hidden}
 
 
 def test_if_counts_the_branch_taken():

@@ -351,6 +351,10 @@ EXPECTED: dict[str, Expectation] = {
         stderr=("compare int8 with fp32", "wrote {models}/mobilenetv2-imagenet-int8"),
         bundle="{models}/mobilenetv2-imagenet-int8",
     ),
+    "edgemm export voice --preset piper-joe-int8": Succeeds(
+        stderr=("round trip through speech", "wrote {models}/piper-joe-int8"),
+        bundle="{models}/piper-joe-int8",
+    ),
     "edgemm export llm --preset smollm2-135m-instruct-int4": long_export(
         Succeeds(
             stderr=("measure fidelity", "wrote {models}/smollm2-135m-instruct-int4"),
