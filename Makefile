@@ -110,6 +110,6 @@ ARM64 := build/arm64
 ARM64_CLIPS ?=
 
 .PHONY: test-arm64
-test-arm64: $(STAMP) $(SPEECH_BUNDLE) $(VISION_BUNDLE) $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json
+test-arm64: $(STAMP) $(SPEECH_BUNDLE) $(VISION_BUNDLE) $(VOICE_BUNDLE) $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json
 	bash tools/arm64/setup.sh $(ARM64) $(BIN)/python
 	$(BIN)/python tools/arm64/check.py --root $(ARM64) --models $(EDGEMM_MODELS) $(if $(ARM64_CLIPS),--clips $(ARM64_CLIPS))

@@ -2,8 +2,9 @@
 
 The aarch64 side is the userland that tools/arm64/setup.sh builds (Debian bookworm, Python 3.11, the runtime with the
 device, tts and ocr extras, run by qemu-user); the x86-64 side is the Python running this script. Both read the same
-bundles, built on x86-64. Every command names its bundles explicitly, so a change of default preset changes nothing,
-and runs with `--profile pi`, the profile a Raspberry Pi picks by itself.
+bundles, built on x86-64. Every command names its bundles explicitly, so a change of default preset changes nothing
+(except the voice: `edgemm listen` speaks with the voice bundle in $EDGEMM_MODELS, piper-joe-int8, as on a Pi after
+`make setup`), and runs with `--profile pi`, the profile a Raspberry Pi picks by itself.
 
     python tools/arm64/check.py --root build/arm64 --models ~/.cache/edgemm/models
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ from edgemm.bench.wer import normalize, wer
 ASK_TEXT = "What is the capital of France?"
 ASK_IMAGE = "What animal is in this picture?"
 SPEECH, LLM, VISION = "whisper-tiny.en-int8", "smollm2-135m-instruct-int4", "mobilenetv2-imagenet-int8"
+VOICE = "piper-joe-int8"  # not named on the command line: the default voice bundle, found in $EDGEMM_MODELS
 # Transcripts: the int8 Whisper encoder's output moves by ~7% between onnxruntime's x86-64 and aarch64 kernels (as
 # much as between its x86-64 kernels with and without graph optimizations), and greedy decoding then flips near-tie
 # words. A clip's transcript may therefore differ; the clips together must stay within this much WER of x86-64's.
@@ -202,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     arm64_python = args.root.resolve() / "python"
     if not arm64_python.exists():
         sys.exit(f"error: {arm64_python} is missing: run tools/arm64/setup.sh {args.root} first (make test-arm64 does)")
-    missing = [name for name in (SPEECH, LLM, VISION) if not (args.models / name / "manifest.json").exists()]
+    missing = [name for name in (SPEECH, LLM, VISION, VOICE) if not (args.models / name / "manifest.json").exists()]
     if missing:
         sys.exit(f"error: bundles missing in {args.models}: {', '.join(missing)}: run make setup")
+    os.environ["EDGEMM_MODELS"] = str(args.models.resolve())  # where both sides find the voice bundle
     work = args.root.resolve() / "runs"
     make_inputs(args.root.resolve() / "inputs")
     started, outcomes = time.monotonic(), []
