@@ -21,7 +21,7 @@ from edgemm.runtime.bundle import default_bundle
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
 
-MAX_WER = 0.10  # as the speech tests: tiny.en int8 on the 11 real clips
+MAX_WER = 0.11  # as the speech tests (tests/test_transcribe_real.py): tiny.en int8 on the 11 real clips
 
 
 def _require_bundles():

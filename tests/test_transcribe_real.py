@@ -12,8 +12,14 @@ from edgemm.runtime.speech.decoding import DecodingOptions
 from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
 
 pytestmark = pytest.mark.slow
-MAX_WER = 0.10
-MAX_INT8_LOSS = 0.02
+# The same int8 bundle reads 0.078 (x86 AVX2), 0.097 (Intel AVX-512 VNNI, and aarch64) and 0.107 (AMD Zen 4) on the
+# 11 clips (103 words), against fp32's 0.078 on all: onnxruntime's int8 kernels differ per CPU, and greedy decoding
+# flips near ties ("cold-hearted" / "coldhearted" alone is 2 errors). The WER bounds allow that spread; the
+# token-by-token test below is the sharp one.
+MAX_WER = 0.11
+MAX_INT8_LOSS = 0.03
+MIN_TOKEN_AGREEMENT = 0.97  # int8's top token = fp32's, teacher-forced along fp32's greedy tokens (measured 0.986)
+MAX_MEAN_KL = 0.005  # mean KL(fp32 || int8) of the next-token distributions along them (measured 0.0023)
 SINGLE_CLIP_WER = 0.3  # one 8-word clip: tiny.en hears "ill disposed" as "old-sposed"
 
 
@@ -28,6 +34,37 @@ def test_int8_wer_on_real_clips(transcriber, fp32_bundle, clips):
     print(f"WER int8 {int8:.4f} fp32 {fp32:.4f} on {len(clips)} clips")
     assert int8 <= MAX_WER
     assert int8 <= fp32 + MAX_INT8_LOSS
+
+
+def test_int8_follows_fp32_token_by_token(transcriber, fp32_bundle, clips):
+    """Along fp32's greedy tokens on each clip (30 s window, no timestamps), int8 picks the same next token and
+    predicts nearly the same distribution: a measure of the quantization that does not hang on a few near ties."""
+    from edgemm.runtime.speech.audio import load_audio
+    from edgemm.runtime.speech.features import LogMel, pad_or_trim
+
+    fp32 = Transcriber.load(fp32_bundle)
+    prompt = np.array([fp32.tokenizer.sot_sequence(None, "transcribe", False)])
+    agree, kl = [], []
+    for clip in clips:
+        mel = LogMel()(pad_or_trim(load_audio(clip.path)))
+        tokens = fp32.decoder.decode(fp32.model.encode(mel), [], DecodingOptions(timestamps=False)).tokens
+        models = [t.model for t in (fp32, transcriber)]
+        caches = [m.new_cache(m.encode(mel)) for m in models]
+        steps = [m.step(prompt, c) for m, c in zip(models, caches, strict=True)]
+        for token in [*tokens, None]:
+            reference, quantized = (_log_softmax(s.reshape(-1, s.shape[-1])[-1]) for s in steps)
+            agree.append(quantized.argmax() == reference.argmax())
+            kl.append(float(np.sum(np.exp(reference) * (reference - quantized))))
+            if token is not None:
+                steps = [m.step(np.array([[token]]), c) for m, c in zip(models, caches, strict=True)]
+    print(f"int8 vs fp32 over {len(agree)} steps: top-1 agreement {np.mean(agree):.4f}, mean KL {np.mean(kl):.5f}")
+    assert np.mean(agree) >= MIN_TOKEN_AGREEMENT
+    assert np.mean(kl) <= MAX_MEAN_KL
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
 
 def test_manifest_records_fidelity(speech_bundle):
