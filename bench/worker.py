@@ -52,16 +52,31 @@ def error_line(e: Exception) -> str:
     return first if type(e).__module__.startswith("edgemm.") else f"{type(e).__name__}: {first}"
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS. Linux keeps ``ru_maxrss`` across fork+exec (a big parent would show through),
-    so read the address space's own high-water mark ``VmHWM`` where there is one."""
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (``VmHWM``, ``RssFile``...) in MB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024  # KiB
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Linux keeps ``ru_maxrss`` across fork+exec (a big parent would show through),
+    so read the address space's own high-water mark ``VmHWM`` where there is one."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def file_backed_mb() -> float | None:
+    """This process's resident pages mapped from files (libraries, memory-mapped bundles), part of its RSS. They are
+    shared with the page cache and reclaimable, and how many are mapped follows what the page cache holds: the
+    same install read 88 or 123 MB of them (docs/BENCHMARKS.md). None off Linux."""
+    return _status_mb("RssFile")
 
 
 def package_versions(*names: str) -> dict:

@@ -149,3 +149,22 @@ def test_llama_cpp_row_is_named_by_its_gguf(name, label):
     from pathlib import Path
 
     assert llm.gguf_label(Path(name)) == label
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status is Linux's")
+def test_file_backed_pages_are_part_of_rss():
+    """A file mapped and read becomes resident file-backed pages: counted in RssFile, within the peak RSS."""
+    import mmap
+    import tempfile
+
+    from edgemm.bench.worker import file_backed_mb, peak_rss_mb
+
+    with tempfile.TemporaryFile() as f:
+        f.write(b"x" * (16 << 20))
+        f.flush()
+        before = file_backed_mb()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            assert sum(mapped[i] for i in range(0, len(mapped), 4096)) == ord("x") * (16 << 20) // 4096
+            during = file_backed_mb()
+            assert during - before >= 15  # MB: the 16 MB just read
+            assert during <= peak_rss_mb()
