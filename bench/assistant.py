@@ -95,9 +95,11 @@ def run_bench_assistant(args) -> int:
         where = "camera" if t["looked"] else "text"
         print(f"  [{where}] {t['question']!r} -> {t['answer'][:60]!r}  first audio {t.get('first_audio', 0):.3f} s")
     print("median seconds from end of speech: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
-    files = report.get("file_backed_mb")
+    files_mb = report.get("file_backed_mb")
     files = (
-        "" if files is None else f"; at the end {files} MB of it mapped from files, which varies with the page cache"
+        f"; at the end {files_mb} MB of it mapped from files, which varies with the page cache"
+        if files_mb is not None
+        else ""
     )
     print(f"peak RSS {report['peak_rss_mb']} MB (after loading {report['loaded_rss_mb']} MB{files})")
     met_latency = medians["first_audio"] <= TARGET_FIRST_AUDIO_S

@@ -59,6 +59,17 @@ def flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def teacher_forced_logits(models, crosses, prompt: list[int], tokens: list[int]):
+    """Whisper models (``WhisperONNX``) fed the same tokens, each on its own encoder output: yields a tuple of their
+    next-token logits [vocab] after ``prompt``, then after each of ``tokens`` (len(tokens) + 1 positions)."""
+    caches = [m.new_cache(cross) for m, cross in zip(models, crosses, strict=True)]
+    logits = [m.step(np.array([prompt]), c) for m, c in zip(models, caches, strict=True)]
+    for token in tokens:
+        yield tuple(step[0] for step in logits)
+        logits = [m.step(np.array([[token]]), c) for m, c in zip(models, caches, strict=True)]
+    yield tuple(step[0] for step in logits)
+
+
 def tiny_whisper_folder(root: Path, multilingual: bool = False) -> Path:
     """A random Whisper (real architecture, tiny sizes) saved as a transformers folder with a real tokenizer."""
     torch = pytest.importorskip("torch")

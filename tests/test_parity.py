@@ -1,11 +1,13 @@
 """Tiny random Whisper: the torch-free runtime reproduces transformers' greedy generation token for token."""
 
-import numpy as np
+from itertools import islice
+
 import pytest
 
 from edgemm.runtime.speech.decoding import DecodingOptions
 from edgemm.runtime.speech.features import LogMel, pad_or_trim
 from edgemm.runtime.speech.transcribe import Transcriber
+from tests.conftest import teacher_forced_logits
 
 pytest.importorskip("torch")
 N_TOKENS = 32
@@ -51,12 +53,10 @@ def test_int8_agrees_with_fp32(tiny_random, speech_clip):
     t32, tokens = _runtime_greedy(fp32, mel)
     t8 = Transcriber.load(int8)
     prompt = t32.tokenizer.sot_sequence(None, "transcribe", False)
-    caches = [t.model.new_cache(t.model.encode(mel)) for t in (t32, t8)]
-    logits = [t.model.step(np.array([prompt]), c) for t, c in zip((t32, t8), caches, strict=True)]
-    agree = 0
-    for token in tokens:  # feed fp32's tokens to both: compare each step's choice
-        agree += int(logits[0][0].argmax() == logits[1][0].argmax())
-        logits = [t.model.step(np.array([[token]]), c) for t, c in zip((t32, t8), caches, strict=True)]
+    models = [t.model for t in (t32, t8)]
+    steps = teacher_forced_logits(models, [m.encode(mel) for m in models], prompt, tokens)
+    # fp32's tokens fed to both: compare the choice of each of them
+    agree = sum(int(reference.argmax() == quantized.argmax()) for reference, quantized in islice(steps, len(tokens)))
     assert agree / len(tokens) >= INT8_MIN_AGREEMENT, f"int8 agreed on {agree}/{len(tokens)} steps"
 
 

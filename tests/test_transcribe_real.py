@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from edgemm.bench.wer import wer
-from edgemm.runtime.speech.decoding import DecodingOptions
+from edgemm.runtime.speech.decoding import DecodingOptions, log_softmax
 from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
+from tests.conftest import teacher_forced_logits
 
 pytestmark = pytest.mark.slow
 # The same int8 bundle reads 0.078 (x86 AVX2), 0.097 (Intel AVX-512 VNNI, and aarch64) and 0.107 (AMD Zen 4) on the
@@ -43,28 +44,20 @@ def test_int8_follows_fp32_token_by_token(transcriber, fp32_bundle, clips):
     from edgemm.runtime.speech.features import LogMel, pad_or_trim
 
     fp32 = Transcriber.load(fp32_bundle)
-    prompt = np.array([fp32.tokenizer.sot_sequence(None, "transcribe", False)])
+    models = [t.model for t in (fp32, transcriber)]
+    prompt = fp32.tokenizer.sot_sequence(None, "transcribe", False)
     agree, kl = [], []
     for clip in clips:
         mel = LogMel()(pad_or_trim(load_audio(clip.path)))
-        tokens = fp32.decoder.decode(fp32.model.encode(mel), [], DecodingOptions(timestamps=False)).tokens
-        models = [t.model for t in (fp32, transcriber)]
-        caches = [m.new_cache(m.encode(mel)) for m in models]
-        steps = [m.step(prompt, c) for m, c in zip(models, caches, strict=True)]
-        for token in [*tokens, None]:
-            reference, quantized = (_log_softmax(s.reshape(-1, s.shape[-1])[-1]) for s in steps)
+        crosses = [m.encode(mel) for m in models]
+        tokens = fp32.decoder.decode(crosses[0], [], DecodingOptions(timestamps=False)).tokens
+        for steps in teacher_forced_logits(models, crosses, prompt, tokens):
+            reference, quantized = (log_softmax(step.astype(np.float64)) for step in steps)
             agree.append(quantized.argmax() == reference.argmax())
             kl.append(float(np.sum(np.exp(reference) * (reference - quantized))))
-            if token is not None:
-                steps = [m.step(np.array([[token]]), c) for m, c in zip(models, caches, strict=True)]
     print(f"int8 vs fp32 over {len(agree)} steps: top-1 agreement {np.mean(agree):.4f}, mean KL {np.mean(kl):.5f}")
     assert np.mean(agree) >= MIN_TOKEN_AGREEMENT
     assert np.mean(kl) <= MAX_MEAN_KL
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max()
-    return shifted - np.log(np.exp(shifted).sum())
 
 
 def test_manifest_records_fidelity(speech_bundle):
