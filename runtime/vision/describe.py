@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,15 +205,9 @@ class TextReader:
 
         # Detection at the photo's own size (capped at 960 px) instead of upscaling its short side to 736 px: a 450 px
         # photo then needs 35 instead of 270 MB of activations, and reads a page of text as well.
-        self.engine = RapidOCR(det_limit_type="max", det_limit_side_len=960)
+        with _rapidocr_sessions(threads):
+            self.engine = RapidOCR(det_limit_type="max", det_limit_side_len=960)
         self._lock = threading.Lock()
-        # Its sessions spin-wait after each run and take the cores from the LLM prefill that follows (100 instead of
-        # 49 ms): recreate them with our options (rapidocr-onnxruntime 1.4.4 layout; left as they are otherwise).
-        try:
-            for part in (self.engine.text_det.infer, self.engine.text_cls.infer, self.engine.text_rec.session):
-                part.session = create_session(Path(part.session._model_path), threads)
-        except AttributeError:
-            log.debug("unknown rapidocr layout: its onnxruntime sessions keep their own options")
 
     @staticmethod
     def available() -> bool:
@@ -223,6 +218,36 @@ class TextReader:
         with self._lock:
             result, _ = self.engine(pixels)
         return [text for _box, text, confidence in (result or []) if _is_text(text, float(confidence))]
+
+
+_RAPIDOCR_BUILD = threading.Lock()
+
+
+@contextmanager
+def _rapidocr_sessions(threads: int | None):
+    """While a RapidOCR engine is built, its three models load as our sessions (create_session: our thread count,
+    no spin-waiting, the memory guard). Its own spin-wait after each run and take the cores from the LLM prefill
+    that follows (100 instead of 49 ms); replacing them after the fact loaded every model twice, 0.23 s per photo
+    question under the pi profile. rapidocr-onnxruntime 1.4.4 creates them through the name ``InferenceSession`` of
+    its ``infer_engine`` module; with another layout its sessions keep their own options."""
+    try:
+        from rapidocr_onnxruntime.utils import infer_engine
+
+        theirs = infer_engine.InferenceSession
+    except (ImportError, AttributeError):
+        log.debug("unknown rapidocr layout: its onnxruntime sessions keep their own options")
+        yield
+        return
+
+    def ours(path, sess_options=None, providers=None):
+        return create_session(Path(path), threads)
+
+    with _RAPIDOCR_BUILD:  # the name is module-wide: one engine is built at a time
+        infer_engine.InferenceSession = ours
+        try:
+            yield
+        finally:
+            infer_engine.InferenceSession = theirs
 
 
 def _is_text(text: str, confidence: float) -> bool:
