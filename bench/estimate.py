@@ -397,8 +397,7 @@ def _vision_stages(describer, photo, runs: int) -> dict:
     stages = {"vision": stage("classifier + detector", "photo", vision_s, flops, nbytes, None)}
     if reader is not None:
         ocr_s = median_seconds(lambda: reader.read(photo), runs)
-        engine = reader.engine
-        sessions = [engine.text_det.infer.session, engine.text_cls.infer.session, engine.text_rec.session.session]
+        sessions = [reader.det, reader.cls, reader.rec]
         recorders = [FeedRecorder(s) for s in sessions]
         reader.read(photo)
         flops, nbytes = {}, 0

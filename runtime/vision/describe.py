@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
 
 from edgemm.runtime.bundle import open_bundle
 from edgemm.runtime.limits import release_memory
-from edgemm.runtime.packages import installed
-from edgemm.runtime.sessions import create_session
 from edgemm.runtime.vision.classify import ImageClassifier, Label
 from edgemm.runtime.vision.colours import colour_names
 from edgemm.runtime.vision.detect import Detection, ObjectDetector, iou
 from edgemm.runtime.vision.image import load_image
+from edgemm.runtime.vision.ocr import TextReader
 
 log = logging.getLogger(__name__)
 
@@ -193,63 +188,6 @@ class ImageFacts:
         }
 
 
-class TextReader:
-    """PP-OCR through rapidocr-onnxruntime (the ``ocr`` extra).
-
-    Safe to share between threads: rapidocr keeps per-image settings on its objects while it reads (its detector's
-    resize), so one read runs at a time.
-    """
-
-    def __init__(self, threads: int | None = None):
-        from rapidocr_onnxruntime import RapidOCR
-
-        # Detection at the photo's own size (capped at 960 px) instead of upscaling its short side to 736 px: a 450 px
-        # photo then needs 35 instead of 270 MB of activations, and reads a page of text as well.
-        with _rapidocr_sessions(threads):
-            self.engine = RapidOCR(det_limit_type="max", det_limit_side_len=960)
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def available() -> bool:
-        return installed("rapidocr_onnxruntime")
-
-    def read(self, image) -> list[str]:
-        pixels = np.asarray(load_image(image))
-        with self._lock:
-            result, _ = self.engine(pixels)
-        return [text for _box, text, confidence in (result or []) if _is_text(text, float(confidence))]
-
-
-_RAPIDOCR_BUILD = threading.Lock()
-
-
-@contextmanager
-def _rapidocr_sessions(threads: int | None):
-    """While a RapidOCR engine is built, its three models load as our sessions (create_session: our thread count,
-    no spin-waiting, the memory guard). Its own spin-wait after each run and take the cores from the LLM prefill
-    that follows (100 instead of 49 ms); replacing them after the fact loaded every model twice, 0.23 s per photo
-    question under the pi profile. rapidocr-onnxruntime 1.4.4 creates them through the name ``InferenceSession`` of
-    its ``infer_engine`` module; with another layout its sessions keep their own options."""
-    try:
-        from rapidocr_onnxruntime.utils import infer_engine
-
-        theirs = infer_engine.InferenceSession
-    except (ImportError, AttributeError):
-        log.debug("unknown rapidocr layout: its onnxruntime sessions keep their own options")
-        yield
-        return
-
-    def ours(path, sess_options=None, providers=None):
-        return create_session(Path(path), threads)
-
-    with _RAPIDOCR_BUILD:  # the name is module-wide: one engine is built at a time
-        infer_engine.InferenceSession = ours
-        try:
-            yield
-        finally:
-            infer_engine.InferenceSession = theirs
-
-
 def _is_text(text: str, confidence: float) -> bool:
     letters = sum(c.isalnum() for c in text)
     return confidence >= (MIN_LONE_CHARACTER_CONFIDENCE if letters < 2 else MIN_OCR_CONFIDENCE)
@@ -340,8 +278,8 @@ def describe_in_stages(images: list, classifier, reader=None, detector=None, rel
 
 def _read_text(reader: TextReader, image) -> list[str] | None:
     try:
-        return reader.read(image)
-    except Exception as e:  # OCR is best effort: rapidocr raises its own types on extreme shapes
+        return [text for text, confidence in reader.read(image) if _is_text(text, confidence)]
+    except Exception as e:  # OCR is best effort: a photo it cannot read leaves the rest of the description
         log.warning("could not read text in the image (%s: %s)", type(e).__name__, e)
         return None  # then the description does not claim there is no text
 
