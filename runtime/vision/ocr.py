@@ -2,8 +2,8 @@
 
 The three ONNX models are the ones rapidocr-onnxruntime ships (the ``ocr`` extra), run through our sessions; the steps
 around them follow rapidocr 1.4.4 with its default settings, with Pillow, numpy, shapely and pyclipper doing what it
-does with OpenCV. rapidocr imports OpenCV, and that library mapped into the assistant's process cost 40 MB of its
-450 MB (78 MB where its files were fresh in the page cache), more than the OCR models themselves
+does with OpenCV. rapidocr imports OpenCV, and that library mapped into the assistant's process cost about 40 MB of
+its 450 MB (78 MB while its files were fresh in the page cache), far more than the OCR models themselves
 (docs/BENCHMARKS.md).
 
 1. Detection: the photo, its sides rounded to multiples of 32, gives a text probability per pixel. Pixels over
