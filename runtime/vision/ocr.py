@@ -110,13 +110,17 @@ class TextReader:
 
 
 def _within_limits(photo: Image.Image) -> Image.Image:
-    w, h = photo.size
-    for limit, applies, side in ((MAX_SIDE, max(w, h) > MAX_SIDE, max), (MIN_SIDE, min(w, h) < MIN_SIDE, min)):
-        if applies:
-            scale = limit / side(w, h)
-            w, h = max(32, round(int(w * scale) / 32) * 32), max(32, round(int(h * scale) / 32) * 32)
-            photo = photo.resize((w, h), Image.Resampling.BILINEAR)
+    """At most MAX_SIDE, then at least MIN_SIDE px a side (each resize rounds the sides to multiples of 32)."""
+    if max(photo.size) > MAX_SIDE:
+        photo = _scaled(photo, MAX_SIDE / max(photo.size))
+    if min(photo.size) < MIN_SIDE:
+        photo = _scaled(photo, MIN_SIDE / min(photo.size))
     return photo
+
+
+def _scaled(photo: Image.Image, scale: float) -> Image.Image:
+    w, h = (max(32, round(int(side * scale) / 32) * 32) for side in photo.size)
+    return photo.resize((w, h), Image.Resampling.BILINEAR)
 
 
 def _letterboxed(photo: Image.Image) -> Image.Image:
