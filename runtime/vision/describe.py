@@ -194,8 +194,8 @@ def _is_text(text: str, confidence: float) -> bool:
 
 
 class SceneDescriber:
-    """Labels, objects, colours (and OCR text) of a photo. Safe to share between threads: the classifier and the
-    detector run concurrently, the OCR one image at a time."""
+    """Labels, objects, colours (and OCR text) of a photo. Safe to share between threads: its models run
+    concurrently."""
 
     def __init__(
         self, classifier: ImageClassifier, reader: TextReader | None = None, detector: ObjectDetector | None = None
