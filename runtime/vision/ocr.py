@@ -191,8 +191,8 @@ def _regions(bitmap: np.ndarray) -> list[np.ndarray]:
 
 
 def _min_rectangle(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """The smallest rotated rectangle around ``points`` as [top-left, top-right, bottom-right, bottom-left] (as
-    rapidocr orders it), and its shorter side (0 for points on a line)."""
+    """The smallest rotated rectangle around ``points``, its corners clockwise from the top-left, and its shorter
+    side (0 for points on a line)."""
     from shapely import MultiPoint, Polygon
 
     rectangle = MultiPoint(points).minimum_rotated_rectangle
@@ -200,10 +200,7 @@ def _min_rectangle(points: np.ndarray) -> tuple[np.ndarray, float]:
         return np.zeros((4, 2)), 0.0
     corners = np.asarray(rectangle.exterior.coords[:4])
     sides = np.linalg.norm(corners - np.roll(corners, -1, axis=0), axis=1)
-    by_x = corners[np.argsort(corners[:, 0], kind="stable")]
-    left = by_x[:2][np.argsort(by_x[:2, 1], kind="stable")]
-    right = by_x[2:][np.argsort(by_x[2:, 1], kind="stable")]
-    return np.array([left[0], right[0], right[1], left[1]]), float(sides.min())
+    return _clockwise(corners), float(sides.min())
 
 
 def _box_score(probability: np.ndarray, box: np.ndarray) -> float:
@@ -264,7 +261,7 @@ def _clockwise(points: np.ndarray) -> np.ndarray:
     by_x = points[np.argsort(points[:, 0], kind="stable")]
     left = by_x[:2][np.argsort(by_x[:2, 1], kind="stable")]
     right = by_x[2:][np.argsort(by_x[2:, 1], kind="stable")]
-    return np.array([left[0], right[0], right[1], left[1]], np.float32)
+    return np.array([left[0], right[0], right[1], left[1]], points.dtype)
 
 
 def _sorted(boxes: list[np.ndarray]) -> list[np.ndarray]:
