@@ -246,11 +246,8 @@ def _boxes(probability: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
         box, short = _min_rectangle(grown_points)
         if short < MIN_BOX_SIDE + 2:
             continue
-        box[:, 0] = np.clip(np.round(box[:, 0] / w * dest_w), 0, dest_w)
-        box[:, 1] = np.clip(np.round(box[:, 1] / h * dest_h), 0, dest_h)
-        box = _clockwise(box.astype(np.int32).astype(np.float32))
-        box[:, 0] = np.clip(box[:, 0], 0, dest_w - 1).astype(np.int32)
-        box[:, 1] = np.clip(box[:, 1], 0, dest_h - 1).astype(np.int32)
+        box = np.clip(np.round(box * [dest_w / w, dest_h / h]), 0, [dest_w - 1, dest_h - 1])  # whole pixels inside
+        box = _clockwise(box.astype(np.float32))
         if int(np.linalg.norm(box[0] - box[1])) > MIN_BOX_SIDE and int(np.linalg.norm(box[0] - box[3])) > MIN_BOX_SIDE:
             boxes.append(box)
     return boxes
