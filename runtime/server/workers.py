@@ -4,9 +4,9 @@ A model's jobs run one at a time, in arrival order, on its own thread, so the ev
 ``/health`` and to take (or refuse) new requests. When ``max_queue`` jobs already wait, a new one is refused at once
 with :class:`Busy` (the server answers 429 with ``Retry-After``) instead of waiting without bound.
 
-Streaming jobs hand their items to the event loop through a :class:`Channel`; a reader that goes away (the client
+Jobs hand their items to the event loop through a :class:`Channel`; a reader that goes away (the client
 disconnected, the request timed out) cancels the job: not started yet, it never runs; running, it stops at its next
-item.
+item or at the library's next cancellation check (edgemm.runtime.cancel).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from edgemm.runtime import cancel
+from edgemm.runtime.cancel import Cancelled
 from edgemm.runtime.errors import EdgemmError
 
 
@@ -30,10 +32,6 @@ class Busy(EdgemmError):
 
 class Closed(EdgemmError):
     """The server is shutting down."""
-
-
-class Cancelled(Exception):
-    """Raised inside a streaming job whose reader has gone."""
 
 
 class Worker:
@@ -115,9 +113,14 @@ class Channel:
             callback()
 
     def run(self, job) -> None:
-        """Run ``job(channel)`` and mark the end (or pass its error to the reader)."""
+        """Run ``job(channel)`` and mark the end (or pass its error to the reader). A job whose reader left while it
+        queued never starts; a running one stops at its next item, or at the next ``cancel.check()`` of the library
+        code it runs (between transcription windows, speech chunks, photo models)."""
+        if self.cancelled.is_set():
+            return
         try:
-            job(self)
+            with cancel.scope(self.cancelled):
+                job(self)
         except Cancelled:
             return
         except BaseException as e:  # noqa: BLE001 -- handed to the reader, which reports it
