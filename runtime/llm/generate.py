@@ -16,6 +16,9 @@ from edgemm.runtime.llm.model import CacheBusyError, KVCache, LanguageModel
 
 log = logging.getLogger(__name__)
 
+MAX_STOPS = 16  # stop strings per generation
+MAX_STOP_CHARS = 1000  # characters per stop string: far past any real one (OpenAI's own examples are a few words)
+
 
 @dataclass(frozen=True)
 class GenerationOptions:
@@ -34,6 +37,8 @@ class GenerationOptions:
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
         if not isinstance(stop, (list, tuple)) or any(not isinstance(s, str) or not s for s in stop):
             raise OptionsError("stop must be a non-empty text or a list of them")
+        if len(stop) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise OptionsError(f"stop takes at most {MAX_STOPS} texts of at most {MAX_STOP_CHARS} characters each")
         checked = {
             "stop": tuple(stop),
             "max_new_tokens": check_int(self.max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS),
@@ -115,32 +120,50 @@ class StreamDecoder:
         return after[len(before) :]
 
 
+def _failure(s: str) -> list[int]:
+    """Knuth-Morris-Pratt: for each prefix s[:i+1], the length of its longest proper prefix that is also a suffix."""
+    fail, k = [0] * len(s), 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fail[k - 1]
+        k += s[i] == s[k]
+        fail[i] = k
+    return fail
+
+
 class StopMatcher:
-    """Holds back text that could be the start of a stop string; reports when one is complete. One per generation:
-    not shared between threads."""
+    """Holds back text that could be the start of a stop string; reports when one is complete. Each stop string is
+    matched by a Knuth-Morris-Pratt automaton, so a piece costs time linear in its own length whatever the stop
+    strings' lengths. One per generation: not shared between threads."""
 
     def __init__(self, stops: list[str]):
-        self.stops = stops
-        self.pending = ""
+        self.stops = list(stops)
+        self.fails = [_failure(s) for s in self.stops]
+        self.states = [0] * len(self.stops)  # characters of each stop string matched at the end of the text so far
+        self.pending = ""  # text held back: the longest partial match
         self.stopped = False
 
     def feed(self, text: str) -> str:
         if not self.stops:
             return text
-        self.pending += text
-        for s in self.stops:
-            at = self.pending.find(s)
-            if at >= 0:
-                self.stopped = True
-                out, self.pending = self.pending[:at], ""
-                return out
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
-        out = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(out) :]
+        buffer, held = self.pending + text, len(self.pending)
+        for at, char in enumerate(text, start=held):
+            for i, (stop, fail) in enumerate(zip(self.stops, self.fails, strict=True)):
+                k = self.states[i]
+                while k and char != stop[k]:
+                    k = fail[k - 1]
+                k += char == stop[k]
+                if k == len(stop):
+                    self.stopped, self.pending = True, ""
+                    return buffer[: at + 1 - k]
+                self.states[i] = k
+        hold = max(self.states)
+        out, self.pending = buffer[: len(buffer) - hold], buffer[len(buffer) - hold :]
         return out
 
     def flush(self) -> str:
         out, self.pending = self.pending, ""
+        self.states = [0] * len(self.stops)
         return out
 
 
