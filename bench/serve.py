@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,11 +40,21 @@ REQUEST_TIMEOUT_S = 300
 class ServerProcess:
     """``edgemm serve --port 0 ARGS`` in a subprocess: ``url`` once it listens, ``pid``, ``stop()``."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, max_files: int | None = None):
+        """``max_files``: the server's limit on open descriptors (soft and hard), as ``ulimit -n`` sets it."""
         self.log = tempfile.NamedTemporaryFile("w+", prefix="edgemm-serve-", suffix=".log", delete=False)
         command = [sys.executable, "-m", "edgemm.runtime.cli", "serve", "--port", "0", *args]
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+
         self.proc = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or os.environ.copy()
+            command,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env or os.environ.copy(),
+            preexec_fn=limit if max_files else None,
         )
         self.pid = self.proc.pid
         self.url = self._wait_ready()

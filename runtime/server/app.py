@@ -12,14 +12,16 @@ OpenAI's error JSON with its status code.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import functools
-import hmac
+import hashlib
 import io
 import ipaddress
 import json
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -28,9 +30,11 @@ from importlib import resources
 import numpy as np
 import soundfile as sf
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -38,6 +42,13 @@ from edgemm.runtime.errors import AudioError, BundleError, EdgemmError
 from edgemm.runtime.llm import ContextError, Generation
 from edgemm.runtime.llm.chat import ChatTemplate
 from edgemm.runtime.server import openai
+from edgemm.runtime.server.connections import (
+    LISTEN_BACKLOG,
+    BoundedH11Protocol,
+    RateLimitedErrors,
+    raise_descriptor_limit,
+)
+from edgemm.runtime.server.guard import MB, Access, Guard
 from edgemm.runtime.server.models import ServerModels
 from edgemm.runtime.server.openai import APIError, bad
 from edgemm.runtime.server.workers import Busy, Channel, Closed
@@ -48,15 +59,6 @@ from edgemm.runtime.vision.image import ImageError
 
 log = logging.getLogger(__name__)
 
-MB = 1 << 20
-# Request bodies: the largest each route needs (an image is base64 in JSON: 4/3 of its size), 1 MB elsewhere.
-BODY_LIMITS = (
-    ("/v1/chat/completions", 28 * MB),
-    ("/v1/audio/transcriptions", 26 * MB),
-    ("/v1/audio/translations", 26 * MB),
-    ("/v1/assistant", 46 * MB),
-)
-JSON_LIMIT = 1 * MB
 POLL_S = 0.5  # how often a waiting request checks that its client is still there
 PCM_RATE = 24_000  # OpenAI's raw "pcm" format: 24 kHz, 16-bit signed little-endian, mono
 
@@ -65,6 +67,8 @@ PCM_RATE = 24_000  # OpenAI's raw "pcm" format: 24 kHz, 16-bit signed little-end
 class ServerConfig:
     api_key: str | None = None
     timeout: float = 300.0  # seconds one request may take, queueing included
+    allow_hosts: tuple[str, ...] = ()  # Host names besides IP addresses, localhost and the listening host
+    allow_origins: tuple[str, ...] = ()  # other sites whose pages may use the server (CORS is answered for them)
 
 
 # ---- errors ----
@@ -75,6 +79,8 @@ def api_error(error: BaseException) -> APIError:
     if isinstance(error, APIError):
         return error
     message = (str(error).splitlines() or [type(error).__name__])[0]
+    if isinstance(error, ClientDisconnect):  # it left while sending: nobody reads this answer, nothing to log
+        return APIError(499, "the client closed the request")
     if isinstance(error, Busy):
         return APIError(
             429, message, "requests", code="rate_limit_exceeded", headers={"Retry-After": str(error.retry_after)}
@@ -113,81 +119,27 @@ async def _on_http_exception(request: Request, exc: HTTPException) -> JSONRespon
     return JSONResponse(e.body(), status_code=e.status, headers=exc.headers)
 
 
-# ---- API key and size limits ----
-
-
-class Guard:
-    """ASGI middleware: the API key on every route (a Bearer token; the page also takes it as the password of HTTP
-    Basic auth, which browsers ask for themselves) and the request body limits (413 past them, checked on the
-    declared length and again on the bytes received)."""
-
-    def __init__(self, app, api_key: str | None):
-        self.app, self.api_key = app, api_key
-
-    def _authorized(self, headers: dict) -> bool:
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                value = base64.b64decode(value).decode("utf-8").partition(":")[2]
-            except (ValueError, UnicodeDecodeError):
-                return False
-        elif scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(value.strip().encode(), self.api_key.encode())
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        if self.api_key and not self._authorized(headers):
-            e = APIError(
-                401,
-                "a valid API key is needed (Authorization: Bearer KEY)",
-                "invalid_request_error",
-                code="invalid_api_key",
-            )
-            page = scope["path"] == "/"
-            challenge = 'Basic realm="edgemm", charset="UTF-8"' if page else 'Bearer realm="edgemm"'
-            response = JSONResponse(e.body(), status_code=401, headers={"WWW-Authenticate": challenge})
-            return await response(scope, receive, send)
-        limit = next((size for prefix, size in BODY_LIMITS if scope["path"].startswith(prefix)), JSON_LIMIT)
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                too_big = int(declared) > limit
-            except ValueError:
-                return await error_response(bad("Content-Length is not a number"))(scope, receive, send)
-            if too_big:
-                return await error_response(_too_large(limit))(scope, receive, send)
-        received = 0
-
-        async def limited():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _too_large(limit)
-            return message
-
-        await self.app(scope, limited, send)
-
-
-def _too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is over {limit // MB} MB", code="request_too_large")
-
-
 # ---- helpers ----
 
 
-async def _json(request: Request):
+def _parse_json(raw: bytes):
     try:
-        return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise bad("the request body is not valid JSON") from None
+        return json.loads(raw)
     except RecursionError:
         raise bad("the request body's JSON is nested too deeply") from None
+    except json.JSONDecodeError as e:
+        raise bad(f"the request body is not valid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise bad("the request body is not valid JSON (not UTF-8 text)") from None
+    except ValueError:  # an integer past Python's 4,300 digits
+        raise bad("the request body holds a number too long to read") from None
+
+
+async def _json(request: Request, check=None, *args):
+    """The body's JSON, checked by ``check(body, *args)`` if given; both run on a thread, so that a large body
+    (up to the route's limit) never holds up the event loop."""
+    raw = await request.body()
+    return await run_in_threadpool(lambda: check(_parse_json(raw), *args) if check else _parse_json(raw))
 
 
 def _sse(data) -> str:
@@ -202,6 +154,37 @@ def _wav(samples: np.ndarray, rate: int) -> bytes:
     out = io.BytesIO()
     sf.write(out, samples, rate, format="WAV", subtype="PCM_16")
     return out.getvalue()
+
+
+def _owner(request: Request, name: str | None = None) -> str:
+    """Whose KV caches and conversations a request may use: its API key (or none), and ``name`` (the client's own,
+    e.g. prompt_cache_key), else its connection (peer address and port)."""
+    auth = request.headers.get("authorization", "")
+    who = name if name is not None else "%s:%s" % (request.client or ("?", "?"))
+    return hashlib.sha256(f"{auth}\0{who}".encode()).hexdigest()[:24]
+
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",  # no other site may frame the page (and click its buttons for the user)
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _inline_hashes(html: str, tag: str) -> str:
+    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.DOTALL)
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+
+def page_policy(html: str) -> str:
+    """The page's Content-Security-Policy: its own inline script and style (by hash) and nothing else from
+    anywhere; requests only to this server; camera frames and recorded audio as blob:/data: URLs; never framed."""
+    return (
+        f"default-src 'none'; script-src {_inline_hashes(html, 'script')}; style-src {_inline_hashes(html, 'style')}; "
+        "img-src 'self' blob: data:; media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    )
 
 
 class _Frame:
@@ -219,6 +202,8 @@ class Server:
         self.models, self.config = models, config
         self.template = ChatTemplate(models.lm.chat_template, models.lm.special)
         self.started = time.time()
+        self.html = resources.files("edgemm.runtime.server").joinpath("web/index.html").read_text(encoding="utf-8")
+        self.csp = page_policy(self.html)
 
     # -- waiting for workers --
 
@@ -249,8 +234,7 @@ class Server:
     # -- routes --
 
     async def page(self, request: Request) -> Response:
-        html = resources.files("edgemm.runtime.server").joinpath("web/index.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(self.html, headers=PAGE_HEADERS | {"Content-Security-Policy": self.csp})
 
     async def health(self, request: Request) -> Response:
         m = self.models
@@ -279,8 +263,8 @@ class Server:
             )
         return JSONResponse({"id": name, "object": "model", "created": int(self.started), "owned_by": "edgemm"})
 
-    def _generation(self, req: openai.ChatRequest) -> tuple[Generation, str]:
-        """Start the answer to a chat request (on the llm worker's thread)."""
+    def _generation(self, req: openai.ChatRequest, owner: str) -> tuple[Generation, str]:
+        """Start the answer to a chat request of client ``owner`` (on the llm worker's thread)."""
         m = self.models
         if req.images:
             answer = m.images.ask(req.question, req.images, req.options, system=req.system)
@@ -290,16 +274,18 @@ class Server:
             raise ContextError(
                 f"the messages are {len(prompt)} tokens; the context window is {m.lm.context} (send fewer or shorter)"
             )
-        return Generation(m.lm, m.cache_pool.take(prompt), prompt, req.options), m.lm.name
+        return Generation(m.lm, m.cache_pool.take(prompt, owner), prompt, req.options), m.lm.name
 
     async def chat_completions(self, request: Request) -> Response:
         deadline = time.monotonic() + self.config.timeout
-        req = openai.chat_request(await _json(request), self.models.lm.context)
+        req = await _json(request, openai.chat_request, self.models.lm.context)
         if req.images and self.models.images is None:
             raise bad("this server answers no image questions (it was started without a vision model)", "messages")
 
+        owner = _owner(request, req.cache_key)
+
         def job(channel: Channel):
-            generation, model = self._generation(req)
+            generation, model = self._generation(req, owner)
             channel.on_cancel(generation.close)
             try:
                 channel.put(("start", model))
@@ -472,9 +458,10 @@ class Server:
         finally:
             await form.close()
         received = time.perf_counter()
+        owner = _owner(request, request.client.host if request.client else "?")
 
         def job(channel: Channel):
-            assistant = m.assistant(session)
+            assistant = m.assistant(session, owner)
             camera = _Frame(image) if image else None
             events = (
                 assistant.hear(audio, camera=camera) if audio is not None else assistant.respond(text, camera=camera)
@@ -571,8 +558,9 @@ def _answering_errors(endpoint):
     return wrapped
 
 
-def create_app(models: ServerModels, config: ServerConfig | None = None):
-    """The ASGI application serving ``models`` (run it with uvicorn; ``edgemm serve`` does)."""
+def create_app(models: ServerModels, config: ServerConfig | None = None, host: str = "127.0.0.1"):
+    """The ASGI application serving ``models`` (run it with uvicorn; ``edgemm serve`` does); ``host``: the address
+    it listens on (a name given there is one clients may use)."""
     config = config or ServerConfig()
     server = Server(models, config)
     routes = [
@@ -589,6 +577,7 @@ def create_app(models: ServerModels, config: ServerConfig | None = None):
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        asyncio.get_running_loop().set_exception_handler(RateLimitedErrors())
         yield
         models.shutdown()
 
@@ -598,7 +587,17 @@ def create_app(models: ServerModels, config: ServerConfig | None = None):
         lifespan=lifespan,
     )
     app.state.server = server
-    return Guard(app, config.api_key)
+    guarded = Guard(app, Access(config.api_key, host, config.allow_hosts, config.allow_origins))
+    if not config.allow_origins:
+        return guarded
+    # Pages of the allowed sites read the answers too: CORS, preflight requests included (answered before the key
+    # is asked for: they carry none).
+    return CORSMiddleware(
+        guarded,
+        allow_origins=list(config.allow_origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+    )
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -610,7 +609,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except (OSError, OverflowError) as e:
         raise EdgemmError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
-    sock.listen(128)
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -636,8 +635,17 @@ def serve(
     sock = listen_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
+    raise_descriptor_limit()
+    app = create_app(models, config, host)
     uv = uvicorn.Server(
-        uvicorn.Config(create_app(models, config), log_level="warning", timeout_keep_alive=5, lifespan="on")
+        uvicorn.Config(
+            app,
+            http=BoundedH11Protocol,
+            backlog=LISTEN_BACKLOG,
+            log_level="warning",
+            timeout_keep_alive=5,
+            lifespan="on",
+        )
     )
     if ready is not None:
         ready(f"http://{shown}:{bound}")

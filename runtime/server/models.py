@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 CACHE_SLOTS = 4  # KV caches kept between chat requests (each grows only as far as its conversation)
 ASSISTANT_SESSIONS = 16  # web assistant conversations kept (the least recently used one is forgotten first)
-SESSION_IDLE_S = 3600
-CONTINUATION_SLACK = 8  # tokens at the end of a cached sequence that a continuing conversation may encode differently  # a web conversation idle this long is forgotten
+SESSION_IDLE_S = 3600  # a web conversation idle this long is forgotten
+CONTINUATION_SLACK = 8  # tokens at the end of a cached sequence that a continuing conversation may encode differently
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -36,10 +36,20 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def fair_victim(owners: list[str]) -> int:
+    """Which entry to forget when all slots are taken, given each entry's owner, least recently used first: the
+    least recently used of the owner holding the most. A client that floods the slots evicts its own entries, not
+    another client's."""
+    counts = Counter(owners)
+    most = max(counts.values())
+    return next(i for i, owner in enumerate(owners) if counts[owner] == most)
+
+
 class CachePool:
-    """KV caches kept between chat requests. A client resends the whole conversation each turn; the cache holding
-    the longest beginning of the new prompt is reused, so only the new turn runs through the model. Used from the
-    llm worker's thread only.
+    """KV caches kept between chat requests, each owned by one client. A client resends the whole conversation each
+    turn; the client's cache holding the longest beginning of the new prompt is reused, so only the new turn runs
+    through the model. A client never runs in, nor learns the length of a match with, another client's cache (its
+    ``cached_tokens`` would tell a guessed prompt from a wrong one). Used from the llm worker's thread only.
 
     The answer is the same up to rounding: a token run in a batch (prefill) or alone (after a reused prefix) rounds
     differently in the int4 kernels, so a long greedy answer, or a sampled one, can differ late, as in every engine
@@ -47,27 +57,30 @@ class CachePool:
 
     def __init__(self, lm: LanguageModel, slots: int = CACHE_SLOTS):
         self.lm, self.slots = lm, slots
-        self.caches: list[KVCache] = []  # least recently used first
+        self.caches: list[tuple[str, KVCache]] = []  # (owner, cache), least recently used first
 
-    def take(self, prompt: list[int]) -> KVCache:
-        """The cache to run ``prompt`` in: the one whose sequence it continues (the earlier turns of the same
-        conversation; the last few generated tokens may differ from the re-encoded answer) or repeats (the same
-        request again), else a new one while there are free slots, else the least recently used."""
-        shared = {id(c): _common_prefix(c.tokens, prompt) for c in self.caches}
+    def take(self, prompt: list[int], owner: str = "") -> KVCache:
+        """The cache to run ``prompt`` in for ``owner``: the owner's cache whose sequence it continues (the earlier
+        turns of the same conversation; the last few generated tokens may differ from the re-encoded answer) or
+        repeats (the same request again), else a new one while there are free slots, else a forgotten one
+        (:func:`fair_victim`)."""
+        shared = {id(c): _common_prefix(c.tokens, prompt) for o, c in self.caches if o == owner}
 
-        def is_ours(cache: KVCache) -> bool:
+        def continues(cache: KVCache) -> bool:
             n = shared[id(cache)]
             return n > 0 and (n >= len(cache.tokens) - CONTINUATION_SLACK or n >= len(prompt) - 1)
 
-        ours = [c for c in self.caches if is_ours(c)]
+        ours = [entry for entry in self.caches if entry[0] == owner and continues(entry[1])]
         if ours:
-            cache = max(ours, key=lambda c: shared[id(c)])
-            self.caches.remove(cache)
+            entry = max(ours, key=lambda e: shared[id(e[1])])
+            self.caches.remove(entry)
+            cache = entry[1]
         elif len(self.caches) < self.slots:
             cache = self.lm.new_cache()
         else:
-            cache = self.caches.pop(0)
-        self.caches.append(cache)
+            cache = self.caches.pop(fair_victim([o for o, _ in self.caches]))[1]
+            cache.reset()  # another client's tokens: nothing of them may be reused
+        self.caches.append((owner, cache))
         return cache
 
 
@@ -80,7 +93,7 @@ class ServerModels:
     max_queue: int = 8
     workers: dict = field(default_factory=dict)
     cache_pool: CachePool | None = None
-    _sessions: OrderedDict = field(default_factory=OrderedDict)
+    _sessions: dict = field(default_factory=dict)  # (owner, session) -> (Assistant, last used), oldest first
     _sessions_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
@@ -127,20 +140,23 @@ class ServerModels:
             names[self.synthesizer.name] = "speech"
         return names
 
-    def assistant(self, session: str):
-        """The web assistant conversation ``session`` (created on first use; the least recently used is forgotten
-        beyond ASSISTANT_SESSIONS). Its models are the server's own: nothing is loaded again."""
+    def assistant(self, session: str, owner: str = ""):
+        """The web assistant conversation ``session`` of client ``owner`` (created on first use; beyond
+        ASSISTANT_SESSIONS one is forgotten, see :func:`fair_victim`, and any idle for SESSION_IDLE_S). Its models
+        are the server's own: nothing is loaded again."""
         from edgemm.runtime.assistant import Assistant
 
         now = time.monotonic()
+        key = (owner, session)
         with self._sessions_lock:
-            for key in [k for k, (_, used) in self._sessions.items() if now - used > SESSION_IDLE_S]:
-                del self._sessions[key]
-            entry = self._sessions.pop(session, None)
+            for k in [k for k, (_, used) in self._sessions.items() if now - used > SESSION_IDLE_S]:
+                del self._sessions[k]
+            entry = self._sessions.pop(key, None)
             assistant = entry[0] if entry else Assistant(self.transcriber, self.lm, self.images, self.synthesizer)
-            self._sessions[session] = (assistant, now)
-            while len(self._sessions) > ASSISTANT_SESSIONS:
-                self._sessions.popitem(last=False)
+            if len(self._sessions) >= ASSISTANT_SESSIONS:
+                keys = list(self._sessions)  # least recently used first
+                del self._sessions[keys[fair_victim([o for o, _ in keys])]]
+            self._sessions[key] = (assistant, now)
             return assistant
 
     def shutdown(self) -> None:

@@ -2,8 +2,9 @@
 
 Requests are checked field by field; a bad one raises :class:`APIError` naming the field (``param``), which the app
 turns into OpenAI's error JSON ``{"error": {"message", "type", "param", "code"}}``. Unknown fields are ignored, as
-OpenAI-compatible servers do, so clients written for OpenAI work unchanged; ``model`` is accepted whatever it names
-and the response says which model answered.
+OpenAI-compatible servers do, so clients written for OpenAI work unchanged, except those that would change the
+answer's form (``tools``, ``response_format``, ``logprobs``...: UNSUPPORTED), which get a 400 naming them rather than
+an answer that ignores them; ``model`` is accepted whatever it names and the response says which model answered.
 """
 
 from __future__ import annotations
@@ -19,12 +20,28 @@ from edgemm.runtime.errors import EdgemmError, OptionsError
 from edgemm.runtime.limits import check_float, check_int
 from edgemm.runtime.llm import GenerationOptions
 from edgemm.runtime.llm.chat import clean_text
+from edgemm.runtime.llm.generate import MAX_STOP_CHARS
 from edgemm.runtime.speech import subtitles
 
 MAX_IMAGE_BYTES = 20 << 20  # one image in a chat request (decoded)
 MAX_AUDIO_BYTES = 25 << 20  # one uploaded audio file (OpenAI's limit)
 MAX_SPEECH_INPUT = 4096  # characters of text to speak (OpenAI's limit)
 MAX_STOP = 4
+MAX_CACHE_KEY = 256
+# Fields that change the answer's form, with the values this server honours (anything else: 400 naming the field).
+UNSUPPORTED = {
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),
+    "functions": ([],),
+    "function_call": ("none", "auto"),
+    "response_format": ({"type": "text"},),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "logit_bias": ({},),
+    "audio": (),
+    "modalities": (["text"],),
+    "prediction": (),
+}
 DESCRIBE = "What is in this image?"
 ROLES = {"system", "developer", "user", "assistant"}
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -84,6 +101,7 @@ class ChatRequest:
     images: list[bytes] = field(default_factory=list)  # the images of the latest user message that has any
     question: str = ""  # the last user message's text (the question about the images)
     system: str | None = None
+    cache_key: str | None = None  # prompt_cache_key: the client's name for its conversations' KV caches
 
 
 def _image_bytes(url, param: str) -> bytes:
@@ -137,10 +155,20 @@ def _content(message: dict, index: int) -> tuple[str, list[bytes]]:
     return "\n".join(texts), images
 
 
+def _refuse_unsupported(body: dict) -> None:
+    """A 400 naming a field that would change what the answer is, which this server does not do yet (rather than
+    answering as if it had been honoured)."""
+    for name, allowed in UNSUPPORTED.items():
+        value = body.get(name)
+        if value is not None and value not in allowed:
+            raise bad(f"'{name}' is not supported by this server", name, "unsupported_parameter")
+
+
 def chat_request(body, max_tokens_limit: int) -> ChatRequest:
     """Check a /v1/chat/completions body. ``max_tokens_limit``: the context window (an answer never runs longer)."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
+    _refuse_unsupported(body)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad("'messages' must be a non-empty list", "messages")
@@ -149,7 +177,7 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
         if not isinstance(message, dict):
             raise bad("each message must be an object with 'role' and 'content'", f"messages[{i}]")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise bad(
                 f"role {role!r} is not supported (use system, developer, user or assistant)", f"messages[{i}].role"
             )
@@ -183,9 +211,18 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None and (
-        not isinstance(stop, list) or len(stop) > MAX_STOP or any(not isinstance(s, str) or not s for s in stop)
+        not isinstance(stop, list)
+        or len(stop) > MAX_STOP
+        or any(not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS for s in stop)
     ):
-        raise bad(f"'stop' must be a text or a list of up to {MAX_STOP} non-empty texts", "stop")
+        raise bad(
+            f"'stop' must be a text or a list of up to {MAX_STOP} non-empty texts of at most {MAX_STOP_CHARS} "
+            "characters",
+            "stop",
+        )
+    cache_key = body.get("prompt_cache_key")
+    if cache_key is not None and (not isinstance(cache_key, str) or not 0 < len(cache_key) <= MAX_CACHE_KEY):
+        raise bad(f"'prompt_cache_key' must be a text of 1 to {MAX_CACHE_KEY} characters", "prompt_cache_key")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad("'stream' must be true or false", "stream")
@@ -209,6 +246,7 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
         images=images,
         question=question,
         system=system,
+        cache_key=cache_key,
     )
 
 
