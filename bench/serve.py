@@ -7,16 +7,27 @@
 - **Disconnect**: ``clients`` streaming chats asking for long answers; each reads its first piece and hangs up.
   Reported: the seconds from the last hang-up until the llm worker is idle again (the generations were cancelled,
   not run to their end) and how many tokens they would otherwise have run.
+- **Hostile mix**: a server limited to 1,024 descriptors (``ulimit -n``) while 1,100 connections that never send a
+  byte are kept open (reopened as the server closes them), a chat with four 1.5 MB stop strings (6 MB), a question
+  with 16 16-bit 8000x8000 PNGs and a 4,096-character text without punctuation to speak are in flight. Reported:
+  the slowest ``/health`` and a normal chat's time meanwhile, each hostile request's status and time, and the
+  server's peak RSS.
 
 The server runs in a subprocess started by :class:`ServerProcess` (the tests use it too).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import http.client
+import io
 import json
 import os
+import random
 import resource
+import select
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.server.connections import raise_descriptor_limit
 from edgemm.runtime.server.models import CACHE_SLOTS
 
 START_TIMEOUT_S = 180
@@ -253,6 +267,130 @@ def disconnect(server: ServerProcess, clients: int = 10, max_tokens: int = 1000,
     }
 
 
+IDLE_CONNECTIONS = 1100
+HOSTILE_FILES = 1024  # the server's descriptor limit in the hostile mix (a common default of `ulimit -n`)
+
+
+class IdleFlood:
+    """``count`` connections to ``url`` that never send a byte, reopened as the server closes them, until stop()."""
+
+    def __init__(self, url: str, count: int):
+        parts = urlsplit(url)
+        self.address, self.count, self.reopened = (parts.hostname, parts.port), count, 0
+        raise_descriptor_limit(count + 256)  # this process holds them all
+        self.sockets: list[socket.socket | None] = [self._open() for _ in range(count)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, daemon=True)
+        self._thread.start()
+
+    def _open(self) -> socket.socket:
+        return socket.create_connection(self.address, timeout=10)
+
+    def _keep(self) -> None:
+        while not self._stop.wait(0.5):
+            poller = select.poll()
+            index = {s.fileno(): i for i, s in enumerate(self.sockets) if s is not None}
+            for fd in index:
+                poller.register(fd, select.POLLIN)
+            closed = [index[fd] for fd, _ in poller.poll(0)]  # readable: the server closed it
+            for i in closed + [i for i, s in enumerate(self.sockets) if s is None]:
+                if self._stop.is_set():
+                    return
+                if self.sockets[i] is not None:
+                    self.sockets[i].close()
+                    self.sockets[i] = None
+                with contextlib.suppress(OSError):
+                    self.sockets[i] = self._open()
+                    self.reopened += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for s in self.sockets:
+            if s is not None:
+                s.close()
+
+
+def sixteen_bit_png(side: int = 8000) -> bytes:
+    """A ``side`` x ``side`` 16-bit grayscale PNG of a few hundred KB (a vertical gradient compresses well)."""
+    from PIL import Image
+
+    rows = (np.arange(side, dtype=np.uint32) * 65535 // (side - 1)).astype(np.uint16)
+    image = Image.fromarray(np.repeat(rows[:, None], side, axis=1), "I;16")
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def _timed(fn, *args) -> dict:
+    start = time.perf_counter()
+    status = fn(*args)
+    return {"status": status, "s": round(time.perf_counter() - start, 2)}
+
+
+def hostile(server: ServerProcess) -> dict:
+    """The hostile mix (see the module's docstring) against ``server``."""
+    url = server.url
+    png = "data:image/png;base64," + base64.b64encode(sixteen_bit_png()).decode()
+    images = {
+        "model": "any",
+        "max_tokens": 16,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "What is in these photos?"}]
+                + [{"type": "image_url", "image_url": {"url": png}}] * 16,
+            }
+        ],
+    }
+    stops = {**_chat_body("Say hi."), "stop": ["x" * 1_500_000] * 4}
+    words = " ".join(random.Random(0).choice(["alpha", "river", "stone", "light", "music"]) for _ in range(700))
+    speech = {"model": "tts-1", "voice": "alloy", "input": words[:4096]}
+    flood = IdleFlood(url, IDLE_CONNECTIONS)
+    peak, health_s, done = server.rss_mb(), [], threading.Event()
+
+    def watch():
+        nonlocal peak
+        while not done.is_set():
+            start = time.perf_counter()
+            health(url)
+            health_s.append(time.perf_counter() - start)
+            peak = max(peak, server.rss_mb())
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            hostile_requests = {
+                "stop_6mb": pool.submit(_timed, lambda: request(url, "/v1/chat/completions", stops)[0]),
+                "pngs_16": pool.submit(_timed, lambda: request(url, "/v1/chat/completions", images)[0]),
+                "speech_4096": pool.submit(_timed, lambda: request(url, "/v1/audio/speech", speech)[0]),
+            }
+            time.sleep(0.5)
+            chat = _timed(lambda: request(url, "/v1/chat/completions", _chat_body("What is the capital of France?"))[0])
+            results = {name: future.result() for name, future in hostile_requests.items()}
+    finally:
+        done.set()
+        watcher.join()
+        flood.stop()
+    return {
+        "idle_connections": IDLE_CONNECTIONS,
+        "reopened": flood.reopened,
+        "health_polls": len(health_s),
+        "health_max_ms": round(max(health_s, default=0.0) * 1000, 1),
+        "health_median_ms": round(float(np.median(health_s)) * 1000, 1) if health_s else None,
+        "chat": chat,
+        **results,
+        "rss_peak_mb": round(peak, 1),
+        "log_bytes": len(server.output()),
+    }
+
+
+def _chat_body(text: str) -> dict:
+    return {"model": "any", "messages": [{"role": "user", "content": text}], "max_tokens": 24}
+
+
 def run_bench_serve(args) -> int:
     from edgemm.bench.clips import dev_clips
 
@@ -265,6 +403,8 @@ def run_bench_serve(args) -> int:
         extra += ["--model", str(args.model)]
     with ServerProcess(*extra) as server:
         report = {"load": load(server, audio), "disconnect": disconnect(server)}
+    with ServerProcess(*extra, max_files=HOSTILE_FILES) as server:
+        report["hostile"] = hostile(server)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -287,5 +427,16 @@ def run_bench_serve(args) -> int:
         f"  {dc['clients']} streaming clients hung up after one piece (asking {dc['max_tokens_each']} tokens each): "
         f"worker free {dc['worker_free_after_s']} s after the last, {dc['all_clients_s']} s for all "
         "(they run one after another: each is cancelled when its client leaves)"
+    )
+    h = report["hostile"]
+    print(
+        f"  hostile mix (server limited to {HOSTILE_FILES} descriptors): {h['idle_connections']} silent connections "
+        f"({h['reopened']} reopened after the server closed them)"
+    )
+    for name in ("stop_6mb", "pngs_16", "speech_4096", "chat"):
+        print(f"    {name:12s} status {h[name]['status']}  {h[name]['s']} s")
+    print(
+        f"    /health: {h['health_polls']} polls, median {h['health_median_ms']} ms, slowest {h['health_max_ms']} ms;"
+        f" server RSS peak {h['rss_peak_mb']} MB; its log {h['log_bytes']} bytes"
     )
     return 0

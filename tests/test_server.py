@@ -17,6 +17,7 @@ import soundfile as sf
 from edgemm.bench.serve import MAX_QUEUE, ServerProcess, disconnect, health, load, multipart, request
 from edgemm.bench.wer import normalize, wer
 from edgemm.runtime.bundle import default_bundle
+from edgemm.runtime.server.guard import MEDIA_TYPES
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -322,7 +323,7 @@ def _declared(server, path: str, length: int, chunks=()) -> tuple[int, bytes]:
     parts = urlsplit(server.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     conn.putrequest("POST", path)
-    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Type", MEDIA_TYPES[path] + ("; boundary=x" if "multipart" in MEDIA_TYPES[path] else ""))
     conn.putheader("Transfer-Encoding" if chunks else "Content-Length", "chunked" if chunks else str(length))
     conn.endheaders()
     try:
