@@ -96,8 +96,9 @@ class RateLimitedErrors:
             return
         skipped = self.skipped.pop(message, 0)
         self.last[message] = now
+        what = f"{message}: {error}" if error else message
         more = f" ({skipped} more in the last {self.interval:g} s)" if skipped else ""
-        log.error("%s: %s%s", message, error or "", more)
+        log.error("%s%s", what, more)
 
 
 def raise_descriptor_limit(wanted: int = 4 * MAX_CONNECTIONS) -> None:
