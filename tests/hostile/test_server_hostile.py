@@ -195,7 +195,7 @@ def _long_wav(seconds: int) -> bytes:
     samples, rate = sf.read(clips[0].path, dtype="float32")
     samples = soxr.resample(samples, rate, 8000)
     out = io.BytesIO()
-    sf.write(out, np.tile(samples, seconds * 8000 // samples.size + 1)[: seconds * 8000], 8000, subtype="PCM_16")
+    sf.write(out, np.tile(samples, seconds * 8000 // samples.size + 1)[: seconds * 8000], 8000, "PCM_16", format="WAV")
     return out.getvalue()
 
 
