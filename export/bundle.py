@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -33,14 +35,28 @@ def staging(out: Path):
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield scratch
-        old = out.with_name(f".{out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if out.exists():
-            out.rename(old)
-        scratch.rename(out)
-        if old.exists():
-            shutil.rmtree(old)
+        with _locked(out):
+            old = out.with_name(f".{out.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            if out.exists():
+                out.rename(old)
+            scratch.rename(out)
+            if old.exists():
+                shutil.rmtree(old)
     finally:
         if scratch.exists():
             shutil.rmtree(scratch)
+
+
+@contextmanager
+def _locked(out: Path):
+    """Hold an exclusive lock on the folder holding ``out``: two exports into the same folder then replace it one
+    after the other (the last one's bundle stays) instead of renaming over each other half-way. Locking the folder
+    itself leaves no lock file behind."""
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

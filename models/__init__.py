@@ -58,10 +58,19 @@ def _speed(folder: Path, name: str) -> str:
         return ""
 
 
+def _listed_bytes(manifest: dict) -> int:
+    """The bytes of the files a manifest lists, its entries that are not sizes left out."""
+    files = manifest.get("files")
+    entries = files.values() if isinstance(files, dict) else ()
+    sizes = (e.get("bytes") for e in entries if isinstance(e, dict))
+    return sum(n for n in sizes if type(n) is int and 0 <= n < 1 << 50)
+
+
 def catalogue(folder=None) -> list[dict]:
     """Every preset with what its built bundle (if any) in ``folder`` (default: $EDGEMM_MODELS) measured: size on
     disk and quality from its manifest, speed from its last ``edgemm eval``."""
-    from edgemm.runtime.bundle import models_dir
+    from edgemm.runtime.bundle import models_dir, read_manifest
+    from edgemm.runtime.errors import BundleError
     from edgemm.runtime.profiles import active_profile
 
     folder = models_dir() if folder is None else folder
@@ -71,15 +80,18 @@ def catalogue(folder=None) -> list[dict]:
         default = profile.presets.get(kind) or table["default"]
         for name, preset in table["presets"].items():
             row = {"kind": kind, "name": name, "default": name == default, "built": False, **preset}
-            manifest = folder / name / "manifest.json"
             try:
-                body = json.loads(manifest.read_text())
-            except (OSError, ValueError):
+                body = read_manifest(folder / name)  # bounded: a hostile manifest is refused, not read
+            except BundleError:
                 rows.append(row)
                 continue
             row["built"] = True
-            row["megabytes"] = round(sum(f.get("bytes", 0) for f in body.get("files", {}).values()) / 1e6, 1)
-            row["quality"] = _quality(kind, preset["quant"], body.get("fidelity") or {})
+            row["megabytes"] = round(_listed_bytes(body) / 1e6, 1)
+            fidelity = body.get("fidelity")
+            try:
+                row["quality"] = _quality(kind, preset["quant"], fidelity if isinstance(fidelity, dict) else {})
+            except (TypeError, ValueError, KeyError, AttributeError):  # a hand-edited or hostile manifest
+                row["quality"] = "fidelity unreadable (edgemm doctor checks the bundle)"
             row["speed"] = _speed(folder, name)
             rows.append(row)
     return rows

@@ -16,12 +16,16 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgemm.runtime.errors import BundleError
 
 MANIFEST = "manifest.json"
+# A manifest is a few KB (the largest, a vlm's, is under 10 KB); past this it is refused unread, so that a manifest
+# replaced by a huge file or linked to /dev/zero costs no memory.
+MAX_MANIFEST_BYTES = 1 << 20
 FORMAT = "edgemm-bundle/1"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -174,8 +178,10 @@ class Bundle:
         """The parsed JSON of bundle file ``name``."""
         try:
             return json.loads(self.text(name))
-        except json.JSONDecodeError as e:
-            raise BundleError(f"{self.path / name} is not valid JSON ({e})") from None
+        except RecursionError:
+            raise BundleError(f"{self.path / name} is not valid JSON (nested too deep)") from None
+        except ValueError as e:  # JSONDecodeError, an integer of too many digits
+            raise BundleError(f"{self.path / name} is not valid JSON ({str(e).splitlines()[0][:200]})") from None
 
     def section(self, name: str) -> dict:
         """The mapping ``manifest[name]``; a dotted name (``image.processor``) reaches into nested mappings."""
@@ -206,11 +212,41 @@ class Bundle:
         return self.manifest["kind"]
 
 
+def read_manifest(folder: Path, hint: str = "") -> dict:
+    """The JSON object in ``folder``/manifest.json. It is read only when it is a regular file (a FIFO or a device is
+    never opened) of at most MAX_MANIFEST_BYTES; whatever cannot be read or parsed (too deep, an integer of too many
+    digits) is a one-line BundleError. ``hint`` follows the message of a missing manifest."""
+    path = folder / MANIFEST
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{path} is not a regular file")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path} is {info.st_size:,} bytes, over the {MAX_MANIFEST_BYTES:,}-byte limit")
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BundleError(f"no model bundle at {folder}: {MANIFEST} is missing{hint}") from None
+    except OSError as e:
+        raise BundleError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > MAX_MANIFEST_BYTES:  # it grew after the stat
+        raise BundleError(f"{path} is over the {MAX_MANIFEST_BYTES:,}-byte limit")
+    try:
+        manifest = json.loads(data)
+    except RecursionError:
+        raise BundleError(f"{path} is not valid JSON (nested too deep)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
+        raise BundleError(f"{path} is not valid JSON ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} is not a JSON object")
+    return manifest
+
+
 def bundle_kind(path: str | Path) -> str | None:
     """The ``kind`` a bundle folder's manifest declares, or None when it has no readable manifest."""
     try:
-        return json.loads((Path(path).expanduser() / MANIFEST).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
+        return read_manifest(Path(path).expanduser()).get("kind")
+    except BundleError:
         return None  # open_bundle reports it properly
 
 
@@ -361,41 +397,46 @@ def _check_files(folder: Path, manifest: dict, verify: bool) -> None:
             raise BundleError(f"bundle {folder}: the manifest entry of {name} has no integer 'bytes'")
         if not (isinstance(entry.get("sha256"), str) and SHA256.fullmatch(entry["sha256"])):
             raise BundleError(f"bundle {folder}: the manifest entry of {name} has no 64-hex-digit 'sha256'")
-    for item in folder.iterdir():
-        if item.name != MANIFEST and item.name not in files:
-            raise BundleError(f"bundle {folder}: {item.name} is not listed in the manifest (refusing unhashed files)")
+    try:
+        unlisted = next((i.name for i in folder.iterdir() if i.name != MANIFEST and i.name not in files), None)
+    except OSError as e:
+        raise BundleError(f"cannot list the files of bundle {folder}: {e.strerror}") from None
+    if unlisted:
+        raise BundleError(f"bundle {folder}: {unlisted} is not listed in the manifest (refusing unhashed files)")
     for name, entry in files.items():
-        file = folder / name
-        if file.is_symlink() or (file.exists() and not file.is_file()):
-            raise BundleError(f"bundle {folder}: {name} is not a regular file")
-        if not file.exists():
-            raise BundleError(f"bundle {folder} is incomplete: {name} is missing")
-        size = file.stat().st_size
-        if size != entry["bytes"]:
-            raise BundleError(f"{file}: size {size} bytes, manifest expects {entry['bytes']} (truncated or replaced?)")
-        if verify:
-            actual = sha256_of(file)
-            if actual != entry["sha256"]:
-                raise BundleError(f"{file}: sha256 {actual} does not match the manifest's {entry['sha256']}")
+        try:
+            _check_file(folder, name, entry, verify)
+        except OSError as e:  # no permission, a name too long for the file system, a read error
+            raise BundleError(f"bundle {folder}: cannot read {_shown(name)}: {e.strerror}") from None
+
+
+def _check_file(folder: Path, name: str, entry: dict, verify: bool) -> None:
+    file = folder / name
+    try:
+        info = file.lstat()
+    except FileNotFoundError:
+        raise BundleError(f"bundle {folder} is incomplete: {name} is missing") from None
+    if not stat.S_ISREG(info.st_mode):  # a symbolic link, a folder, a FIFO, a device
+        raise BundleError(f"bundle {folder}: {name} is not a regular file")
+    if info.st_size != entry["bytes"]:
+        size, expected = info.st_size, _shown(entry["bytes"])
+        raise BundleError(f"{file}: size {size} bytes, manifest expects {expected} (truncated or replaced?)")
+    if verify:
+        actual = sha256_of(file)
+        if actual != entry["sha256"]:
+            raise BundleError(f"{file}: sha256 {actual} does not match the manifest's {entry['sha256']}")
 
 
 def open_bundle(path: str | Path | None, kind: str, verify: bool = True) -> Bundle:
     """Open and check a bundle: manifest present and of the right kind, every file in the folder listed, of the
     right size and hash, and the manifest's numbers in range."""
     folder = Path(path).expanduser() if path else default_bundle(kind)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.exists():
-        hint = " (run `make setup` to build the default bundles)" if path is None else ""
-        raise BundleError(f"no model bundle at {folder}: {MANIFEST} is missing{hint}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{manifest_path} is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{manifest_path} is not a JSON object")
+    hint = " (run `make setup` to build the default bundles)" if path is None else ""
+    manifest = read_manifest(folder, hint)
     if manifest.get("format") != FORMAT or manifest.get("kind") != kind:
         raise BundleError(
-            f"{folder} is not a {kind} bundle (format={manifest.get('format')!r}, kind={manifest.get('kind')!r})"
+            f"{folder} is not a {kind} bundle (format={_shown(manifest.get('format'))}, "
+            f"kind={_shown(manifest.get('kind'))})"
         )
     _check_files(folder, manifest, verify)
     bundle = Bundle(folder, manifest, listed=True)

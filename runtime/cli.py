@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -120,20 +121,32 @@ def _spoken_question(args) -> str:
     return transcript
 
 
+# Spoken answers' file formats by extension; a name without one (or a device such as /dev/stdout) gets WAV.
+SPEECH_FORMATS = {"": "WAV", ".wav": "WAV", ".flac": "FLAC"}
+
+
+def _speech_format(out: Path) -> str:
+    """The format ``out`` is written in; refused before any model runs when it is a folder or named for another
+    format."""
+    if os.path.isdir(out):
+        raise EdgemmError(f"{out} is a folder: give the WAV file to write")
+    if out.suffix.lower() not in SPEECH_FORMATS:
+        raise EdgemmError(f"{out}: speech is written as WAV or FLAC; name the file .wav or .flac (no extension: WAV)")
+    return SPEECH_FORMATS[out.suffix.lower()]
+
+
 def _speak(text: str, out: Path) -> float:
-    """Write ``text`` spoken to ``out`` (WAV); returns its seconds."""
+    """Write ``text`` spoken to ``out`` (16-bit WAV or FLAC, whole or not at all); returns its seconds."""
     import soundfile as sf
 
+    from edgemm.runtime.files import write_file
     from edgemm.runtime.tts import Synthesizer
 
-    if out.is_dir():
-        raise EdgemmError(f"{out} is a folder: give the WAV file to write")
+    audio_format = _speech_format(out)
     speech = Synthesizer().synthesize(text)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(out, speech.samples, speech.sample_rate, subtype="PCM_16")
-    except (OSError, RuntimeError) as e:  # soundfile reports an unwritable path as a RuntimeError
-        raise EdgemmError(f"cannot write {out}: {str(e).splitlines()[0]}") from None
+    encoded = io.BytesIO()
+    sf.write(encoded, speech.samples, speech.sample_rate, subtype="PCM_16", format=audio_format)
+    write_file(out, encoded.getvalue())
     return speech.seconds
 
 
@@ -144,6 +157,8 @@ def cmd_ask(args) -> int:
     options = _generation_options(args)
     if (args.question is None) == (args.audio is None):
         raise EdgemmError("give a question, or --audio FILE with a spoken one (not both)")
+    if args.speak:
+        _speech_format(args.speak)
     transcript = _spoken_question(args) if args.audio else None
     question = clean_text(transcript or args.question)
     images = []
@@ -351,8 +366,6 @@ def _show(events, verbose: bool) -> None:
 
 
 def cmd_serve(args) -> int:
-    import os
-
     try:
         from edgemm.runtime.server.app import ServerConfig, serve
         from edgemm.runtime.server.models import ServerModels
@@ -371,7 +384,12 @@ def cmd_serve(args) -> int:
         voice=not args.no_tts,
         max_queue=args.max_queue,
     )
-    config = ServerConfig(api_key=args.api_key or os.environ.get("EDGEMM_API_KEY") or None, timeout=args.timeout)
+    config = ServerConfig(
+        api_key=args.api_key or os.environ.get("EDGEMM_API_KEY") or None,
+        timeout=args.timeout,
+        allow_hosts=tuple(args.allow_host),
+        allow_origins=tuple(args.allow_origin),
+    )
 
     def ready(url: str) -> None:
         print(f"edgemm serve: {url} (models: {', '.join(models.names())})", file=sys.stderr, flush=True)
@@ -475,7 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question", nargs="?", help="the question (or --audio)")
     p.add_argument("--audio", type=Path, help="a recording of the question (transcribed with the speech bundle)")
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle for --audio (default preset)")
-    p.add_argument("--speak", type=Path, metavar="WAV", help="also write the answer, spoken, to this WAV (tts extra)")
+    p.add_argument(
+        "--speak",
+        type=Path,
+        metavar="WAV",
+        help="also write the answer, spoken, to this file (tts extra; .wav, .flac, or no extension: WAV)",
+    )
     p.add_argument("--image", type=Path, action="append", help="a photo the question is about (repeatable)")
     p.add_argument(
         "--vision-model", type=Path, default=None, help="vision bundle, or a vlm bundle (default: the built default)"
@@ -518,6 +541,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback: set --api-key)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one, printed at start)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $EDGEMM_API_KEY)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients may use besides IP addresses, localhost and --host (repeatable; '*': any)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another site whose pages may use the server, e.g. https://app.example (repeatable; '*': any)",
+    )
     p.add_argument("--model", type=Path, default=None, help="llm bundle (default preset)")
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle (default preset)")
     p.add_argument("--vision-model", type=Path, default=None, help="vision or vlm bundle (default preset)")
@@ -547,7 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("say", parents=[verbose], help="speak a text into a WAV file (tts extra)", formatter_class=fmt)
     p.add_argument("text")
-    p.add_argument("--out", type=Path, required=True, help="WAV file to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="file to write: .wav, .flac, or no extension (WAV); replaced only once complete",
+    )
     p.set_defaults(func=cmd_say)
 
     p = sub.add_parser(
@@ -694,6 +736,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except EdgemmError as e:
         print(f"edgemm: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file problem no check above named (no permission, a full disk): one line too
+        log.debug("the error in full:", exc_info=True)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"edgemm: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgemm: interrupted", file=sys.stderr)
