@@ -1,7 +1,7 @@
 """Speech to text: audio -> log-mel -> Whisper (ONNX) -> tokens -> text, with Silero VAD.
 
 The entry point is :class:`Transcriber`; the modules, in the order a clip goes through them: ``audio`` (any file or
-array to 16 kHz mono), ``vad`` (speech probabilities and regions), ``features`` (log-mel), ``model`` (the ONNX encoder
+array to 16 kHz mono; ``quiet`` keeps a damaged MP3's decoder messages short), ``vad`` (speech probabilities and regions), ``features`` (log-mel), ``model`` (the ONNX encoder
 and decoder), ``decoding`` (greedy / beam search and Whisper's timestamp rules), ``transcribe`` (30 s windows,
 segments, temperature fallback).
 """

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgemm.runtime import cancel
 from edgemm.runtime.errors import OptionsError
 from edgemm.runtime.limits import MAX_SEED, check_float, check_int
 from edgemm.runtime.speech.model import WhisperONNX
@@ -184,6 +185,7 @@ class WindowDecoder:
     def _sample(self, logits, cache, initial, filters, sample_len, options, rng):
         eot, seq, total = self.tokenizer.special.eot, list(initial), 0.0
         for _ in range(sample_len):
+            cancel.check()
             filters.apply(logits, [seq])
             logprobs = log_softmax(logits)[0]
             if options.temperature == 0:
@@ -203,6 +205,7 @@ class WindowDecoder:
         sequences, scores = [list(initial)] * n, np.zeros(n)
         finished: dict[tuple, float] = {}
         for _ in range(sample_len):
+            cancel.check()
             filters.apply(logits, sequences)
             logprobs = log_softmax(logits)
             candidates: dict[tuple, tuple[float, int]] = {}

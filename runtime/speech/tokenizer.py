@@ -1,8 +1,15 @@
-"""Whisper's tokenizer: text <-> ids with the ``tokenizers`` library, special ids from the manifest."""
+"""Whisper's tokenizer: text <-> ids with the ``tokenizers`` library, special ids from the manifest.
+
+Text is encoded as plain text: ``<|endoftext|>`` typed into a prompt is the characters ``<``, ``|``, ``end``...,
+never the control token. Every added token of a Whisper tokenizer is a control or timestamp token (``<|...|>``), so
+encoding uses a copy of the tokenizer without them: its byte-level BPE cannot join text into those ids.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cached_property
 
 from tokenizers import Tokenizer
 
@@ -29,8 +36,15 @@ class WhisperTokenizer:
         self._tok = tokenizer
         self.special = special
 
+    @cached_property
+    def _plain(self) -> Tokenizer:
+        spec = json.loads(self._tok.to_str())
+        spec["added_tokens"] = []
+        return Tokenizer.from_str(json.dumps(spec))
+
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        """Ids of ``text`` as plain text (no control tokens, whatever it says)."""
+        return self._plain.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:
         """Text of the ordinary tokens in ``ids`` (special and timestamp tokens are dropped)."""

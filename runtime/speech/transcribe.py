@@ -8,6 +8,9 @@ Whisper pads every window to 30 s: it was trained on nothing else. A length-adap
 for shorter inputs) lists ``model.encoder_lengths``; a window is then padded only to the smallest of them that holds
 its audio plus a short margin, so a 4 s utterance costs a 5 s encoder run. The timestamps it may emit end at that
 length (see decoding.py); seeking still counts the window's real audio.
+
+Every stage checks for cancellation (edgemm.runtime.cancel) between bounded steps: audio blocks, VAD chunks,
+windows, temperature fallbacks and decoded tokens, so an abandoned job over two hours of audio stops at once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemm.runtime import cancel
 from edgemm.runtime.bundle import Bundle, open_bundle
 from edgemm.runtime.errors import OptionsError
 from edgemm.runtime.limits import check_float, check_memory_for, check_text
@@ -172,6 +176,7 @@ class Transcriber:
         tokens = self.tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
         prompt_start, seek = 0, 0
         while True:
+            cancel.check()
             seek = next((max(seek, a) for a, b in spans if b > seek), None)  # jump over non-speech
             if seek is None or seek >= content_frames:
                 break
@@ -204,6 +209,7 @@ class Transcriber:
         rng = np.random.default_rng(decoding.seed)
         result = None
         for temperature in options.temperatures:
+            cancel.check()
             result = self.decoder.decode(cross, prompt, replace(decoding, temperature=temperature), rng)
             text = self.tokenizer.decode(result.tokens)
             too_repetitive = compression_ratio(text) > options.compression_ratio_threshold

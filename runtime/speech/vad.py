@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemm.runtime import cancel
 from edgemm.runtime.sessions import create_session
 
 SAMPLE_RATE = 16000
@@ -20,6 +21,7 @@ CHUNK = 512  # samples scored at once (32 ms)
 BLOCK_MS = 1000 * CHUNK / SAMPLE_RATE
 CONTEXT = 64  # samples of the previous chunk the model sees
 STATE_SHAPE = (2, 1, 128)
+CHECK_EVERY = 256  # chunks (8 s of audio, tens of milliseconds of work) between cancellation checks
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,14 @@ class SileroVAD:
     def probabilities(self, samples: np.ndarray) -> np.ndarray:
         """Speech probability of every 32 ms chunk of 16 kHz ``samples``."""
         n = (len(samples) + CHUNK - 1) // CHUNK
-        padded = np.zeros(n * CHUNK, np.float32)
-        padded[: len(samples)] = samples
+        probs = np.empty(n, np.float32)
         stream = VADStream(self)
-        return np.array([stream(padded[i * CHUNK : (i + 1) * CHUNK]) for i in range(n)], np.float32)
+        for i in range(n):
+            if i % CHECK_EVERY == 0:
+                cancel.check()
+            chunk = samples[i * CHUNK : (i + 1) * CHUNK]
+            probs[i] = stream(np.pad(chunk, (0, CHUNK - len(chunk))) if len(chunk) < CHUNK else chunk)
+        return probs
 
     def speech_regions(self, samples: np.ndarray, options: VADOptions = VADOptions()) -> list[tuple[int, int]]:
         """``[(start, end), ...]`` sample offsets of speech, padded and merged."""
