@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from edgemm.bench.serve import MAX_QUEUE, ServerProcess, disconnect, health, load, multipart, request
-from edgemm.bench.wer import normalize, wer
+from edgemm.bench.wer import wer
 from edgemm.runtime.bundle import default_bundle
 from edgemm.runtime.server.guard import MEDIA_TYPES
 
@@ -196,7 +196,9 @@ def test_speech_transcribes_back(client, server):
     samples, rate = sf.read(io.BytesIO(wav))
     assert rate == 22050 and 1.5 < len(samples) / rate < 6
     heard = client.audio.transcriptions.create(model="whisper-1", file=("speech.wav", wav)).text
-    assert normalize(heard) == normalize(sentence), heard
+    # The server's voice varies its timing and tone at random (as Piper does): now and then tiny.en mishears one
+    # word ("quit" for "quick", about 1 in 12 runs), never more.
+    assert wer([sentence], [heard]) <= 1 / 9, heard
     pcm = client.audio.speech.create(model="tts-1", voice="alloy", input=sentence, response_format="pcm").content
     # Raw 16-bit at 24 kHz: about the same duration (the voice varies its timing a little from call to call).
     assert abs(len(pcm) / 2 / 24000 - len(samples) / rate) < 0.15 * len(samples) / rate
