@@ -33,7 +33,7 @@ from edgemm.runtime.speech import Transcriber
 from edgemm.runtime.speech.audio import load_audio
 from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions
 from edgemm.runtime.speech.vad import SAMPLE_RATE, VADStream
-from edgemm.runtime.tts import SentenceSplitter, Speech
+from edgemm.runtime.tts import NothingToSay, SentenceSplitter, Speech
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def _first_line(error: BaseException) -> str:
 
 def _apology(turn: Turn, error: BaseException) -> str:
     """What the assistant says when a part fails; the details go to the log."""
-    log.warning("turn %r failed: %s", turn.transcript, _first_line(error))
-    log.debug("turn failure", exc_info=error)
+    log.warning("a turn failed: %s", _first_line(error))  # the user's words only with -v
+    log.debug("the failed turn's question: %r", turn.transcript, exc_info=error)
     what = "look at the camera's picture" if turn.looked else "answer that"
     return f"Sorry, I could not {what} ({_first_line(error)})."
 
@@ -265,6 +265,8 @@ class Assistant:
             if speaker is not None:
                 speaker.wait()
                 speaker.play(speech.samples, speech.sample_rate)
+        except NothingToSay:  # a piece of only punctuation ("..."): the next one is spoken
+            return 0.0
         except Exception as e:  # the answer stays in text; the next turn tries to speak again
             log.warning("cannot speak the answer: %s", _first_line(e))
             turn.mute = True

@@ -26,6 +26,7 @@ MAX_LINE_CHARS = 65_536  # one line typed (or piped) into `edgemm chat` / `edgem
 MAX_IMAGE_PIXELS = 64_000_000  # one image: any camera photo; 8000x8000 RGB is 192 MB decoded
 MAX_IMAGE_BYTES = 256 << 20  # an encoded image given as bytes or read from a pipe
 MAX_IMAGES = 16  # images in one question
+MAX_REQUEST_PIXELS = 192_000_000  # one question's images together: 3 at MAX_IMAGE_PIXELS, 16 phone photos of 12 Mpx
 
 
 class InputError(EdgemmError, ValueError):

@@ -12,12 +12,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from edgemm.runtime import cancel
 from edgemm.runtime.bundle import open_bundle
 from edgemm.runtime.limits import release_memory
 from edgemm.runtime.vision.classify import ImageClassifier, Label
 from edgemm.runtime.vision.colours import colour_names
 from edgemm.runtime.vision.detect import Detection, ObjectDetector, iou
-from edgemm.runtime.vision.image import load_image
+from edgemm.runtime.vision.image import load_images
+from edgemm.runtime.vision.ocr import MAX_SIDE as OCR_MAX_SIDE
 from edgemm.runtime.vision.ocr import TextReader
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ SAME_OBJECT_IOU = 0.7
 RIVAL_MARGIN = 0.1
 CORROBORATED_SCORE = 0.3
 MAX_OBJECTS = 20  # a description names at most this many objects
+# Each photo is reduced to this side as soon as it is decoded: the most any model here looks at (OCR brings photos
+# within it; the classifier, the detector and the colours take a few hundred pixels). 16 photos then hold 192 MB
+# at most, where 16 of 8000x8000 held 3 GB.
+WORK_SIDE = OCR_MAX_SIDE
 # COCO classes the ImageNet classifier can confirm, by ImageNet-1k class index (WordNet order: 151..268 are the dog
 # breeds, 281..285 the domestic cats).
 IMAGENET_TO_COCO = {
@@ -253,15 +259,17 @@ class OnDemandDescriber:
 def describe_in_stages(images: list, classifier, reader=None, detector=None, release: bool = False):
     """The facts of each image, one model at a time over all of them: labels, then text, then objects. Each model
     argument is a function that gives the model (None: that stage does not run); with ``release`` each model is
-    dropped after its stage and its memory handed back before the next one loads."""
-    images = [load_image(image) for image in images]
+    dropped after its stage and its memory handed back before the next one loads. A cancelled job stops between
+    images and between models."""
+    images = load_images(images, max_side=WORK_SIDE)
 
     def stage(get_model, work, *columns) -> list:
         if get_model is None:
             return [None] * len(images)
+        cancel.check()
         model = get_model()
         try:
-            return [work(model, *row) for row in zip(images, *columns, strict=True)]
+            return [_checked(work, model, *row) for row in zip(images, *columns, strict=True)]
         finally:
             del model  # the last reference when ``get_model`` made it
             if release:
@@ -274,6 +282,12 @@ def describe_in_stages(images: list, classifier, reader=None, detector=None, rel
         ImageFacts(top, text or [], ocr=text is not None, objects=found, colours=colour_names(image))
         for image, top, text, found in zip(images, labels, texts, objects, strict=True)
     ]
+
+
+def _checked(work, *args):
+    """``work(*args)``, unless the job was cancelled."""
+    cancel.check()
+    return work(*args)
 
 
 def _read_text(reader: TextReader, image) -> list[str] | None:

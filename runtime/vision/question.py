@@ -16,13 +16,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgemm.runtime.bundle import bundle_kind
+from edgemm.runtime.bundle import MAX_IMAGE_SIDE, bundle_kind
 from edgemm.runtime.limits import MAX_IMAGES
 from edgemm.runtime.llm import DEFAULT_SYSTEM, Chat, Generation, GenerationOptions, LanguageModel, ask
 from edgemm.runtime.llm.chat import clean_text
 from edgemm.runtime.profiles import active_profile
 from edgemm.runtime.vision.describe import ImageFacts, OnDemandDescriber, SceneDescriber, grounded_question
-from edgemm.runtime.vision.image import ImageError
+from edgemm.runtime.vision.image import ImageError, load_images
 from edgemm.runtime.vision.vlm import VisionLanguageModel
 
 VLM_ENV = "EDGEMM_VLM"  # a vlm bundle that answers every image question when no model is named
@@ -97,7 +97,8 @@ class ImageQuestion:
 
         ``system``: the system prompt (None: the route's default, i.e. brief factual answers for the offline path and
         the chat template's own for a VLM). ``chat``: on the offline path, the conversation the question and its
-        answer join (its own system prompt then applies).
+        answer join (its own system prompt then applies). The images together may have MAX_REQUEST_PIXELS (counted
+        from their headers before any is decoded); each is reduced as soon as it is decoded.
         """
         if isinstance(images, (str, Path, bytes)) or not isinstance(images, (list, tuple)):
             raise ImageError(
@@ -106,6 +107,7 @@ class ImageQuestion:
         if not 1 <= len(images) <= MAX_IMAGES:
             raise ImageError(f"a question takes 1 to {MAX_IMAGES} images, not {len(images)}")
         if self.vlm is not None:
+            images = load_images(images, max_side=MAX_IMAGE_SIDE)  # the side no image is worked on past
             return ImageAnswer(self.vlm.ask(question, images, options, system=system), "vlm")
         facts = self.describer.facts_of(images)
         prompt = grounded_question(clean_text(question), facts)
