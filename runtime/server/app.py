@@ -54,7 +54,7 @@ from edgemm.runtime.server.openai import APIError, bad
 from edgemm.runtime.server.workers import Busy, Channel, Closed
 from edgemm.runtime.speech.decoding import DecodingOptions
 from edgemm.runtime.speech.transcribe import TEMPERATURES, TranscribeOptions
-from edgemm.runtime.tts import TTSError
+from edgemm.runtime.tts import NothingToSay, TTSError
 from edgemm.runtime.vision.image import ImageError
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ def api_error(error: BaseException) -> APIError:
         return APIError(400, message, param="messages", code="invalid_image")
     if isinstance(error, AudioError):
         return APIError(400, message, param="file", code="invalid_audio")
+    if isinstance(error, NothingToSay):
+        return APIError(400, message, param="input", code="nothing_to_say")
     if isinstance(error, TTSError):
         return APIError(503, message, "server_error", code="voice_unavailable")
     if isinstance(error, BundleError):

@@ -256,6 +256,11 @@ def test_odd_requests_get_one_line_and_no_traceback(server):
     assert "Traceback" not in server.output(), server.output()[-3000:]
 
 
+def test_speech_of_nothing_to_say_is_a_400(server):
+    got, _, raw = request(server.url, "/v1/audio/speech", {"model": "tts-1", "input": "... -- ?"}, JSON, timeout=60)
+    assert got == 400 and _error(got, raw)["param"] == "input"
+
+
 def test_large_bodies_are_parsed_off_the_event_loop(server):
     text = "word " * (5 << 20)  # a 27 MB request: valid JSON, refused after parsing (over the text limit)
     body = json.dumps(_chat(text)).encode()
