@@ -44,6 +44,7 @@ from edgemm.runtime.llm.chat import ChatTemplate
 from edgemm.runtime.server import openai
 from edgemm.runtime.server.connections import (
     LISTEN_BACKLOG,
+    LISTEN_QUEUE,
     BoundedH11Protocol,
     RateLimitedErrors,
     raise_descriptor_limit,
@@ -623,6 +624,18 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _uvicorn_server():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            for sock in sockets or ():  # asyncio set the queue to its accept batch: deepen the kernel's queue
+                sock.listen(LISTEN_QUEUE)
+
+    return Server
+
+
 def serve(
     models: ServerModels, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None, ready=None
 ) -> None:
@@ -639,7 +652,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     raise_descriptor_limit()
     app = create_app(models, config, host)
-    uv = uvicorn.Server(
+    uv = _uvicorn_server()(
         uvicorn.Config(
             app,
             http=BoundedH11Protocol,

@@ -30,3 +30,20 @@ def test_after_the_interval_it_says_how_many_were_left_out(caplog, monkeypatch):
         for _ in range(4):
             handler(None, {"message": "accept failed"})
     assert [r.getMessage() for r in caplog.records] == ["accept failed", "accept failed (2 more in the last 60 s)"]
+
+
+def test_which_connection_makes_room():
+    from edgemm.runtime.server.connections import GRACE_S, _Registry
+
+    registry = _Registry()
+    registry.hard_limit = 10
+    old, new = object(), object()
+    registry.waiting = {old: 0.0, new: 5.0}
+    registry.open = 5
+    assert registry.victim(now=5.0 + GRACE_S / 2) is old  # waited past the grace: closed first
+    registry.waiting = {new: 5.0}
+    assert registry.victim(now=5.0 + GRACE_S / 2) is None  # only new ones: they get their chance
+    registry.open = 11
+    assert registry.victim(now=5.0 + GRACE_S / 2) is new  # unless half the descriptors are in use
+    registry.waiting = {}
+    assert registry.victim(now=100.0) is None  # every connection is being answered: none is closed
