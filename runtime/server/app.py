@@ -44,8 +44,8 @@ from edgemm.runtime.llm.chat import ChatTemplate
 from edgemm.runtime.server import openai
 from edgemm.runtime.server.connections import (
     LISTEN_BACKLOG,
-    LISTEN_QUEUE,
     BoundedH11Protocol,
+    BoundedServer,
     RateLimitedErrors,
     raise_descriptor_limit,
 )
@@ -624,18 +624,6 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _uvicorn_server():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets=None):
-            await super().startup(sockets)
-            for sock in sockets or ():  # asyncio set the queue to its accept batch: deepen the kernel's queue
-                sock.listen(LISTEN_QUEUE)
-
-    return Server
-
-
 def serve(
     models: ServerModels, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None, ready=None
 ) -> None:
@@ -651,10 +639,9 @@ def serve(
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     raise_descriptor_limit()
-    app = create_app(models, config, host)
-    uv = _uvicorn_server()(
+    uv = BoundedServer(
         uvicorn.Config(
-            app,
+            create_app(models, config, host),
             http=BoundedH11Protocol,
             backlog=LISTEN_BACKLOG,
             log_level="warning",

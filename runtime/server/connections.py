@@ -16,6 +16,7 @@ import logging
 import resource
 import time
 
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,16 @@ class BoundedH11Protocol(H11Protocol):
     def connection_lost(self, exc) -> None:
         self._close()
         super().connection_lost(exc)
+
+
+class BoundedServer(uvicorn.Server):
+    """uvicorn's server, its sockets' kernel queues LISTEN_QUEUE deep once serving (asyncio sets them to its accept
+    batch, LISTEN_BACKLOG, as it starts)."""
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        for sock in sockets or ():
+            sock.listen(LISTEN_QUEUE)
 
 
 class RateLimitedErrors:
