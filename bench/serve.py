@@ -326,8 +326,12 @@ def sixteen_bit_png(side: int = 8000) -> bytes:
 
 
 def _timed(fn, *args) -> dict:
+    """The status ``fn(*args)`` returns (the name of the error when the request itself failed) and its seconds."""
     start = time.perf_counter()
-    status = fn(*args)
+    try:
+        status = fn(*args)
+    except OSError as e:  # refused, reset, or no answer within REQUEST_TIMEOUT_S
+        status = type(e).__name__
     return {"status": status, "s": round(time.perf_counter() - start, 2)}
 
 
@@ -351,14 +355,17 @@ def hostile(server: ServerProcess, reopen_s: float) -> dict:
     words = " ".join(random.Random(0).choice(["alpha", "river", "stone", "light", "music"]) for _ in range(700))
     speech = {"model": "tts-1", "voice": "alloy", "input": words[:4096]}
     flood = IdleFlood(url, IDLE_CONNECTIONS, reopen_s)
-    peak, health_s, done = server.rss_mb(), [], threading.Event()
+    peak, health_s, health_failures, done = server.rss_mb(), [], 0, threading.Event()
 
     def watch():
-        nonlocal peak
+        nonlocal peak, health_failures
         while not done.is_set():
             start = time.perf_counter()
-            health(url)
-            health_s.append(time.perf_counter() - start)
+            try:
+                health(url)
+                health_s.append(time.perf_counter() - start)
+            except (OSError, EdgemmError):  # no answer within 10 s, or the connection refused or reset
+                health_failures += 1
             peak = max(peak, server.rss_mb())
             time.sleep(0.1)
 
@@ -386,6 +393,7 @@ def hostile(server: ServerProcess, reopen_s: float) -> dict:
         "health_max_ms": round(max(health_s, default=0.0) * 1000, 1),
         "health_median_ms": round(float(np.median(health_s)) * 1000, 1) if health_s else None,
         "health_over_100ms": sum(s > 0.1 for s in health_s),
+        "health_failures": health_failures,
         "chat": chat,
         **results,
         "rss_peak_mb": round(peak, 1),
@@ -445,7 +453,8 @@ def run_bench_serve(args) -> int:
             print(f"    {name:12s} status {h[name]['status']}  {h[name]['s']} s")
         print(
             f"    /health: {h['health_polls']} polls, median {h['health_median_ms']} ms, slowest "
-            f"{h['health_max_ms']} ms, {h['health_over_100ms']} over 100 ms; server RSS peak {h['rss_peak_mb']} MB; "
+            f"{h['health_max_ms']} ms, {h['health_over_100ms']} over 100 ms, {h['health_failures']} failed; "
+            f"server RSS peak {h['rss_peak_mb']} MB; "
             f"its log {h['log_bytes']} bytes"
         )
     return 0
