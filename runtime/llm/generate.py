@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from edgemm.runtime.errors import OptionsError
 from edgemm.runtime.limits import MAX_NEW_TOKENS, check_float, check_int, check_seed
+from edgemm.runtime.llm.constrain import Constraint, Grammar
 from edgemm.runtime.llm.model import CacheBusyError, KVCache, LanguageModel
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class GenerationOptions:
     repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the prompt or the answer
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings (not included in the answer); any sequence is stored as a tuple
+    grammar: Grammar | None = None  # the answer must match it (constrained decoding); None: free text
 
     def __post_init__(self):
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
@@ -39,6 +41,8 @@ class GenerationOptions:
             raise OptionsError("stop must be a non-empty text or a list of them")
         if len(stop) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stop):
             raise OptionsError(f"stop takes at most {MAX_STOPS} texts of at most {MAX_STOP_CHARS} characters each")
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            raise OptionsError(f"grammar must be a Grammar, not {type(self.grammar).__name__}")
         checked = {
             "stop": tuple(stop),
             "max_new_tokens": check_int(self.max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS),
@@ -217,6 +221,8 @@ class Generation:
         self.text = ""
         self.finish_reason: str | None = None
         self.stats = GenerationStats(prompt_tokens=len(prompt))
+        # Checked now: a grammar the model cannot follow is refused before the answer starts.
+        self.constraint = Constraint(lm, options.grammar) if options.grammar is not None else None
         self._on_finish = on_finish
         self._steps = self._run()
         self._reading = threading.Lock()
@@ -281,8 +287,13 @@ class Generation:
         start = time.perf_counter()
         try:
             logits = self._prefill()
+            constraint = self.constraint
             while True:
+                if constraint is not None:
+                    logits = constraint.mask(logits)
                 token = sampler(logits, seen)
+                if constraint is not None:
+                    constraint.advance(token)
                 if not self.tokens:
                     self.stats.first_token_s = time.perf_counter() - start
                     start = time.perf_counter()
@@ -298,6 +309,9 @@ class Generation:
                     yield piece
                 if stops.stopped:
                     self.finish_reason = "stop"
+                    break
+                if constraint is not None and constraint.finished:  # the grammar allows only the end: no more steps
+                    self.finish_reason = "eos"
                     break
                 if self._cancelled:
                     break
