@@ -433,9 +433,15 @@ def test_ordinary_templates_render_as_in_jinjas_sandbox():
     ]
     plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     plain.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    plain.filters["tojson"] = _transformers_tojson
     for source in (FEATURES, QWEN3_LIKE):
         expected = plain.from_string(source).render(messages=messages, add_generation_prompt=True, **SPECIAL)
         assert ChatTemplate(source, SPECIAL).render(messages) == expected
+
+
+def _transformers_tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    """``tojson`` as transformers defines it for chat templates (not Jinja's HTML-safe, key-sorting one)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def test_hostile_template_through_the_cli(tiny_lm, tmp_path):

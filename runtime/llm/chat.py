@@ -18,6 +18,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Iterator, Sized
+from dataclasses import replace
 from datetime import datetime
 from string import Formatter
 
@@ -30,6 +31,7 @@ from edgemm.runtime.errors import EdgemmError, OptionsError
 from edgemm.runtime.limits import check_text
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
 from edgemm.runtime.llm.model import CacheBusyError, ContextError, LanguageModel
+from edgemm.runtime.llm.tools import Tool, call_grammar, template_messages
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +230,7 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         del self.filters["pprint"]  # a debugging aid that walks every nested item in Python
         self.filters = {name: self._bounded_filter(name, f) for name, f in self.filters.items()}
         self.policies["json.dumps_function"] = self._dumps
+        self.filters["tojson"] = self._tojson
 
     def template(self, source: str):
         """The compiled template of ``source``, its loops and ``~`` concatenations rewritten to check the bounds."""
@@ -273,6 +276,14 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         if abs(items.stop - items.start) > MAX_TEMPLATE_RANGE * abs(items.step) or len(items) > MAX_TEMPLATE_RANGE:
             raise PromptError(f"the chat template asks for a range of more than {MAX_TEMPLATE_RANGE} items")
         return _TimedRange(items, self.check)
+
+    def _tojson(self, value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        """``tojson`` as transformers defines it for chat templates (keys in their order, no HTML escaping): the
+        text the checkpoint was trained on, e.g. Qwen2.5's tool signatures."""
+        self.check()
+        if indent is not None and (not isinstance(indent, int) or indent > MAX_TEMPLATE_WIDTH):
+            raise PromptError(f"the chat template's tojson filter has an indent past {MAX_TEMPLATE_WIDTH}")
+        return self._dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     def _dumps(self, value, **options) -> str:  # tojson, written chunk by chunk
         chunks, size = [], 0
@@ -366,12 +377,14 @@ class ChatTemplate:
     def _raise(message):
         raise PromptError(f"chat template: {message}")
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+        """The prompt text; ``tools``: OpenAI-form tool specs, for templates that render them."""
         chunks, size = [], 0
         self.env.start()
         try:
             for chunk in self.template.generate(
                 messages=messages,
+                tools=tools,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.special.get("bos_token") or "",
                 eos_token=self.special.get("eos_token") or "",
@@ -391,7 +404,9 @@ class ChatTemplate:
             self.env.stop()
         return "".join(chunks)
 
-    def encode(self, tokenizer: Tokenizer, messages: list[dict], expand=None) -> list[int]:
+    def encode(
+        self, tokenizer: Tokenizer, messages: list[dict], expand=None, tools: list[dict] | None = None
+    ) -> list[int]:
         """Prompt ids of ``messages`` (after ``expand(text)``, which may rewrite the template's own text, e.g.
         image tokens). Special tokens are parsed in the template's text only: a message that contains
         ``<|im_end|>`` gets the ids of that text, not the control token. Ordinary messages get exactly the ids of
@@ -404,8 +419,8 @@ class ChatTemplate:
             contents.append(text)
             return f"\ue000{tag}:{len(contents) - 1}\ue001"
 
-        skeleton = self.render([_with_content(m, placeholder) for m in messages], add_generation_prompt=True)
-        verbatim = slot.sub(lambda m: contents[int(m.group(1))], skeleton) == self.render(messages)
+        skeleton = self.render([_with_content(m, placeholder) for m in messages], True, tools)
+        verbatim = slot.sub(lambda m: contents[int(m.group(1))], skeleton) == self.render(messages, True, tools)
         if expand:
             skeleton = expand(skeleton)
         parts = slot.split(skeleton)  # template text, content index, template text, ...
@@ -498,16 +513,17 @@ class Chat:
             msgs.append({"role": "user", "content": question})
         return msgs
 
-    def encode(self, messages: list[dict]) -> list[int]:
-        return self.template.encode(self.lm.tokenizer, messages)
+    def encode(self, messages: list[dict], tools: tuple[Tool, ...] | None = None) -> list[int]:
+        messages, specs = template_messages(messages, tools, self.lm.chat_template)
+        return self.template.encode(self.lm.tokenizer, messages, tools=specs)
 
-    def _fit(self, question: str, options: GenerationOptions) -> list[int]:
+    def _fit(self, question: str, options: GenerationOptions, tools=None) -> list[int]:
         """Prompt ids for the conversation + question, dropping oldest turns to leave room for an answer."""
         room = self.lm.context
         reserve = min(options.max_new_tokens, room // 4)
         turns = list(self.turns)
         while True:
-            ids = self.encode(self.messages(turns, question))
+            ids = self.encode(self.messages(turns, question), tools)
             if len(ids) + reserve <= room or (not turns and len(ids) < room):
                 break
             if not turns:
@@ -530,11 +546,24 @@ class Chat:
                 "this chat is still generating an answer: finish or close() it first (one Chat per thread)"
             )
 
-    def send(self, text: str | bytes, options: GenerationOptions | None = None) -> Generation:
+    def send(
+        self,
+        text: str | bytes,
+        options: GenerationOptions | None = None,
+        tools: tuple[Tool, ...] | None = None,
+        tool_choice: str = "auto",
+    ) -> Generation:
+        """The answer to ``text``. ``tools`` (see :mod:`.tools`): the model may call them ("auto"), must
+        ("required"), must call the one named, or ignores them ("none"); its calls, in the answer's text, always
+        validate (:func:`.tools.split_calls` separates them)."""
         self._check_idle()
         question = clean_text(text)
         options = _checked(options) or self.options
-        prompt = self._fit(question, options)
+        if tools and tool_choice != "none":
+            options = replace(options, grammar=call_grammar(tools, tool_choice))
+        else:
+            tools = None
+        prompt = self._fit(question, options, tools)
 
         def remember(gen: Generation) -> None:
             self.turns.append((question, gen.text))
