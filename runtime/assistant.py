@@ -1,24 +1,26 @@
 """The voice + camera assistant: endpointing, one turn per utterance, spoken answers, barge-in.
 
-A turn: the endpointer (Silero VAD on 32 ms blocks) cuts an utterance -> Whisper transcribes it -> when the question
-is about the scene (or camera mode is on) a frame is grabbed and the image question is answered (a VLM or the offline
-description), else the text LLM with the conversation's memory -> the answer streams as text and is spoken sentence
-by sentence.
+A turn: the endpointer (Silero VAD on 32 ms blocks) cuts an utterance -> Whisper transcribes it -> a skill the
+matcher recognises (the time, a timer, arithmetic...: runtime/skills) answers from real data without the LLM; a
+request to look (or camera mode) grabs a frame and answers the image question (a VLM or the offline description);
+anything else goes to the text LLM with the conversation's memory, which may call ``look`` as a tool (its call
+constrained to the tool's schema) -> the answer streams as text and is spoken sentence by sentence. Timers that go
+off are announced as they fire, between turns too (:class:`TimerDone`).
 
 The assistant is built from models only; the devices are given to :meth:`Assistant.run` (a microphone, and optionally
 a speaker and a camera) or to :meth:`Assistant.respond` (a typed question). Both yield events as they happen:
 :class:`Transcript`, :class:`AnswerText` pieces, :class:`AnswerAudio` for each spoken sentence, and :class:`TurnEnd`
 with the finished :class:`Turn` and its latencies.
 
-Time is the microphone's: ``samples read / 16 kHz``. A live microphone delivers it at wall-clock pace, a file as fast
+Time is the microphone's: ``samples read / 16 kHz`` (timers too, while listening). A live microphone delivers it at wall-clock pace, a file as fast
 as it is read, so the same logic runs on hardware and in tests. Speech that starts while an answer is still being
 spoken (in microphone time) stops the speaker and starts a new turn: barge-in.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +31,8 @@ from pathlib import Path
 from edgemm.runtime.limits import release_memory
 from edgemm.runtime.llm import Chat, ContextError, GenerationOptions, LanguageModel, PromptError
 from edgemm.runtime.llm.model import CacheBusyError
+from edgemm.runtime.llm.tools import CallStream, ToolCall, parse_tools
+from edgemm.runtime.skills import Clock, SkillCall, SkillError, Skills, SystemClock, Timer
 from edgemm.runtime.speech import Transcriber
 from edgemm.runtime.speech.audio import load_audio
 from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions
@@ -37,13 +41,10 @@ from edgemm.runtime.tts import NothingToSay, SentenceSplitter, Speech
 
 log = logging.getLogger(__name__)
 
-# Questions about what the camera sees ("what is this", "what do you see", "read the sign", ...).
-SCENE = re.compile(
-    r"\b(this|that|these|those|here|picture|photo|image|see|seeing|look|looking|camera|front of|holding|sign|read|"
-    r"wearing)\b",
-    re.IGNORECASE,
-)
 NO_CAMERA = "I cannot see anything: no camera is connected."
+# The tools the LLM is offered: ``look`` only. The skills' own commands go through the matcher; offering the LLM
+# every skill made its prompt 1,300 tokens instead of 200 and the 0.5B model pick wrong tools (docs/SKILLS.md).
+LLM_TOOLS = ("look",)
 
 
 def _first_line(error: BaseException) -> str:
@@ -71,6 +72,7 @@ class Turn:
     transcript: str  # the question (heard or typed)
     answer: str = ""
     looked: bool = False  # the camera was used
+    skill: str | None = None  # the skill that answered (None: the language model)
     interrupted: bool = False  # barge-in stopped the spoken answer
     mute: bool = False  # the voice failed: the rest of this answer is text only
     latency: dict = field(default_factory=dict)  # seconds from the end of speech: transcript, first_token, first_audio
@@ -98,13 +100,35 @@ class AnswerAudio:
 
 
 @dataclass(frozen=True)
+class TimerDone:
+    """A timer or an alarm went off; ``text`` is its announcement (spoken too, when there is a voice)."""
+
+    timer: Timer
+    text: str
+
+
+@dataclass(frozen=True)
 class TurnEnd:
     """The answer is complete (its audio may still be playing)."""
 
     turn: Turn
 
 
-Event = Transcript | AnswerText | AnswerAudio | TurnEnd
+Event = Transcript | AnswerText | AnswerAudio | TurnEnd | TimerDone
+
+
+class AssistantClock:
+    """The skills' clock: the time of day from ``base``; the timers' time from the microphone while listening
+    (samples read / 16 kHz, so a recording fires a timer where it would have rung), else from ``base``."""
+
+    def __init__(self, base: Clock):
+        self.base, self.microphone = base, None
+
+    def now(self):
+        return self.base.now()
+
+    def monotonic(self) -> float:
+        return self.microphone if self.microphone is not None else self.base.monotonic()
 
 
 class Assistant:
@@ -117,9 +141,11 @@ class Assistant:
         camera_mode: bool = False,
         options: GenerationOptions | None = None,
         endpoint: EndpointOptions | None = None,
+        clock: Clock | None = None,
     ):
         """``images``: an ImageQuestion for scene questions (None: the assistant cannot look); ``synthesizer``: a
-        tts.Synthesizer for spoken answers (None: text only)."""
+        tts.Synthesizer for spoken answers (None: text only); ``clock``: the time the skills read (tests inject a
+        FixedClock)."""
         if transcriber.vad is None:
             raise ValueError("the speech bundle has no VAD model")
         self.transcriber, self.images, self.synthesizer = transcriber, images, synthesizer
@@ -128,6 +154,18 @@ class Assistant:
         self.speaking_until = 0.0  # microphone time when the current spoken answer ends
         self.turns: list[Turn] = []
         self._busy = threading.Lock()
+        self.clock = AssistantClock(clock or SystemClock())
+        self.skills = Skills(self.clock, identity={"models": self._model_names()}, can_look=images is not None)
+        offered = [t for t in self.skills.tools() if t["function"]["name"] in LLM_TOOLS]
+        self.tools = parse_tools(offered) if offered else None
+
+    def _model_names(self) -> dict:
+        names = {"llm": self.chat.lm.name, "speech": self.transcriber.bundle.manifest.get("name")}
+        if self.images is not None:
+            names["vision"] = self.images.model_name
+        if self.synthesizer is not None:
+            names["voice"] = getattr(self.synthesizer, "name", None)
+        return {k: v for k, v in names.items() if v}
 
     @classmethod
     def load(
@@ -186,17 +224,40 @@ class Assistant:
     def _listen(self, microphone, speaker, camera) -> Iterator[Event]:
         endpointer = Endpointer(VADStream(self.transcriber.vad), self.endpoint)
         self.speaking_until = 0.0
-        for block in microphone.blocks():
-            utterance = endpointer.feed(block)
-            talking = endpointer.t < self.speaking_until or getattr(speaker, "busy", False)
-            if endpointer.started and talking:
-                self._barge_in(speaker)
-            if utterance is not None:
-                spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera)
-                # The answer plays from the end of the utterance on (in microphone time).
-                self.speaking_until = utterance.end + spoken
+        self.clock.microphone = 0.0
+        try:
+            for block in microphone.blocks():
+                utterance = endpointer.feed(block)
+                self.clock.microphone = endpointer.t
+                talking = endpointer.t < self.speaking_until or getattr(speaker, "busy", False)
+                if endpointer.started and talking:
+                    self._barge_in(speaker)
+                if utterance is not None:
+                    spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera)
+                    # The answer plays from the end of the utterance on (in microphone time).
+                    self.speaking_until = utterance.end + spoken
+                if not endpointer.started:  # between utterances: timers that went off are announced
+                    spoken = yield from self.timers_done(speaker)
+                    if spoken:  # the announcement plays after what is playing now (barge-in stops it too)
+                        self.speaking_until = max(self.speaking_until, endpointer.t) + spoken
+            left = self.skills.timers.cancel()
+            if left:
+                log.info("the microphone ended with %d timer(s) still running", len(left))
+        finally:
+            self.clock.microphone = None
         if speaker is not None:
             speaker.wait()
+
+    def timers_done(self, speaker=None) -> Iterator[TimerDone | AnswerAudio]:
+        """Announce the timers and alarms that have gone off (spoken on ``speaker`` when there is a voice); returns
+        the seconds of speech. ``run`` calls it between utterances; a caller of ``respond``/``hear`` calls it
+        when it likes (the web page polls it)."""
+        spoken = 0.0
+        for timer in self.skills.timers.due():
+            text = timer.announcement()
+            yield TimerDone(timer, text)
+            spoken += yield from self._speak(text, Turn(text), time.perf_counter(), speaker)
+        return spoken
 
     def _barge_in(self, speaker) -> None:
         log.info("barge-in: the answer is cut")
@@ -223,14 +284,53 @@ class Assistant:
         return (yield from self._answer(turn, t0, speaker, camera))
 
     def _start(self, turn: Turn, camera):
-        """The answer to ``turn.transcript``: a streaming Generation, or a whole sentence."""
+        """The answer to ``turn.transcript``: text pieces (a streaming Generation), or a whole sentence."""
         question = turn.transcript
-        if not (self.camera_mode or SCENE.search(question)):
+        call = self.skills.match(question)
+        if call is not None and call.name != "look":
+            reply = self.skills.answer(question)
+            turn.skill = call.name
+            self.chat.remember(question, reply.text)
+            return reply.text
+        if call is not None or self.camera_mode:
+            return self._look(turn, question, camera)
+        if camera is None or self.tools is None:
             return self.chat.send(question)
+        return self._with_tools(turn, self.chat.send(question, tools=self.tools), camera)
+
+    def _look(self, turn: Turn, question: str, camera):
         if camera is None or self.images is None:
             return NO_CAMERA
         turn.looked = True
         return self.images.ask(question, [camera.grab()], chat=self.chat).generation
+
+    def _with_tools(self, turn: Turn, generation, camera):
+        """The answer's text pieces; a tool call in it is carried out once the model has finished writing it."""
+        stream, calls = CallStream(), []
+        for piece in [*generation, None]:
+            for item in stream.feed(piece) if piece is not None else stream.finish():
+                if isinstance(item, ToolCall):
+                    calls.append(item)
+                else:
+                    yield item
+        if calls:
+            self.chat.forget_last()  # the call is not the answer: the answer below joins the memory instead
+        for call in calls[:1]:  # one question, one tool
+            yield from self._tool(turn, call, camera)
+
+    def _tool(self, turn: Turn, call: ToolCall, camera):
+        arguments = json.loads(call.arguments)
+        turn.skill = call.name
+        if call.name == "look":
+            answer = self._look(turn, arguments.get("question") or turn.transcript, camera)
+            yield from [answer] if isinstance(answer, str) else answer
+            return
+        try:
+            text = self.skills.run(SkillCall(call.name, arguments)).text
+        except SkillError as e:
+            text = str(e)
+        self.chat.remember(turn.transcript, text)
+        yield text
 
     def _answer(self, turn: Turn, t0: float, speaker, camera):
         """Stream the answer to ``turn.transcript`` as text, speaking each sentence as it completes; returns the

@@ -540,6 +540,17 @@ class Chat:
             self.turns = turns
         return ids
 
+    def remember(self, question: str, answer: str) -> None:
+        """Add a turn answered without the model (e.g. by a skill): later answers see it like any other."""
+        self._check_idle()
+        self.turns.append((clean_text(question), answer))
+
+    def forget_last(self) -> None:
+        """Drop the latest turn (e.g. a tool call whose result is answered as a turn of its own)."""
+        self._check_idle()
+        if self.turns:
+            self.turns.pop()
+
     def _check_idle(self) -> None:
         if self.cache.busy:
             raise CacheBusyError(

@@ -129,6 +129,11 @@ def _arithmetic(text: str) -> SkillCall | None:
     return SkillCall("calculate", {"expression": text})
 
 
+# A question that names the camera's picture ("What animal is in this picture?", "how many people are in the
+# image") is about the scene whatever else it asks: a template would need a wildcard on both sides of the words.
+PICTURE = re.compile(r"\b(this|the|my|your)\s+(picture|photo|photograph|image|camera|camera's picture|frame)\b", re.I)
+
+
 def match(text: str, today: date) -> SkillCall | None:
     """The skill call ``text`` asks for, or None. ``today`` dates a year-less date ("what day is Christmas")."""
     text = clean(text)
@@ -139,6 +144,8 @@ def match(text: str, today: date) -> SkillCall | None:
     bare = re.sub(r"[?!.=\s]+$", "", text)
     if (call := _arithmetic(bare)) is not None:
         return call
+    if PICTURE.search(text):
+        return SkillCall("look", {"question": text})
     from hassil import recognize_ranked
 
     try:

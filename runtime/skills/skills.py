@@ -273,7 +273,7 @@ class Skills:
             f"I can tell the time and date, set timers and alarms, calculate, convert units, {camera}"
             "and answer questions."
         )
-        sentences = {"name": [NAME], "models": [model_sentence], "abilities": [abilities]}
+        sentences = {"name": [NAME], "models": ["I am edgemm.", model_sentence], "abilities": [abilities]}
         text = " ".join(sentences.get(topic) or [NAME, model_sentence, abilities])
         return text, {"name": "edgemm", "models": said}
 
