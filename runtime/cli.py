@@ -14,6 +14,8 @@ import logging
 import math
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from edgemm.runtime.errors import EdgemmError
@@ -161,7 +163,16 @@ def cmd_ask(args) -> int:
         _speech_format(args.speak)
     transcript = _spoken_question(args) if args.audio else None
     question = clean_text(transcript or args.question)
-    images = []
+    images, reply = [], None
+    if not args.image:
+        from edgemm.runtime.skills import Skills
+
+        reply = Skills(keeps_running=False).answer(question)
+    if reply is not None:  # the time, arithmetic...: answered from real data, no model loaded
+        print(json.dumps({"answer": reply.text, "skill": reply.call.name}) if args.json else reply.text)
+        if args.speak:
+            _speak(reply.text, args.speak)
+        return 0
     if args.image:
         from edgemm.runtime.vision import ImageQuestion
 
@@ -195,17 +206,31 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def _every(seconds: float, action) -> None:
+    """Call ``action()`` every ``seconds`` in a daemon thread (timers that go off while the user types)."""
+
+    def loop():
+        while True:
+            action()
+            time.sleep(seconds)
+
+    threading.Thread(target=loop, name="timers", daemon=True).start()
+
+
 def cmd_chat(args) -> int:
     from edgemm.runtime.llm.chat import Chat, PromptError
     from edgemm.runtime.llm.model import ContextError, LanguageModel
+    from edgemm.runtime.skills import Skills
 
     options = _generation_options(args)
     lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
     chat = Chat(lm, system=_system(args), options=options)
+    skills = Skills(identity={"models": {"llm": lm.name}})
     print(
         f"{lm.name}: type a message; /reset forgets the conversation, /exit (or Ctrl-D) quits, Ctrl-C stops an answer.",
         file=sys.stderr,
     )
+    _every(0.1, lambda: [print(f"\n[{t.announcement()}]", flush=True) for t in skills.timers.due()])
     while True:
         try:
             line = _typed_line()
@@ -223,6 +248,11 @@ def cmd_chat(args) -> int:
             print("(conversation cleared)", file=sys.stderr)
             continue
         if not command:
+            continue
+        reply = skills.answer(line)
+        if reply is not None:
+            print(reply.text)
+            chat.remember(line, reply.text)
             continue
         try:
             generation = chat.send(line)
@@ -331,8 +361,19 @@ def cmd_listen(args) -> int:
         )
         if mic is None:
             print("no microphone: type questions instead (Ctrl-D quits)", file=sys.stderr)
+            turn = threading.Lock()  # timers are announced between answers
+
+            def announce():
+                if turn.acquire(blocking=False):
+                    try:
+                        _show(assistant.timers_done(speaker), args.verbose)
+                    finally:
+                        turn.release()
+
+            _every(0.1, announce)
             for line in _typed_lines():
-                _show(assistant.respond(line, speaker, camera), args.verbose)
+                with turn:
+                    _show(assistant.respond(line, speaker, camera), args.verbose)
         else:
             print("listening (Ctrl-C quits)", file=sys.stderr)
             _show(assistant.run(mic, speaker, camera), args.verbose)
@@ -351,10 +392,12 @@ def _typed_lines():
 
 def _show(events, verbose: bool) -> None:
     """Print the assistant's events: what was heard, the answer as it streams, per-turn latency with -v."""
-    from edgemm.runtime.assistant import AnswerText, Transcript, TurnEnd
+    from edgemm.runtime.assistant import AnswerText, TimerDone, Transcript, TurnEnd
 
     for event in events:
-        if isinstance(event, Transcript):
+        if isinstance(event, TimerDone):
+            print(f"assistant: {event.text}", flush=True)
+        elif isinstance(event, Transcript):
             print(f"you: {event.text}\nassistant: ", end="", flush=True)
         elif isinstance(event, AnswerText):
             print(event.text, end="", flush=True)

@@ -25,6 +25,8 @@ VENDORS = re.compile(
     r"stabilityai)\b[\s_-]*",
     re.IGNORECASE,
 )
+TIMER_SKILLS = frozenset({"set_timer", "set_alarm", "list_timers", "cancel_timer"})
+ONE_SHOT = "Timers ring only while edgemm keeps running: set them in edgemm chat or edgemm listen."
 HHMM = re.compile(r"(\d{1,2}):(\d{2})")
 
 
@@ -83,9 +85,12 @@ class Skills:
         timers: Timers | None = None,
         identity: dict | None = None,
         can_look: bool = False,
+        keeps_running: bool = True,
     ):
         """``identity``: {"models": {"speech": ..., "llm": ..., "vision": ..., "voice": ...}}, the names the
-        assistant loaded; ``can_look``: a camera is connected (adds the ``look`` tool and its sentence)."""
+        assistant loaded; ``can_look``: a camera is connected (adds the ``look`` tool and its sentence);
+        ``keeps_running``: False for one question (``edgemm ask``): timers, which could never ring, are declined."""
+        self.keeps_running = keeps_running
         self.clock = clock or SystemClock()
         self.timers = timers or Timers(self.clock)
         self.identity = identity if isinstance(identity, dict) else {}
@@ -120,6 +125,8 @@ class Skills:
         handler = self._handlers.get(call.name)
         if handler is None:
             raise SkillError(f"I have no skill called {call.name[:40]}.")
+        if call.name in TIMER_SKILLS and not self.keeps_running:
+            raise SkillError(ONE_SHOT)
         text, data = handler(call)
         return SkillReply(text, call, data)
 
