@@ -156,3 +156,23 @@ def test_without_microphone_the_page_says_so_and_typed_questions_work(server, fl
         assert "Paris" in turns[0]["answer"]
     finally:
         driver.quit()
+
+
+def test_a_timer_set_on_the_page_rings_on_the_page(server):
+    """Typed "set a timer for 2 seconds": acknowledged, then announced (text and voice) while the page is idle."""
+    driver = _browser("--use-fake-device-for-media-stream", "--deny-permission-prompts")
+    try:
+        driver.get(server.url + "/")
+        driver.find_element(By.ID, "start").click()
+        driver.find_element(By.ID, "question").send_keys("Set a timer for 2 seconds.")
+        driver.find_element(By.CSS_SELECTOR, "#ask button").click()
+        turns = _wait(lambda: [t for t in _turns(driver) if t["latency"]], 60, "the timer's acknowledgement")
+        assert turns[0]["answer"] == "Timer set for 2 seconds."
+        set_at = time.monotonic()
+        rung = _wait(
+            lambda: [t for t in _turns(driver) if "timer is done" in t["answer"]], 15, "the timer's announcement"
+        )
+        assert rung[0]["answer"] == "Your 2 second timer is done." and time.monotonic() - set_at >= 1.0
+        _wait(lambda: driver.execute_script("return window.edgemm.stats.audioStarted") >= 2, 10, "its voice")
+    finally:
+        driver.quit()

@@ -41,6 +41,8 @@ from starlette.routing import Route
 from edgemm.runtime.errors import AudioError, BundleError, EdgemmError
 from edgemm.runtime.llm import ContextError, Generation
 from edgemm.runtime.llm.chat import ChatTemplate
+from edgemm.runtime.llm.constrain import GrammarError
+from edgemm.runtime.llm.tools import CallStream, split_calls, template_messages
 from edgemm.runtime.server import openai
 from edgemm.runtime.server.connections import (
     LISTEN_BACKLOG,
@@ -88,6 +90,8 @@ def api_error(error: BaseException) -> APIError:
         )
     if isinstance(error, Closed):
         return APIError(503, message, "server_error", code="unavailable", headers={"Retry-After": "5"})
+    if isinstance(error, GrammarError):
+        return APIError(400, message, param=error.param, code="invalid_schema")
     if isinstance(error, ContextError):
         return APIError(400, message, param="messages", code="context_length_exceeded")
     if isinstance(error, ImageError):
@@ -272,7 +276,8 @@ class Server:
         if req.images:
             answer = m.images.ask(req.question, req.images, req.options, system=req.system)
             return answer.generation, m.images.model_name
-        prompt = self.template.encode(m.lm.tokenizer, req.messages)
+        messages, specs = template_messages(req.messages, req.tools, m.lm.chat_template)
+        prompt = self.template.encode(m.lm.tokenizer, messages, tools=specs)
         if len(prompt) >= m.lm.context:
             raise ContextError(
                 f"the messages are {len(prompt)} tokens; the context window is {m.lm.context} (send fewer or shorter)"
@@ -310,7 +315,7 @@ class Server:
         cid = openai.completion_id()
         if req.stream:
             return StreamingResponse(
-                self._chat_events(channel, request, cid, model, req.include_usage, deadline),
+                self._chat_events(channel, request, cid, model, req, deadline),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -324,10 +329,22 @@ class Server:
                 text += item[1]
             else:
                 finish, usage = item[1], item[2]
-        return JSONResponse(openai.completion(cid, model, text, finish, usage))
+        text, calls = split_calls(text) if req.tools else (text, [])
+        return JSONResponse(openai.completion(cid, model, text, finish, usage, calls))
 
-    async def _chat_events(self, channel, request, cid, model, include_usage, deadline):
-        usage = None
+    async def _chat_events(self, channel, request, cid, model, req: openai.ChatRequest, deadline):
+        usage, calls = None, CallStream() if req.tools else None
+        index = 0  # of the next tool call
+
+        def deltas(items):  # text pieces and whole calls as OpenAI's deltas
+            nonlocal index
+            for item in items:
+                if isinstance(item, str):
+                    yield {"content": item}
+                else:
+                    yield from openai.call_deltas(index, item)
+                    index += 1
+
         try:
             yield _sse(openai.chunk(cid, model, {"role": "assistant", "content": ""}))
             while True:
@@ -339,11 +356,15 @@ class Server:
                     yield _sse(api_error(e).body())
                     break
                 if item[0] == "text":
-                    yield _sse(openai.chunk(cid, model, {"content": item[1]}))
+                    for delta in deltas(calls.feed(item[1]) if calls else [item[1]]):
+                        yield _sse(openai.chunk(cid, model, delta))
                 else:
                     usage = item[2]
-                    yield _sse(openai.chunk(cid, model, {}, openai.FINISH.get(item[1], "stop")))
-            if include_usage and usage is not None:
+                    for delta in deltas(calls.finish() if calls else []):
+                        yield _sse(openai.chunk(cid, model, delta))
+                    finish = "tool_calls" if index else openai.FINISH.get(item[1], "stop")
+                    yield _sse(openai.chunk(cid, model, {}, finish))
+            if req.include_usage and usage is not None:
                 yield _sse(openai.chunk(cid, model, {}, usage_=usage))
             yield "data: [DONE]\n\n"
         finally:  # also when the client disconnects: the generation stops after its current token
@@ -520,6 +541,38 @@ class Server:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    async def assistant_timers(self, request: Request) -> Response:
+        """The timers and alarms of a web assistant conversation that have gone off: JSON ``{"session"}`` ->
+        ``{"announcements": [{"text", "wav"}]}`` (``wav``: the announcement spoken, or null). The page polls it;
+        a poll with nothing due costs no model time."""
+        from edgemm.runtime.assistant import AnswerAudio, TimerDone
+
+        session = await _json(request, _session_of)
+        owner = _owner(request, request.client.host if request.client else "?")
+        assistant = self.models.ringing(session, owner)
+        if assistant is None:
+            return JSONResponse({"announcements": []})
+
+        def announce():
+            announcements = []
+            for event in assistant.timers_done():
+                if isinstance(event, TimerDone):
+                    announcements.append({"text": event.text, "wav": None})
+                elif isinstance(event, AnswerAudio) and announcements:
+                    wav = _wav(event.speech.samples, event.speech.sample_rate)
+                    announcements[-1]["wav"] = base64.b64encode(wav).decode()
+            return announcements
+
+        announcements = await self._run("llm", request, announce)
+        return JSONResponse({"announcements": announcements}, headers={"Cache-Control": "no-store"})
+
+
+def _session_of(body) -> str:
+    session = body.get("session") if isinstance(body, dict) else None
+    if not isinstance(session, str) or not 8 <= len(session) <= 64:
+        raise bad("'session' must be the page's conversation id (8 to 64 characters)", "session")
+    return session
+
 
 async def _upload(form, name: str, limit: int) -> bytes | None:
     upload = form.get(name)
@@ -576,6 +629,7 @@ def create_app(models: ServerModels, config: ServerConfig | None = None, host: s
         ("/v1/audio/translations", server.translations, ["POST"]),
         ("/v1/audio/speech", server.speech, ["POST"]),
         ("/v1/assistant", server.assistant, ["POST"]),
+        ("/v1/assistant/timers", server.assistant_timers, ["POST"]),
     ]
 
     @contextlib.asynccontextmanager

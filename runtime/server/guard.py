@@ -31,6 +31,7 @@ BODY_LIMITS = (
     ("/v1/chat/completions", 28 * MB),
     ("/v1/audio/transcriptions", 26 * MB),
     ("/v1/audio/translations", 26 * MB),
+    ("/v1/assistant/timers", 1 * MB),
     ("/v1/assistant", 46 * MB),
 )
 JSON_LIMIT = 1 * MB
@@ -40,6 +41,7 @@ MEDIA_TYPES = {
     "/v1/audio/transcriptions": "multipart/form-data",
     "/v1/audio/translations": "multipart/form-data",
     "/v1/assistant": "multipart/form-data",
+    "/v1/assistant/timers": "application/json",
 }
 LOCAL_NAMES = ("localhost",)
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")

@@ -159,6 +159,17 @@ class ServerModels:
             self._sessions[key] = (assistant, now)
             return assistant
 
+    def ringing(self, session: str, owner: str = ""):
+        """The assistant of conversation ``session`` when one of its timers has gone off, else None (nothing is
+        created or refreshed: the web page polls this)."""
+        with self._sessions_lock:
+            entry = self._sessions.get((owner, session))
+        if entry is None:
+            return None
+        assistant = entry[0]
+        due = assistant.skills.timers.next_due()
+        return assistant if due is not None and due <= assistant.clock.monotonic() else None
+
     def shutdown(self) -> None:
         for worker in self.workers.values():
             worker.shutdown()

@@ -3,14 +3,17 @@
 Requests are checked field by field; a bad one raises :class:`APIError` naming the field (``param``), which the app
 turns into OpenAI's error JSON ``{"error": {"message", "type", "param", "code"}}``. Unknown fields are ignored, as
 OpenAI-compatible servers do, so clients written for OpenAI work unchanged, except those that would change the
-answer's form (``tools``, ``response_format``, ``logprobs``...: UNSUPPORTED), which get a 400 naming them rather than
-an answer that ignores them; ``model`` is accepted whatever it names and the response says which model answered.
+answer's form (``logprobs``, ``logit_bias``...: UNSUPPORTED), which get a 400 naming them rather than an answer that
+ignores them; ``model`` is accepted whatever it names and the response says which model answered. ``tools`` and
+``response_format`` are honoured by constrained decoding (runtime/llm/tools.py, constrain.py): calls are returned,
+never run.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import secrets
 import time
@@ -20,7 +23,9 @@ from edgemm.runtime.errors import EdgemmError, OptionsError
 from edgemm.runtime.limits import check_float, check_int
 from edgemm.runtime.llm import GenerationOptions
 from edgemm.runtime.llm.chat import clean_text
+from edgemm.runtime.llm.constrain import Grammar, GrammarError, json_rule
 from edgemm.runtime.llm.generate import MAX_STOP_CHARS
+from edgemm.runtime.llm.tools import Tool, ToolError, call_grammar, parse_tools
 from edgemm.runtime.speech import subtitles
 
 MAX_IMAGE_BYTES = 20 << 20  # one image in a chat request (decoded)
@@ -28,13 +33,11 @@ MAX_AUDIO_BYTES = 25 << 20  # one uploaded audio file (OpenAI's limit)
 MAX_SPEECH_INPUT = 4096  # characters of text to speak (OpenAI's limit)
 MAX_STOP = 4
 MAX_CACHE_KEY = 256
+MAX_CALLS = 128  # tool calls in one earlier assistant message
 # Fields that change the answer's form, with the values this server honours (anything else: 400 naming the field).
 UNSUPPORTED = {
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
-    "functions": ([],),
+    "functions": ([],),  # the deprecated form of tools
     "function_call": ("none", "auto"),
-    "response_format": ({"type": "text"},),
     "logprobs": (False,),
     "top_logprobs": (0,),
     "logit_bias": ({},),
@@ -43,7 +46,7 @@ UNSUPPORTED = {
     "prediction": (),
 }
 DESCRIBE = "What is in this image?"
-ROLES = {"system", "developer", "user", "assistant"}
+ROLES = {"system", "developer", "user", "assistant", "tool"}
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 SPEECH_FORMATS = ("wav", "pcm", "flac")  # mp3, opus and aac would need an encoder this install does not have
 DATA_URI = re.compile(r"data:(image/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -102,6 +105,7 @@ class ChatRequest:
     question: str = ""  # the last user message's text (the question about the images)
     system: str | None = None
     cache_key: str | None = None  # prompt_cache_key: the client's name for its conversations' KV caches
+    tools: tuple[Tool, ...] | None = None  # offered to the model (None: none, or tool_choice "none")
 
 
 def _image_bytes(url, param: str) -> bytes:
@@ -179,14 +183,18 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
             raise bad(
-                f"role {role!r} is not supported (use system, developer, user or assistant)", f"messages[{i}].role"
+                f"role {role!r} is not supported (use system, developer, user, assistant or tool)",
+                f"messages[{i}].role",
             )
         role = "system" if role == "developer" else role
+        if role == "tool" and not isinstance(message.get("content"), str | list):
+            raise bad("a tool message's content must be a text (the tool's result)", f"messages[{i}].content")
         text, found = _content(message, i)
         if found and not text.strip():
             text = DESCRIBE  # an image sent without a question
+        calls = _tool_calls(message, i) if role == "assistant" else []
         try:
-            text = clean_text(text)
+            text = clean_text(text) if text or not calls else ""
         except EdgemmError as e:
             raise bad(str(e), f"messages[{i}].content") from None
         if found and role != "user":
@@ -197,7 +205,7 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
             question = text
         if role == "system":
             system = text
-        messages.append({"role": role, "content": text})
+        messages.append({"role": role, "content": text, **({"tool_calls": calls} if calls else {})})
     if messages[-1]["role"] == "assistant":
         raise bad("the last message must not be the assistant's (nothing to answer)", "messages")
 
@@ -230,6 +238,9 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
     if not isinstance(stream_options, dict):
         raise bad("'stream_options' must be an object", "stream_options")
     seed = number(body, "seed", -(2**63), 2**63 - 1, None, integer=True)
+    tools, grammar = _constraint(body)
+    if images and grammar is not None:
+        raise bad("tools and response_format are not supported with images", "tools" if tools else "response_format")
     options = GenerationOptions(
         max_new_tokens=min(max_tokens or max_tokens_limit, max_tokens_limit),
         # Greedy unless asked: OpenAI's default (1.0) makes a small model ramble.
@@ -237,6 +248,7 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
         top_p=number(body, "top_p", 0.0, 1.0, 1.0) or 1.0,
         seed=None if seed is None else seed % (2**63),
         stop=tuple(stop or ()),
+        grammar=grammar,
     )
     return ChatRequest(
         messages,
@@ -247,14 +259,108 @@ def chat_request(body, max_tokens_limit: int) -> ChatRequest:
         question=question,
         system=system,
         cache_key=cache_key,
+        tools=tools,
     )
+
+
+def _tool_calls(message: dict, index: int) -> list[dict]:
+    """An assistant message's earlier calls, checked (their arguments must be a JSON object's text)."""
+    calls = message.get("tool_calls")
+    if calls is None:
+        return []
+    param = f"messages[{index}].tool_calls"
+    if not isinstance(calls, list) or len(calls) > MAX_CALLS:
+        raise bad(f"'tool_calls' must be a list of at most {MAX_CALLS} calls", param)
+    out = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not isinstance(arguments, str):
+            raise bad(
+                'each call must be {"id", "type": "function", "function": {"name", "arguments"}}', f"{param}[{j}]"
+            )
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise bad("a call's arguments must be a JSON object's text", f"{param}[{j}].function.arguments")
+        out.append(
+            {"id": str(call.get("id", "")), "type": "function", "function": {"name": name, "arguments": arguments}}
+        )
+    return out
+
+
+def _tool_choice(value, tools: tuple[Tool, ...] | None) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, str) and value in ("none", "auto", "required"):
+        choice = value
+    elif isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("function"), dict):
+        choice = value["function"].get("name")
+        if not isinstance(choice, str) or not tools or all(t.name != choice for t in tools):
+            raise bad("tool_choice names a function that is not among the tools", "tool_choice")
+    else:
+        raise bad('tool_choice must be "none", "auto", "required" or {"type": "function", ...}', "tool_choice")
+    if choice != "none" and not tools:
+        raise bad(f"tool_choice {choice!r} needs tools", "tool_choice")
+    return choice
+
+
+def _response_schema(value) -> dict | None:
+    """The JSON schema that response_format asks for (None: free text)."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise bad("response_format.json_schema must be an object with a 'schema'", "response_format")
+        return spec.get("schema", {})
+    raise bad('response_format type must be "text", "json_object" or "json_schema"', "response_format")
+
+
+def _constraint(body: dict) -> tuple[tuple[Tool, ...] | None, Grammar | None]:
+    """The tools offered and the grammar the answer must follow (tools and response_format)."""
+    try:
+        tools = parse_tools(body["tools"]) if body.get("tools") is not None else None
+    except ToolError as e:
+        raise bad(str(e), e.param) from None
+    choice = _tool_choice(body.get("tool_choice"), tools)
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise bad("'parallel_tool_calls' must be true or false", "parallel_tool_calls")
+    schema = _response_schema(body.get("response_format"))
+    try:
+        if tools and choice != "none":
+            text = json_rule(schema, "response_format's schema") if schema is not None else None
+            return tools, call_grammar(tools, choice, parallel, text)
+        if schema is not None:
+            return None, Grammar.json_schema(schema, "response_format's schema", "response_format")
+    except GrammarError as e:
+        raise bad(str(e), "response_format") from None
+    except ToolError as e:
+        raise bad(str(e), e.param) from None
+    return None, None
 
 
 def completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "interrupted": "stop"}
+FINISH = {
+    "calls": "tool_calls",
+    "eos": "stop",
+    "stop": "stop",
+    "length": "length",
+    "context": "length",
+    "interrupted": "stop",
+}
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
@@ -267,7 +373,11 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
     }
 
 
-def completion(cid: str, model: str, text: str, finish: str | None, usage_: dict) -> dict:
+def completion(cid: str, model: str, text: str, finish: str | None, usage_: dict, calls=()) -> dict:
+    """The whole answer; ``calls``: the tool calls in it (ToolCall)."""
+    message = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
+    if calls:
+        message["tool_calls"], finish = [c.spec() for c in calls], "calls"
     return {
         "id": cid,
         "object": "chat.completion",
@@ -277,7 +387,7 @@ def completion(cid: str, model: str, text: str, finish: str | None, usage_: dict
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": FINISH.get(finish or "", "stop"),
             }
@@ -298,6 +408,12 @@ def chunk(cid: str, model: str, delta: dict, finish: str | None = None, usage_: 
     if usage_ is not None:
         out["choices"], out["usage"] = [], usage_
     return out
+
+
+def call_deltas(index: int, call) -> list[dict]:
+    """A tool call as streamed deltas: its id and name, then its arguments."""
+    head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+    return [{"tool_calls": [head]}, {"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]}]
 
 
 # ---- audio ----
