@@ -1,7 +1,8 @@
 """``edgemm eval``: a quality report per LLM bundle, from a fixed question set scored automatically.
 
 The questions (``eval_questions.json``, versioned) come in four categories: facts, arithmetic, short instructions
-and questions about real photos (scikit-image's sample data). Each question lists its accepted answers and, for
+and questions about real photos (scikit-image's sample data). Three more, grounded answers (bench/grounded.py), are
+asked of the assistant on each bundle: skills (against an injected clock), tool calls, and memory across turns. Each question lists its accepted answers and, for
 some, forbidden words (an invented dog) or a word limit (an instruction to answer in one word);
 ``eval_questions.score`` decides, with no judgement by hand.
 
@@ -36,6 +37,8 @@ from edgemm.runtime.bundle import models_dir
 from edgemm.runtime.errors import EdgemmError
 
 log = logging.getLogger("edgemm.bench.eval")
+
+GROUNDED = ("skills", "tools", "memory")  # bench/grounded.py: not in the question file
 
 MAX_TOKENS = 48  # per answer: every accepted answer fits in a sentence; a rambling answer is cut here
 WARM_UP = "Hello!"
@@ -108,7 +111,13 @@ def measure(job: dict) -> dict:
     if photos:
         photo_answers, seen, ocr = _photo_answers(lm, job, photos, options)
         answers += photo_answers
+    grounded = {}
+    if job.get("grounded"):
+        from edgemm.bench import grounded as grounding
+
+        grounded = grounding.evaluate(lm, job["grounded"])
     return {
+        "grounded": grounded,
         "name": lm.name,
         "load_s": load_s,
         "answers": answers,
@@ -169,6 +178,11 @@ def summarize(result: dict, questions: list[Question]) -> dict:
         if a["new_tokens"] > 1:
             tokens, decode_s = tokens + a["new_tokens"] - 1, decode_s + a["decode_s"]
     passed, total = sum(s[0] for s in scores.values()), sum(s[1] for s in scores.values())
+    for category, answers in result.get("grounded", {}).items():  # beside the question file's, not in "overall"
+        scores[category] = [sum(a["passed"] for a in answers), len(answers)]
+        if category == "tools":
+            called = [a for a in answers if a["valid"] is not None]  # an answer cut by max_tokens returns no call
+            scores["tools valid"] = [sum(a["valid"] for a in called), len(called)]
     return {
         **result,
         "scores": scores,
@@ -197,6 +211,7 @@ def _evaluate(folders: list[Path], questions: list[Question], args, complete: bo
         for folder in folders:
             bar.set_description(folder.name)
             job = {"model": str(folder), "questions": jobs, "threads": args.threads, "max_tokens": args.max_tokens}
+            job["grounded"] = [c for c in GROUNDED if not args.category or c in args.category]
             job["vision_model"] = str(args.vision_model) if args.vision_model else None
             result = run_worker([sys.executable, "-m", "edgemm.bench.eval"], job, on_line=on_line)
             if "error" in result:
@@ -220,7 +235,8 @@ def run_eval(args) -> int:
     except ImportError:
         raise EdgemmError("edgemm eval needs the bench extra (tqdm is missing): pip install 'edgemm[bench]'") from None
     version, every = load_questions(args.questions)
-    questions = select(every, args.category, args.limit)
+    chosen = [c for c in args.category or () if c not in GROUNDED]
+    questions = select(every, chosen, args.limit) if chosen or not args.category else []
     folders = [resolve_model(spec) for spec in args.model] if args.model else built_models()
     vision = None
     if any(q.category == "photos" for q in questions):  # its one-line BundleError before any answer

@@ -18,6 +18,10 @@ COLUMNS = (
     "instructions",
     "photos",
     "overall",
+    "skills",
+    "tools",
+    "tools valid",
+    "memory",
     "TTFT ms",
     "photo TTFT ms",
     "decode tok/s",
@@ -74,7 +78,8 @@ def _row(name: str, r: dict) -> tuple:
         name,
         _number(r["megabytes"]),
         *(_fraction(r["scores"].get(c)) for c in COLUMNS[2:6]),
-        f"{passed}/{total} ({100 * passed / total:.0f}%)",
+        f"{passed}/{total} ({100 * passed / total:.0f}%)" if total else "-",
+        *(_fraction(r["scores"].get(c)) for c in COLUMNS[7:11]),
         _number(r["ttft_ms"]),
         _number(r["photo_ttft_ms"]),
         _number(r["decode_tok_s"], 1),
@@ -117,6 +122,12 @@ def _answers(name: str, r: dict, questions: dict) -> list[str]:
         answer = a["answer"] + (" [cut at the token limit]" if a["finish_reason"] == "length" else "")
         verdict = f"{'✓' if a['passed'] else '✗'} {a['why']}"
         rows.append((q["category"], image + q["question"], accepted, answer, verdict))
+    for category, answers in r.get("grounded", {}).items():
+        for a in answers:
+            verdict = "✓" if a["passed"] else "✗"
+            if "valid" in a:
+                verdict += {True: " (valid call)", False: " (INVALID call)", None: " (no call)"}[a["valid"]]
+            rows.append((category, a["question"], "(bench/grounded.py)", a["answer"], verdict))
     body = "\n".join(_table(rows))
     return [f"<details><summary>{name}: {passed}/{total} right</summary>", "", body, "", "</details>", ""]
 
@@ -173,6 +184,12 @@ def document(report: dict, kept: str = "") -> str:
         "over every answer's tokens after the first. Peak RSS: each bundle runs in its own process; its peak "
         "resident memory after the text questions (the LLM alone) and at the end (with the vision bundle and OCR). "
         "Size: the bundle's files on disk.",
+        "",
+        "Skills, tools and memory (bench/grounded.py) are asked of the assistant on each bundle and are not in "
+        '"overall": skills (time, date and weekday in 10 phrasings each against an injected clock, 20 random 3-4 '
+        "digit sums and products, timers, identity: exact sentences or numbers), tools (30 requests over six "
+        'function schemas, tool_choice "required": right function and arguments; "tools valid": every call '
+        "parses and validates against its schema, over the answers that returned calls), memory (a fact said in one turn, asked about in the next).",
         "",
         "## Machine",
         "",

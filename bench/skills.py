@@ -1,12 +1,17 @@
-"""How fast the skills' matcher is: the first load (hassil, Home Assistant's intents, edgemm's templates) in a fresh
-process, then the median time of one ``Skills.match`` over phrasings that match and ones that must not.
+"""``edgemm bench skills``: what each route to a grounded answer costs (docs/BENCHMARKS.md, "Skills and tools").
 
-    python -m edgemm.bench.skills [--repeat 50]
+- matcher: the first load (hassil, Home Assistant's intents, edgemm's templates) in a fresh process, then the median
+  time of one ``Skills.match`` over phrasings that match and ones that must not;
+- skill answer: an assistant's whole typed turn answered by a skill ("What time is it?", "What is 17 times 23?");
+- tool call: an assistant turn the LLM answers by calling ``look`` ("Is the door open?", a photo as the camera):
+  the prompt's tokens and the seconds until the call is complete (before the image question runs);
+- constrained decoding: one model's decode speed answering freely and under a JSON schema, alternated in one run,
+  and the grammar's own time per token (mask + advance, replayed on the constrained answers' tokens).
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -29,6 +34,19 @@ NOT_SKILLS = [
     "Why is the sky blue and what makes sunsets red in the evening?",
 ]  # fmt: skip
 LOAD = "import time; t = time.perf_counter(); from edgemm.runtime.skills import matcher; matcher.load(); print(time.perf_counter() - t)"
+FREE = "Describe a busy street market in the morning."
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "age": {"type": "integer"},
+        "city": {"type": "string", "maxLength": 40},
+        "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 30}, "maxItems": 3},
+        "biography": {"type": "string"},
+    },
+    "required": ["name", "age", "city", "hobbies", "biography"],
+}
+STRUCTURED = "Invent a person who lives by the sea, with a long biography. Answer in JSON."
 
 
 def first_load() -> float:
@@ -55,20 +73,88 @@ def match_times(phrases: list[str], repeat: int) -> list[float]:
     return medians
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=50, help="matches per phrase (default: %(default)s)")
-    args = parser.parse_args(argv)
+def _turn_seconds(assistant, question: str, camera=None) -> float:
+    from edgemm.runtime.assistant import TurnEnd
+
+    start = time.perf_counter()
+    for event in assistant.respond(question, camera=camera):
+        if isinstance(event, TurnEnd):
+            return time.perf_counter() - start
+    raise RuntimeError("no answer")
+
+
+def tool_call(lm, runs: int) -> dict:
+    """An assistant turn routed to ``look`` by the LLM: prompt tokens and seconds until the call is complete."""
+    from edgemm.runtime.llm import Chat
+    from edgemm.runtime.llm.tools import parse_tools, split_calls
+    from edgemm.runtime.skills import Skills
+
+    tools = parse_tools([t for t in Skills(can_look=True).tools() if t["function"]["name"] == "look"])
+    seconds, called = [], 0
+    for _ in range(runs):
+        start = time.perf_counter()
+        answer = Chat(lm).send("Is the door open?", tools=tools)
+        text = answer.result()
+        seconds.append(time.perf_counter() - start)
+        called += bool(split_calls(text)[1])
+    return {"prompt_tokens": answer.stats.prompt_tokens, "call_s": statistics.median(seconds), "called": called}
+
+
+def constrained_cost(lm, runs: int, tokens: int) -> dict:
+    """Decode speed free and under a JSON schema (alternated), and the grammar's own time per token."""
+    from edgemm.runtime.llm import GenerationOptions, ask
+    from edgemm.runtime.llm.constrain import Constraint, Grammar
+
+    grammar = Grammar.json_schema(PERSON)
+    free_options = GenerationOptions(max_new_tokens=tokens)
+    json_options = GenerationOptions(max_new_tokens=tokens, grammar=grammar)
+    ask(lm, STRUCTURED, json_options).result()  # warm-up: llguidance's view of the tokenizer is built once
+    free, constrained, overhead = [], [], []
+    for _ in range(runs):
+        answer = ask(lm, FREE, free_options)
+        answer.result()
+        free.append(answer.stats.decode_tokens_per_s)
+        answer = ask(lm, STRUCTURED, json_options)
+        answer.result()
+        constrained.append(answer.stats.decode_tokens_per_s)
+        replay, logits = Constraint(lm, grammar), lm.prefill_tokens([0], lm.new_cache())
+        start = time.perf_counter()
+        for token in answer.tokens:
+            replay.mask(logits)
+            replay.advance(token)
+        overhead.append((time.perf_counter() - start) / max(len(answer.tokens), 1))
+    free_s, per_token = statistics.median(free), statistics.median(overhead)
+    return {
+        "free_tokens_per_s": free_s,
+        "json_tokens_per_s": statistics.median(constrained),
+        "grammar_ms_per_token": per_token * 1000,
+        "grammar_share": per_token * free_s,  # of one free token's time
+    }
+
+
+def run_bench_skills(args) -> int:
+    from edgemm.runtime.assistant import Assistant
+    from edgemm.runtime.llm import LanguageModel
+    from edgemm.runtime.speech import Transcriber
+
     loads = sorted(first_load() for _ in range(3))
-    print(f"first load: {loads[1] * 1000:.0f} ms (median of 3 fresh processes)")
-    for name, phrases in (("skill phrasings", PHRASES), ("other questions", NOT_SKILLS)):
-        times = match_times(phrases, args.repeat)
-        print(
-            f"{name}: {len(phrases)}, median {statistics.median(times) * 1000:.2f} ms, "
-            f"slowest {max(times) * 1000:.2f} ms ({phrases[times.index(max(times))]!r})"
+    result = {"matcher_first_load_s": loads[1]}
+    for name, phrases in (("skill_phrasings", PHRASES), ("other_questions", NOT_SKILLS)):
+        times = match_times(phrases, 50)
+        result[f"match_{name}_median_ms"] = statistics.median(times) * 1000
+        result[f"match_{name}_slowest_ms"] = max(times) * 1000
+    lm = LanguageModel.load(args.model, threads=args.threads)
+    assistant = Assistant(Transcriber.load(threads=args.threads), lm)
+    for question in ("What time is it?", "What is 17 times 23?"):
+        result[f"skill_turn_ms {question}"] = statistics.median(
+            _turn_seconds(assistant, question) * 1000 for _ in range(args.runs)
         )
+    result["model"] = lm.name
+    result["tool_call"] = tool_call(lm, args.runs)
+    result["constrained"] = constrained_cost(lm, args.runs, 64)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    for key, value in result.items():
+        print(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -487,6 +487,10 @@ def cmd_bench(args) -> int:
         from edgemm.bench.assistant import run_bench_assistant
 
         return run_bench_assistant(args)
+    if args.target == "skills":
+        from edgemm.bench.skills import run_bench_skills
+
+        return run_bench_skills(args)
     if args.target == "estimate":
         from edgemm.bench.estimate import run_bench_estimate
 
@@ -702,13 +706,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
-    p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve", "estimate"])
+    p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve", "estimate", "skills"])
     p.add_argument(
         "--model",
         type=Path,
         default=None,
         help="our bundle (default: the speech preset; llm: SmolLM2-135M int4, the default peers' model; "
-        "assistant: its llm)",
+        "assistant, skills: its llm)",
     )
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
     p.add_argument(
@@ -731,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench)
 
-    from edgemm.bench.eval import MAX_TOKENS
+    from edgemm.bench.eval import GROUNDED, MAX_TOKENS
     from edgemm.bench.eval_questions import CATEGORIES
 
     p = sub.add_parser(
@@ -751,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--category",
         action="append",
-        choices=CATEGORIES,
+        choices=CATEGORIES + GROUNDED,
         help="only these categories (repeatable; default: all)",
     )
     p.add_argument("--limit", type=_positive_int, default=None, help="at most this many questions per category")

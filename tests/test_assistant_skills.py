@@ -4,29 +4,15 @@ camera question the LLM routes to ``look`` as a tool."""
 
 from __future__ import annotations
 
-import random
-import re
-from datetime import datetime, timedelta, timezone
-
 import numpy as np
 import pytest
 
+from edgemm.bench.grounded import DATE, TIME, VENDORS, WEEKDAY, WHEN, arithmetic, says_number
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import default_bundle, models_dir
 
 pytestmark = pytest.mark.slow
 
-WHEN = datetime(2026, 12, 5, 16, 7, tzinfo=timezone(timedelta(hours=1)))  # a Saturday
-TIME = ["What time is it?", "what's the time", "Tell me the time.", "What time is it now?", "Do you know the time?",
-        "Can you tell me what time it is?", "What's the current time?", "time please", "What is the time right now?",
-        "Could you tell me the time?"]  # fmt: skip
-DATE = ["What is today's date?", "What's the date?", "What date is it?", "What's the date today?", "Tell me the date.",
-        "What is the date today?", "Which date is it today?", "What's today's date?", "Can you tell me the date?",
-        "What date is today?"]  # fmt: skip
-WEEKDAY = ["What day is it?", "What day is it today?", "What day of the week is it?", "Which day is today?",
-           "What's the day today?", "Tell me what day it is.", "What weekday is it?", "Is today Saturday?",
-           "What day of the week is today?", "Which weekday is it today?"]  # fmt: skip
-VENDORS = re.compile(r"\b(openai|google|meta|microsoft|anthropic|alibaba|chatgpt|created by)\b", re.IGNORECASE)
 LLMS = {"desktop": None, "pi": "smollm2-135m-instruct-int4"}  # None: the default bundle
 
 
@@ -63,14 +49,9 @@ def test_clock_questions_match_the_injected_clock(assistant, questions, expected
 
 
 def test_arithmetic_is_exact(assistant):
-    rng = random.Random(27)
-    forms = ["What is {a} plus {b}?", "{a} times {b}", "What's {a} multiplied by {b}?", "what is {a} + {b}"]
-    for i in range(100):
-        a, b = rng.randint(100, 9999), rng.randint(100, 9999)
-        form = forms[i % len(forms)]
-        exact = a * b if ("times" in form or "multiplied" in form) else a + b
-        turn = _answer(assistant, form.format(a=a, b=b))
-        assert f"{exact:,}" in turn.answer or str(exact) in turn.answer, (form, a, b, turn.answer)
+    for question, exact in arithmetic(100):
+        turn = _answer(assistant, question)
+        assert says_number(turn.answer, exact) and turn.skill == "calculate", (question, turn.answer)
 
 
 def test_it_knows_who_it_is(assistant):
