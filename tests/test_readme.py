@@ -43,8 +43,9 @@ def _run(code: str, cwd: Path) -> str:
 
 
 def test_readme_has_one_example_per_job():
-    jobs = ["Transcriber", "LanguageModel", "ImageQuestion", "Assistant", "OpenAI"]  # the last: the server's client
-    assert [next(job for job in jobs if job in block) for block in BLOCKS] == jobs
+    # The last two: the server's client, then tools and structured output through it.
+    jobs = ["Transcriber", "LanguageModel", "ImageQuestion", "Assistant", "OpenAI", "tool_calls"]
+    assert len(BLOCKS) == len(jobs) and all(job in block for job, block in zip(jobs, BLOCKS, strict=True))
 
 
 def test_transcribe_example(workdir):
@@ -77,3 +78,19 @@ def test_openai_client_example(workdir):
         out = _run(BLOCKS[4].replace("http://127.0.0.1:8000", server.url), workdir)
     assert "paris" in out.splitlines()[0]
     assert re.search(r"^1\n00:00:0\d,\d{3} --> 00:00:0\d,\d{3}\nwhat animal is in this picture", out, re.MULTILINE), out
+
+
+def test_tools_and_structured_output_example(workdir):
+    """Against a live `edgemm serve`: the call names get_weather for Paris, the answer uses the tool's result, the
+    person is JSON with a name and an age."""
+    pytest.importorskip("openai")
+    pytest.importorskip("starlette")
+    from edgemm.bench.serve import ServerProcess
+
+    with ServerProcess("--no-vision", "--no-tts", "--no-speech") as server:
+        out = _run(BLOCKS[5].replace("http://127.0.0.1:8000", server.url), workdir).splitlines()
+    assert out[0].startswith("get_weather") and "paris" in out[0]
+    answer = " ".join(out[1:-1])  # from the tool's result (the 0.5B default model may just repeat it)
+    assert "21" in answer or "sunny" in answer, out
+    person = eval(out[-1])  # the printed dict  # noqa: S307
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)

@@ -266,6 +266,13 @@ def _gguf_exact(r: Ran) -> None:
 WHISPER_BASE = "edgemm export speech --source packaged:whisper-base --quant int8 --out ~/models/whisper-base-int8"
 SMOLVLM = "edgemm export vlm --source HuggingFaceTB/SmolVLM-256M-Instruct --out ./smolvlm-int4"
 
+
+def _told_the_time(r: Ran) -> None:
+    """The skill's sentence of the system clock's time (the minute may turn while the command runs)."""
+    told = json.loads(r.stdout)
+    assert told["skill"] == "get_time" and re.fullmatch(r"It is \d{1,2}:\d{2} [AP]M\.", told["answer"]), told
+
+
 EXPECTED: dict[str, Expectation] = {
     # talk.flac: a LibriVox recording; talk.wav: "What animal is in this picture?" in the project's voice
     "edgemm transcribe talk.flac": Succeeds(stdout=(r"\bhe was not an\b", r"\byoung man\b")),
@@ -279,6 +286,8 @@ EXPECTED: dict[str, Expectation] = {
         else FailsWith(NO_BUNDLE.format("{home}/models/whisper-base-int8"), needs=(WHISPER_BASE,))
     ),
     'edgemm ask "What is the capital of France?"': Succeeds(stdout=(PARIS,)),
+    'edgemm ask "What is 17 times 23?"': Succeeds(stdout=(r"^17 times 23 is 391\.\s*$",)),
+    'edgemm ask "What time is it?" --json': Succeeds(json=("answer", "skill"), check=_told_the_time),
     'edgemm ask "Name three rivers." --json': Succeeds(
         json=("answer", "finish_reason", "new_tokens", "model"), check=_answered
     ),

@@ -30,6 +30,7 @@ MAX_DESCRIPTION = 4_000  # characters of a tool's description
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CALL_OPEN, CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
 CHOICES = ("none", "auto", "required")
+TEXT_RULE = "TEXT: /(?s:.+)/ & ~/(?s:\\s*<tool_call.*)/"  # any text that does not start with a call
 FALLBACK = (
     "You can call functions to help answer. Their signatures, in JSON, are within <tools></tools> tags:\n"
     "<tools>\n{tools}\n</tools>\n\n"
@@ -136,9 +137,14 @@ def call_grammar(
     elif text is not None:
         start = f"start: {text} | calls"
     else:
-        start = "start: TEXT | calls\nTEXT: /(?s:.+)/ & ~/(?s:\\s*<tool_call>.*)/"
+        start = f"start: TEXT | calls\n{TEXT_RULE}"
     call = "call: " + " | ".join(f"call_{i}" for i in range(len(tools)))
     return Grammar("\n".join([start, f"calls: {calls}", call, *rules]) + "\n", "the tools", "tools")
+
+
+def text_grammar() -> Grammar:
+    """Text that is not a call (tool_choice "none" with tools in the conversation: the model may not call)."""
+    return Grammar(f"start: TEXT\n{TEXT_RULE}\n", "the answer", "tool_choice")
 
 
 def split_calls(text: str) -> tuple[str, list[ToolCall]]:

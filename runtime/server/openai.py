@@ -25,7 +25,7 @@ from edgemm.runtime.llm import GenerationOptions
 from edgemm.runtime.llm.chat import clean_text
 from edgemm.runtime.llm.constrain import Grammar, GrammarError, json_rule
 from edgemm.runtime.llm.generate import MAX_STOP_CHARS
-from edgemm.runtime.llm.tools import Tool, ToolError, call_grammar, parse_tools
+from edgemm.runtime.llm.tools import Tool, ToolError, call_grammar, parse_tools, text_grammar
 from edgemm.runtime.speech import subtitles
 
 MAX_IMAGE_BYTES = 20 << 20  # one image in a chat request (decoded)
@@ -105,7 +105,7 @@ class ChatRequest:
     question: str = ""  # the last user message's text (the question about the images)
     system: str | None = None
     cache_key: str | None = None  # prompt_cache_key: the client's name for its conversations' KV caches
-    tools: tuple[Tool, ...] | None = None  # offered to the model (None: none, or tool_choice "none")
+    tools: tuple[Tool, ...] | None = None  # described to the model (with tool_choice "none": never called)
 
 
 def _image_bytes(url, param: str) -> bytes:
@@ -341,7 +341,9 @@ def _constraint(body: dict) -> tuple[tuple[Tool, ...] | None, Grammar | None]:
             text = json_rule(schema, "response_format's schema") if schema is not None else None
             return tools, call_grammar(tools, choice, parallel, text)
         if schema is not None:
-            return None, Grammar.json_schema(schema, "response_format's schema", "response_format")
+            return tools, Grammar.json_schema(schema, "response_format's schema", "response_format")
+        if tools:  # "none": described, never called
+            return tools, text_grammar()
     except GrammarError as e:
         raise bad(str(e), "response_format") from None
     except ToolError as e:
