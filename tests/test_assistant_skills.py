@@ -132,3 +132,24 @@ def test_the_llm_looks_when_a_question_needs_the_camera(tmp_path):
         turn = [e.turn for e in assistant.respond("Is the door open?", camera=camera) if isinstance(e, TurnEnd)][0]
     assert turn.looked and turn.skill == "look", turn
     assert assistant.chat.turns and "<tool_call>" not in assistant.chat.turns[-1][1]
+
+
+def test_edgemm_listen_on_files_announces_the_timer(voice, tmp_path):
+    """The same through the CLI: `edgemm listen --mic FILE --speaker FILE` prints the acknowledgement, then the
+    announcement."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+    import soxr
+
+    speech = voice.synthesize("Set a timer for two seconds.")
+    question = soxr.resample(speech.samples, speech.sample_rate, 16000).astype(np.float32)
+    sf.write(
+        tmp_path / "mic.wav", np.concatenate([np.zeros(8000, np.float32), question, np.zeros(96000, np.float32)]), 16000
+    )
+    command = [sys.executable, "-m", "edgemm.runtime.cli", "listen", "--mic", "mic.wav", "--speaker", "out.wav"]
+    out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    assert "assistant: Timer set for 2 seconds." in lines and lines[-1] == "assistant: Your 2 second timer is done."
