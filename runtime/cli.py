@@ -487,6 +487,10 @@ def cmd_bench(args) -> int:
         from edgemm.bench.assistant import run_bench_assistant
 
         return run_bench_assistant(args)
+    if args.target == "tools":
+        from edgemm.bench.tools import run_bench_tools
+
+        return run_bench_tools(args)
     if args.target == "skills":
         from edgemm.bench.skills import run_bench_skills
 
@@ -706,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
-    p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve", "estimate", "skills"])
+    p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve", "estimate", "skills", "tools"])
     p.add_argument(
         "--model",
         type=Path,
@@ -730,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-python", type=Path, default=None, help="llm: python of the peers' venv (.venv-peers)")
     p.add_argument("--ogenai-model", type=Path, default=None, help="llm: onnxruntime-genai model folder")
     p.add_argument("--gguf", type=Path, default=None, help="llm: GGUF file for llama.cpp (default: the packaged one)")
+    p.add_argument("--llama-server", type=Path, default=None, help="tools: llama.cpp's llama-server binary (peer)")
     p.add_argument("--runs", type=_positive_int, default=5, help="timed runs per clip (median reported)")
     p.add_argument("--threads", type=_threads, default=2)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
