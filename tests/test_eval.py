@@ -170,7 +170,7 @@ def test_report_scores_and_lists_every_answer(tmp_path):
         "failed": {"c": "no model bundle at c"},
     }
     table = eval_report.summary(report)
-    assert "| a | 140 | 1/1 | 0/1 | - | 1/1 | 2/3 (67%) | 200 | 200 | 20.0 | 250 | 480 |" in table
+    assert "| a | 140 | 1/1 | 0/1 | - | 1/1 | 2/3 (67%) | - | - | - | - | 200 | 200 | 20.0 | 250 | 480 |" in table
     assert "c: failed: no model bundle at c" in table and "not comparable" in table  # a and b saw different photos
     eval_report.write(report, tmp_path / "docs" / "EVAL.md")
     doc = (tmp_path / "docs" / "EVAL.md").read_text()
@@ -195,6 +195,7 @@ def test_real_run_on_the_default_bundle(llm_bundle, tmp_path):
     row = next(line for line in out.stdout.splitlines() if line.startswith(f"| {name} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert re.fullmatch(r"[0-2]/2", cells[2]) and cells[3] == "-"  # facts scored; arithmetic not asked
-    assert re.fullmatch(r"[0-2]/2 \(\d+%\)", cells[6]) and float(cells[7]) > 0  # overall, TTFT ms
+    assert re.fullmatch(r"[0-2]/2 \(\d+%\)", cells[6]) and cells[7:11] == ["-"] * 4  # overall; skills... not asked
+    assert float(cells[11]) > 0  # TTFT ms
     paris = next(line for line in doc.read_text().splitlines() if "What is the capital of France?" in line)
     assert "Paris" in paris.split("|")[4] and "✓" in paris
