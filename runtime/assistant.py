@@ -288,10 +288,7 @@ class Assistant:
         question = turn.transcript
         call = self.skills.match(question)
         if call is not None and call.name != "look":
-            reply = self.skills.answer(question)
-            turn.skill = call.name
-            self.chat.remember(question, reply.text)
-            return reply.text
+            return self._skill(turn, call)
         if call is not None or self.camera_mode:
             return self._look(turn, question, camera)
         if camera is None or self.tools is None:
@@ -307,12 +304,17 @@ class Assistant:
     def _with_tools(self, turn: Turn, generation, camera):
         """The answer's text pieces; a tool call in it is carried out once the model has finished writing it."""
         stream, calls = CallStream(), []
-        for piece in [*generation, None]:
-            for item in stream.feed(piece) if piece is not None else stream.finish():
-                if isinstance(item, ToolCall):
-                    calls.append(item)
-                else:
-                    yield item
+
+        def items():
+            for piece in generation:  # streamed: text is passed on as it comes
+                yield from stream.feed(piece)
+            yield from stream.finish()
+
+        for item in items():
+            if isinstance(item, ToolCall):
+                calls.append(item)
+            else:
+                yield item
         if calls:
             self.chat.forget_last()  # the call is not the answer: the answer below joins the memory instead
         for call in calls[:1]:  # one question, one tool
@@ -320,17 +322,22 @@ class Assistant:
 
     def _tool(self, turn: Turn, call: ToolCall, camera):
         arguments = json.loads(call.arguments)
-        turn.skill = call.name
         if call.name == "look":
+            turn.skill = call.name
             answer = self._look(turn, arguments.get("question") or turn.transcript, camera)
             yield from [answer] if isinstance(answer, str) else answer
             return
+        yield self._skill(turn, SkillCall(call.name, arguments))
+
+    def _skill(self, turn: Turn, call: SkillCall) -> str:
+        """The skill's sentence (or the reason it cannot), remembered as the turn's answer."""
         try:
-            text = self.skills.run(SkillCall(call.name, arguments)).text
+            text = self.skills.run(call).text
         except SkillError as e:
             text = str(e)
+        turn.skill = call.name
         self.chat.remember(turn.transcript, text)
-        yield text
+        return text
 
     def _answer(self, turn: Turn, t0: float, speaker, camera):
         """Stream the answer to ``turn.transcript`` as text, speaking each sentence as it completes; returns the
