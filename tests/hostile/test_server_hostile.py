@@ -89,6 +89,28 @@ def test_cross_site_and_rebinding_requests_never_run_a_model(server):
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
 
 
+def test_the_timers_poll_is_guarded_like_every_route(server):
+    poll = "/v1/assistant/timers"
+    body = json.dumps({"session": "abcdefghij"}).encode()
+    cases = [
+        ({"Content-Type": "text/plain"}, body, 415, None),
+        ({**JSON, "Origin": "https://evil.example"}, body, 403, None),
+        ({**JSON, "Host": f"rebind.evil.example:{urlsplit(server.url).port}"}, body, 403, None),
+        (JSON, b'{"session": 7}', 400, "session"),
+        (JSON, b'{"session": "' + b"a" * 5000 + b'"}', 400, "session"),
+        (JSON, b"[" * 100_000, 400, None),
+    ]
+    for headers, data, status, param in cases:
+        got, _, raw = request(server.url, poll, data, headers, timeout=30)
+        assert got == status and _error(got, raw).get("param") == param, (headers, raw[:200])
+    # A conversation nobody started (or another client's) has nothing due, and a poll costs no model time.
+    before = _done(server)
+    for _ in range(20):
+        got, _, raw = request(server.url, poll, body, JSON, timeout=30)
+        assert got == 200 and json.loads(raw) == {"announcements": []}
+    assert _done(server) == before
+
+
 # ---- 2. stop strings ----
 
 
@@ -234,7 +256,8 @@ def test_odd_requests_get_one_line_and_no_traceback(server):
     cases = [
         (_chat("hi") | {"messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role"),
         (b'{"model": "x", "seed": ' + b"9" * 5000 + b', "messages": []}', None),
-        (_chat("hi", tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+        (_chat("hi", tools=[{"type": "function", "function": {"name": "f g"}}]), "tools[0].function.name"),
+        (_chat("hi", tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice"),
         (_chat("hi", response_format={"type": "json_schema", "json_schema": {"name": "a"}}), "response_format"),
         (_chat("hi", logprobs=True), "logprobs"),
     ]
