@@ -258,7 +258,11 @@ def test_odd_requests_get_one_line_and_no_traceback(server):
         (b'{"model": "x", "seed": ' + b"9" * 5000 + b', "messages": []}', None),
         (_chat("hi", tools=[{"type": "function", "function": {"name": "f g"}}]), "tools[0].function.name"),
         (_chat("hi", tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice"),
-        (_chat("hi", response_format={"type": "json_schema", "json_schema": {"name": "a"}}), "response_format"),
+        (
+            _chat("hi", response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": []}}),
+            "response_format",
+        ),
+        (_chat("hi", response_format={"type": "xml"}), "response_format"),
         (_chat("hi", logprobs=True), "logprobs"),
     ]
     for body, param in cases:
