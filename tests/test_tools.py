@@ -12,6 +12,7 @@ import pytest
 from edgemm.bench.toolcalls import TOOLS
 from edgemm.runtime.llm import Chat, Generation, GenerationOptions, LanguageModel
 from edgemm.runtime.llm.chat import ChatTemplate
+from edgemm.runtime.llm.choose import first_tool
 from edgemm.runtime.llm.constrain import MAX_SCHEMA_DEPTH, Grammar, GrammarError
 from edgemm.runtime.llm.tools import (
     MAX_CALLS,
@@ -102,6 +103,41 @@ def test_a_random_model_writes_only_valid_calls(random_lm, choice):
             jsonschema.validate(json.loads(call.arguments), SCHEMAS[call.name])
         calls_seen += len(calls)
     assert choice == "auto" or calls_seen >= 2  # random strings rarely end: most answers run to max_new_tokens
+
+
+def test_a_first_call_held_to_one_tool(random_lm):
+    """``first``: the first call names the tool chosen for it; later (parallel) calls may name any tool."""
+    grammar = call_grammar(parse_tools(TOOLS), "required").first("set_light")
+    answered = 0
+    for seed in range(12):
+        answer = _free(random_lm, GenerationOptions(max_new_tokens=400, temperature=1.0, seed=seed, grammar=grammar))
+        calls = split_calls(answer.result())[1]
+        if answer.finish_reason == "length":
+            continue
+        assert calls[0].name == "set_light"
+        answered += 1
+    assert answered >= 2
+    with pytest.raises(ToolError, match="no tool named 'lamp'"):
+        call_grammar(parse_tools(TOOLS), "auto", first="lamp")
+
+
+def test_an_unsure_choice_of_tool_is_checked_against_the_request(llm_bundle):
+    """The desktop model alone names set_timer for a message about 3 pm; scored the other way round (how likely
+    is the request after each tool's description), the first call goes to send_message. A sure choice is left
+    alone, and so is a tool_choice that names the function."""
+    lm = LanguageModel.load(llm_bundle, threads=2)
+    tools, chat = parse_tools(TOOLS), Chat(lm)
+    grammar = call_grammar(tools, "required")
+    unsure = chat.encode(chat.messages([], "Message Tom: the meeting moved to 3 pm."), tools)
+    held = first_tool(lm, lm.new_cache(), unsure, grammar, "Message Tom: the meeting moved to 3 pm.")
+    assert held is not grammar and "calls: call_2 " in held.lark  # send_message: the third tool
+    answer = Chat(lm).send("Message Tom: the meeting moved to 3 pm.", tools=tools, tool_choice="required")
+    call = split_calls(answer.result())[1][0]
+    assert call.name == "send_message" and json.loads(call.arguments)["to"] == "Tom"
+    sure = chat.encode(chat.messages([], "What's the weather in Paris?"), tools)
+    assert first_tool(lm, lm.new_cache(), sure, grammar, "What's the weather in Paris?") is grammar
+    named = call_grammar(tools, "set_timer")
+    assert first_tool(lm, lm.new_cache(), unsure, named, "Message Tom: the meeting moved to 3 pm.") is named
 
 
 def test_response_format_schema_holds_for_a_random_model(random_lm):

@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 
 from edgemm.runtime.errors import EdgemmError, OptionsError
 from edgemm.runtime.limits import check_text
+from edgemm.runtime.llm.choose import first_tool
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
 from edgemm.runtime.llm.model import CacheBusyError, ContextError, LanguageModel
 from edgemm.runtime.llm.tools import Tool, call_grammar, template_messages
@@ -575,6 +576,8 @@ class Chat:
         else:
             tools = None
         prompt = self._fit(question, options, tools)
+        if tools:
+            options = replace(options, grammar=first_tool(self.lm, self.cache, prompt, options.grammar, question))
 
         def remember(gen: Generation) -> None:
             self.turns.append((question, gen.text))

@@ -115,12 +115,34 @@ def _call_schema(tool: Tool) -> dict:
     }
 
 
+class CallGrammar(Grammar):
+    """A grammar made by :func:`call_grammar`, which remembers how: :meth:`first` narrows its first call."""
+
+    def __init__(self, lark: str, tools: tuple[Tool, ...], choice: str, parallel: bool, text: str | None):
+        super().__init__(lark, "the tools", "tools")
+        self.tools, self.choice, self.parallel, self.text = tools, choice, parallel, text
+
+    @property
+    def open_choice(self) -> tuple[Tool, ...]:
+        """The tools a first call may name (none when tool_choice names one)."""
+        return self.tools if self.choice in ("auto", "required") else ()
+
+    def first(self, name: str) -> CallGrammar:
+        """The same answers, except that a first call must name ``name``."""
+        return call_grammar(self.tools, self.choice, self.parallel, self.text, first=name)
+
+
 def call_grammar(
-    tools: tuple[Tool, ...], choice: str = "auto", parallel: bool = True, text: str | None = None
-) -> Grammar:
+    tools: tuple[Tool, ...],
+    choice: str = "auto",
+    parallel: bool = True,
+    text: str | None = None,
+    first: str | None = None,
+) -> CallGrammar:
     """The answers allowed: ``choice`` "auto": text, or calls; "required": calls; a tool's name: one call of it.
     ``parallel``: one or more calls (else exactly one). ``text``: a Lark item the text must match instead of any
-    text (a JSON schema's, for a response_format)."""
+    text (a JSON schema's, for a response_format). ``first``: a tool's name that the first call must have."""
+    offered = tools
     if choice not in ("auto", "required"):
         tools = tuple(t for t in tools if t.name == choice)
         if not tools:
@@ -131,7 +153,12 @@ def call_grammar(
         f"{lark_string(CALL_CLOSE)}"
         for i, t in enumerate(tools)
     ]
-    calls = "call" + (f' ("\\n" call){{0,{MAX_CALLS - 1}}}' if parallel else "")
+    first_call = "call"
+    if first is not None:
+        first_call = next((f"call_{i}" for i, t in enumerate(tools) if t.name == first), None)
+        if first_call is None:
+            raise ToolError(f"no tool named {first!r} among the tools", "tools")
+    calls = first_call + (f' ("\\n" call){{0,{MAX_CALLS - 1}}}' if parallel else "")
     if choice != "auto":
         start = "start: calls"
     elif text is not None:
@@ -139,7 +166,8 @@ def call_grammar(
     else:
         start = f"start: TEXT | calls\n{TEXT_RULE}"
     call = "call: " + " | ".join(f"call_{i}" for i in range(len(tools)))
-    return Grammar("\n".join([start, f"calls: {calls}", call, *rules]) + "\n", "the tools", "tools")
+    lark = "\n".join([start, f"calls: {calls}", call, *rules]) + "\n"
+    return CallGrammar(lark, offered, choice, parallel, text)
 
 
 def text_grammar() -> Grammar:

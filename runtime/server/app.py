@@ -24,7 +24,7 @@ import logging
 import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 import numpy as np
@@ -41,6 +41,7 @@ from starlette.routing import Route
 from edgemm.runtime.errors import AudioError, BundleError, EdgemmError
 from edgemm.runtime.llm import ContextError, Generation
 from edgemm.runtime.llm.chat import ChatTemplate
+from edgemm.runtime.llm.choose import first_tool
 from edgemm.runtime.llm.constrain import GrammarError
 from edgemm.runtime.llm.tools import CallStream, split_calls, template_messages
 from edgemm.runtime.server import openai
@@ -282,7 +283,10 @@ class Server:
             raise ContextError(
                 f"the messages are {len(prompt)} tokens; the context window is {m.lm.context} (send fewer or shorter)"
             )
-        return Generation(m.lm, m.cache_pool.take(prompt, owner), prompt, req.options), m.lm.name
+        cache, options = m.cache_pool.take(prompt, owner), req.options
+        if req.tools and req.messages[-1]["role"] == "user":
+            options = replace(options, grammar=first_tool(m.lm, cache, prompt, options.grammar, req.question))
+        return Generation(m.lm, cache, prompt, options), m.lm.name
 
     async def chat_completions(self, request: Request) -> Response:
         deadline = time.monotonic() + self.config.timeout
