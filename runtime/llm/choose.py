@@ -3,7 +3,7 @@
 A small model that must call one of several tools often names the one whose words it saw last ("Message Tom: the
 meeting moved to 3 pm" -> a timer). Where its choice is unsure, each likely tool is also scored by how probable the
 request is after the tool's own description ("noisy channel" scoring), and the first call is held to the tool with
-the best sum. Method and numbers: docs/EVAL.md (grounded answers).
+the best sum. Method and numbers: docs/TOOLS.md ("Which tool").
 """
 
 from __future__ import annotations
@@ -56,13 +56,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def _name_scores(lm, cache, prompt: list[int], tools: tuple[Tool, ...]) -> dict[str, float]:
     """log P(name | prompt, the call's opening) of the CANDIDATES likeliest tools; ``cache`` left holding ``prompt``."""
     prefix = prompt + _encode(lm, NAME_PREFIX)
-    common = 0
-    for a, b in zip(cache.tokens, prefix, strict=False):
-        if a != b:
-            break
-        common += 1
-    common = min(common, len(prefix) - 1)
-    cache.truncate(common)
+    common = cache.keep_prefix(prefix)
     first = _log_softmax(lm.prefill_tokens(prefix[common:], cache))
     ids = {t.name: _encode(lm, t.name + '"') for t in tools}
     likely = sorted(ids, key=lambda n: -first[ids[n][0]])[:CANDIDATES]

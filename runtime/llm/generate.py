@@ -268,14 +268,7 @@ class Generation:
             logits = lm.forward(self.embeds, cache)
             cache.tokens.extend([-1] * len(self.prompt))  # positions hold image features: never matched for reuse
             return logits
-        # Reuse the longest cached prefix (earlier turns of a chat); run only the rest.
-        common = 0
-        for a, b in zip(cache.tokens, self.prompt, strict=False):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(self.prompt) - 1)  # at least one token must run to get logits
-        cache.truncate(common)
+        common = cache.keep_prefix(self.prompt)  # run only what the cache does not hold yet
         self.stats.prefilled_tokens = len(self.prompt) - common
         return lm.prefill_tokens(self.prompt[common:], cache)
 
