@@ -11,6 +11,7 @@ import pytest
 
 from edgemm.bench.toolcalls import TOOLS
 from edgemm.runtime.llm import Chat, Generation, GenerationOptions, LanguageModel
+from edgemm.runtime.llm import tools as tools_module
 from edgemm.runtime.llm.chat import ChatTemplate
 from edgemm.runtime.llm.choose import first_tool
 from edgemm.runtime.llm.constrain import MAX_SCHEMA_DEPTH, Grammar, GrammarError
@@ -236,3 +237,39 @@ def test_no_grammar_costs_nothing(random_lm):
     again = Chat(random_lm, options=options).send("Hello", tools=parse_tools(TOOLS), tool_choice="none")
     assert again.constraint is None
     assert np.array_equal(first.result() and first.tokens, again.result() and again.tokens)
+
+
+def test_prompts_with_and_without_tools_keep_a_cache_each(random_lm, monkeypatch):
+    """A chat that alternates questions with tools (their text in the system prompt) and without (a photo's answer)
+    runs only the new turns each time, not the tools' text again; what it answers is what a fresh chat answers."""
+    monkeypatch.setattr(tools_module, "FALLBACK", "Tools:\n{tools}")  # the tiny model's 512-token window
+    light = {"type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]}
+    tools = parse_tools([{"type": "function", "function": {"name": "light", "parameters": light}}])
+    options = GenerationOptions(max_new_tokens=4)
+    chat = Chat(random_lm, options=options)
+    chat.prepare(tools)
+    system = len(chat.encode(chat.messages([], None), tools))
+    first = chat.send("Turn on the kitchen light.", tools=tools)
+    first.result()
+    assert first.stats.prefilled_tokens < first.stats.prompt_tokens - system + 8  # the system prompt was ready
+    plain = chat.send("And what is this photo?")  # no tools: a cache of its own
+    plain.result()
+    again = chat.send("Turn it off.", tools=tools)
+    again.result()
+    assert again.cache is first.cache and plain.cache is not first.cache
+    assert again.stats.prefilled_tokens < again.stats.prompt_tokens // 3
+    fresh = Chat(random_lm, options=options)
+    fresh.turns = list(chat.turns[:-1])
+    assert fresh.send("Turn it off.", tools=tools).result() == again.text
+    chat.reset()
+    assert all(cache.length == 0 for cache in chat.caches)
+
+
+def test_preparing_a_chat_refuses_nothing(random_lm):
+    """prepare() with no tools, or with tools whose text fills the context, does what it can and raises nothing:
+    the question itself gets the usual error."""
+    chat = Chat(random_lm, system=None)
+    chat.prepare()
+    huge = parse_tools([{**TOOLS[0], "function": {**TOOLS[0]["function"], "description": "word " * 700}}])
+    chat.prepare(huge)
+    assert all(cache.length < random_lm.context for cache in chat.caches)

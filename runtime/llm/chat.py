@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 from edgemm.runtime.errors import EdgemmError, OptionsError
 from edgemm.runtime.limits import check_text
 from edgemm.runtime.llm.choose import first_tool
+from edgemm.runtime.llm.constrain import Constraint
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
 from edgemm.runtime.llm.model import CacheBusyError, ContextError, LanguageModel
 from edgemm.runtime.llm.tools import Tool, call_grammar, template_messages
@@ -41,6 +42,9 @@ KEEP_CONTROL = {"\n", "\t", "\r"}
 # "What is the capital of France?" -> "The capital of France is Paris." instead of a list of French words).
 # An empty string keeps the chat template's own default system message.
 DEFAULT_SYSTEM = "You are a helpful assistant. Answer briefly and factually."
+# KV caches a chat keeps, each holding the last prompt of one kind: with tools (their text is in the system prompt)
+# and without (a photo's answer), so that alternating kinds reuse their shared start instead of running it again.
+CACHE_SLOTS = 2
 # Bounds on rendering a bundle's chat template (bundles may come from anywhere). A chat template loops over the
 # messages; it needs neither millions of items, nor seconds, nor megabytes of text.
 MAX_TEMPLATE_RANGE = 10_000  # items in one range()
@@ -491,20 +495,49 @@ class Chat:
     """
 
     def __init__(
-        self, lm: LanguageModel, system: str | None = DEFAULT_SYSTEM, options: GenerationOptions | None = None
+        self,
+        lm: LanguageModel,
+        system: str | None = DEFAULT_SYSTEM,
+        options: GenerationOptions | None = None,
+        cache_slots: int = CACHE_SLOTS,
     ):
         self.lm = lm
         self.template = ChatTemplate(lm.chat_template, lm.special)
         self.options = _checked(options) or GenerationOptions()
         self.system = clean_text(system) if system else None
         self.turns: list[tuple[str, str]] = []  # (user, assistant) pairs
-        self.cache = lm.new_cache()
+        self.caches = [lm.new_cache() for _ in range(max(1, cache_slots))]  # a cache grows only as it is used
+        self.cache = self.caches[0]  # the one the latest answer ran on
         self._warned_full = False
 
     def reset(self) -> None:
         self._check_idle()
         self.turns.clear()
-        self.cache.reset()
+        for cache in self.caches:
+            cache.reset()
+
+    def _cache_for(self, prompt: list[int]):
+        """The cache that holds most of ``prompt``'s start, unless that one would lose most of what it holds while
+        another is empty (a prompt of another kind starts a cache of its own)."""
+        best = max(self.caches, key=lambda c: (c.shared(prompt), c is not self.cache))
+        empty = next((c for c in self.caches if not c.tokens), None)
+        if empty is not None and 2 * best.shared(prompt) < len(best.tokens):
+            best = empty
+        self.cache = best
+        return best
+
+    def prepare(self, tools: tuple[Tool, ...] | None = None) -> None:
+        """Do now what the first answer would otherwise wait for: compile ``tools``' call grammar (for a 150k-token
+        vocabulary about a second, once per model) and run the system prompt, with them, into a cache."""
+        self._check_idle()
+        if tools:
+            Constraint(self.lm, call_grammar(tools))
+        ids = self.encode(self.messages([], None), tools)
+        if len(ids) < 2 or len(ids) >= self.lm.context:  # nothing worth running, or too long: send() will say
+            return
+        cache = self._cache_for(ids)
+        common = cache.keep_prefix(ids)
+        self.lm.prefill_tokens(ids[common:], cache)
 
     def messages(self, turns: list[tuple[str, str]], question: str | None) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -553,7 +586,7 @@ class Chat:
             self.turns.pop()
 
     def _check_idle(self) -> None:
-        if self.cache.busy:
+        if any(cache.busy for cache in self.caches):
             raise CacheBusyError(
                 "this chat is still generating an answer: finish or close() it first (one Chat per thread)"
             )
@@ -576,6 +609,7 @@ class Chat:
         else:
             tools = None
         prompt = self._fit(question, options, tools)
+        self._cache_for(prompt)
         if tools:
             options = replace(options, grammar=first_tool(self.lm, self.cache, prompt, options.grammar, question))
 

@@ -103,15 +103,19 @@ class KVCache:
         self.buffers = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
         return True
 
-    def keep_prefix(self, ids: list[int]) -> int:
-        """Keep the longest start of ``ids`` the cache holds (earlier turns of a chat), at most all but the last id
-        (one must run to give logits); returns how many were kept: run ``ids`` from there."""
+    def shared(self, ids: list[int]) -> int:
+        """How many of the first ``ids`` the cache holds."""
         common = 0
         for a, b in zip(self.tokens, ids, strict=False):
             if a != b:
                 break
             common += 1
-        common = min(common, len(ids) - 1)
+        return common
+
+    def keep_prefix(self, ids: list[int]) -> int:
+        """Keep the longest start of ``ids`` the cache holds (earlier turns of a chat), at most all but the last id
+        (one must run to give logits); returns how many were kept: run ``ids`` from there."""
+        common = min(self.shared(ids), len(ids) - 1)
         self.truncate(common)
         return common
 
