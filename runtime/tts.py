@@ -179,20 +179,46 @@ def optional_synthesizer(threads: int | None = None, without: str = "text only")
 class SentenceSplitter:
     """Cuts streamed text into whole sentences: ``push`` returns those a piece completes, ``flush`` the rest. None is
     longer than ``limit`` characters: a longer one is cut as :func:`pieces` cuts, and text without a sentence end is
-    given out once more than ``limit`` characters of it are pending."""
+    given out once more than ``limit`` characters of it are pending.
 
-    def __init__(self, limit: int = MAX_PIECE_CHARS):
+    ``first_words``: the first piece is given out sooner, at the first comma, bracket or dash, or once that many
+    words are complete, whichever comes first (its voice can then start while the rest is generated)."""
+
+    def __init__(self, limit: int = MAX_PIECE_CHARS, first_words: int | None = None):
         self.pending, self.limit = "", limit
+        self.first_words = first_words  # None once a piece has been given out
 
     def push(self, piece: str) -> list[str]:
-        parts = SENTENCE_END.split(self.pending + piece)
+        out, text = [], self.pending + piece
+        if self.first_words:
+            cut = self._first_cut(text)
+            if cut:
+                out.append(text[:cut].strip())
+                text = text[cut:].lstrip()
+        parts = SENTENCE_END.split(text)
         self.pending = parts[-1]
-        out = [cut for sentence in parts[:-1] for cut in pieces(sentence, self.limit)]
+        out += [cut for sentence in parts[:-1] for cut in pieces(sentence, self.limit)]
         while len(self.pending) > self.limit:
             cut = _cut(self.pending, self.limit, (CLAUSE_END, SPACE))
             out.append(self.pending[:cut].strip())
             self.pending = self.pending[cut:].lstrip()
-        return [s for s in out if s]
+        out = [s for s in out if s]
+        if out:
+            self.first_words = None
+        return out
+
+    def _first_cut(self, text: str) -> int:
+        """Where the early first piece ends in ``text`` (0: not yet, or a sentence end comes first)."""
+        sentence = SENTENCE_END.search(text.lstrip())
+        offset = len(text) - len(text.lstrip())
+        spaces = [m.start() for m in SPACE.finditer(text, offset)]
+        ends = [m.start() for m in CLAUSE_END.finditer(text, offset)]
+        if len(spaces) >= self.first_words:
+            ends.append(spaces[self.first_words - 1])
+        cut = min(ends, default=0)
+        if sentence is not None and sentence.start() + offset <= cut:
+            return 0
+        return cut
 
     def flush(self) -> list[str]:
         rest, self.pending = self.pending.strip(), ""

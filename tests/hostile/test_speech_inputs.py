@@ -147,3 +147,27 @@ def test_assistant_speaks_its_answers_in_bounded_pieces(voice):
     list(assistant.respond("Say something long."))
     assert len(recorder.texts) >= 5 and max(map(len, recorder.texts)) <= tts.MAX_PIECE_CHARS
     assert " ".join(recorder.texts) == answer
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("Yes, there is a cat in front of you.", "Yes,"),
+        ("The animal in this photo is a tiger cat sleeping.", "The animal in this photo is"),
+        ("It costs 1,234 dollars, which is a lot.", "It costs 1,234 dollars,"),
+        ("Hi. How are you today, my good friend?", "Hi."),
+        ("Paris", "Paris"),
+    ],
+)
+def test_the_first_clause_is_given_out_early(text, first):
+    """With ``first_words``, the first piece ends at the first comma or after that many words, unless a sentence
+    ends sooner; a comma inside a number is no clause; the pieces still join to the whole text."""
+    splitter, out, at = tts.SentenceSplitter(first_words=6), [], None
+    for start in range(0, len(text), 3):
+        out += splitter.push(text[start : start + 3])
+        if out and at is None:
+            at = start + 3
+    out += splitter.flush()
+    assert out[0] == first and " ".join(out) == text
+    if first != text:
+        assert at < len(text), "the first piece came only with the end of the text"
