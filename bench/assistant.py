@@ -3,11 +3,15 @@
 One subprocess (``edgemm.bench.worker``'s protocol) runs the assistant exactly as ``edgemm listen`` builds it, on
 file-backed devices: a microphone file holding ``runs`` spoken questions (made with the assistant's own voice; scene
 questions and general ones in turn, each followed by 2.5 s of silence), scikit-image's chelsea photo as the camera,
-a WAV file as the speaker. For each turn it records the seconds from the end of speech (the moment the endpointer
-closes the utterance) to the transcript, to the first answer token and to the first audio handed to the speaker, and
-reports their medians; and the process's peak resident memory (``VmHWM``) after every turn: the whole assistant with
-the default bundles.
-Targets (the issue's): end of speech -> first audio <= 1.5 s for a short question; peak RSS <= 450 MB.
+a WAV file as the speaker. Reported per turn, as medians, and the process's peak resident memory (``VmHWM``) after
+every turn: the whole assistant with the default bundles.
+
+The clock starts where a person stops speaking: the last voiced sample of the question, known from how the audio
+was made (:func:`voiced_end`). ``true_first_audio`` = the endpoint wait (microphone seconds from there to the
+endpointer's cut, the silence it waits for) + the seconds from the cut to the first audio handed to the speaker.
+Stages: endpoint wait, final transcript, prefill (transcript -> first answer token), first speech (-> the first
+sentence or clause ready to speak: ``first_clause``), synthesis (-> its audio). ``first_audio`` alone, from the cut, is the figure of earlier
+rounds. Method: docs/BENCHMARKS.md ("An honest clock").
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from edgemm.bench.worker import file_backed_mb, peak_rss_mb, run_worker, serve
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.packages import package_file
+from edgemm.runtime.profiles import active_profile
 
 QUESTIONS = [
     "What animal is in this picture?",
@@ -32,7 +37,44 @@ QUESTIONS = [
 ]
 SILENCE_S = 2.5
 WORKER_TIMEOUT_S = 1800
-TARGET_FIRST_AUDIO_S, TARGET_RSS_MB = 1.5, 450
+# From the true end of speech to the first audio, by machine profile; and the pi profile's memory.
+TARGET_FIRST_AUDIO_S, TARGET_RSS_MB = {"desktop": 0.6, "pi": 0.9}, 450
+VOICED_DB = -40  # a 10 ms frame is voiced when its RMS is within this of the loudest frame's
+STAGES = ("endpoint_wait", "transcript", "prefill", "first_clause", "synthesis")
+
+
+def voiced_end(samples, sample_rate: int) -> float:
+    """Seconds from the start of ``samples`` to the end of their last voiced 10 ms frame (0.0 when all silent)."""
+    import numpy as np
+
+    frame = max(1, sample_rate // 100)
+    n = samples.size // frame
+    rms = np.sqrt(np.mean(np.square(samples[: n * frame].reshape(n, frame), dtype=np.float64), axis=1))
+    if n == 0 or rms.max() <= 0:
+        return 0.0
+    voiced = np.flatnonzero(rms >= rms.max() * 10 ** (VOICED_DB / 20))
+    return float((voiced[-1] + 1) * frame / sample_rate)
+
+
+def stages(turn: dict, speech_ends: list[float]) -> dict:
+    """A turn's stage seconds and ``true_first_audio``, given the true ends of speech in microphone seconds."""
+    lat, out = turn, {}  # the latency keys sit in the turn itself
+    if turn.get("heard"):
+        start, cut = turn["heard"]
+        ends = [e for e in speech_ends if start <= e <= cut]
+        if ends:
+            out["endpoint_wait"] = cut - ends[-1]
+    if "transcript" in lat:
+        out["transcript"] = lat["transcript"]
+        if "first_token" in lat:
+            out["prefill"] = lat["first_token"] - lat["transcript"]
+    if "first_token" in lat and "first_speech" in lat:
+        out["first_clause"] = lat["first_speech"] - lat["first_token"]
+    if "first_speech" in lat and "first_audio" in lat:
+        out["synthesis"] = lat["first_audio"] - lat["first_speech"]
+    if "endpoint_wait" in out and "first_audio" in lat:
+        out["true_first_audio"] = out["endpoint_wait"] + lat["first_audio"]
+    return out
 
 
 def measure(job: dict) -> dict:
@@ -57,18 +99,26 @@ def measure(job: dict) -> dict:
     synth = assistant.synthesizer
     loaded_mb = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
-        pieces, answers_config = [], synth.config
+        pieces, speech_ends, answers_config = [], [], synth.config
         synth.config = replace(synth.config, noise_scale=0.0, noise_w_scale=0.0)  # the same questions every run
+        offset = 0
         for i in range(job["runs"]):
             speech = synth.synthesize(QUESTIONS[i % len(QUESTIONS)])
-            pieces += [soxr.resample(speech.samples, speech.sample_rate, 16000), np.zeros(int(16000 * SILENCE_S))]
+            question = soxr.resample(speech.samples, speech.sample_rate, 16000)
+            speech_ends.append(offset / 16000 + voiced_end(question, 16000))
+            pieces += [question, np.zeros(int(16000 * SILENCE_S))]
+            offset += question.size + pieces[-1].size
         synth.config = answers_config
         sf.write(Path(tmp) / "mic.wav", np.concatenate(pieces).astype(np.float32), 16000)
         with FileMicrophone(Path(tmp) / "mic.wav") as mic, WavSpeaker(Path(tmp) / "out.wav") as speaker:
             events = assistant.run(mic, speaker, FileCamera(photo))
             turns = [event.turn for event in events if isinstance(event, TurnEnd)]
     return {
-        "turns": [{"question": t.transcript, "answer": t.answer, "looked": t.looked, **t.latency} for t in turns],
+        "turns": [
+            {"question": t.transcript, "answer": t.answer, "looked": t.looked, "heard": t.heard, **t.latency}
+            for t in turns
+        ],
+        "speech_ends": speech_ends,
         "loaded_rss_mb": round(loaded_mb),
         "peak_rss_mb": round(peak_rss_mb()),
         "file_backed_mb": None if (files := file_backed_mb()) is None else round(files),
@@ -82,10 +132,14 @@ def run_bench_assistant(args) -> int:
     if "error" in report:
         raise EdgemmError(f"assistant worker failed: {report['error']}")
     turns = report["turns"]
-    medians = {
-        k: statistics.median(t[k] for t in turns if k in t) for k in ("transcript", "first_token", "first_audio")
-    }
+    for t in turns:
+        t.update(stages(t, report["speech_ends"]))
+    keys = ("true_first_audio", *STAGES, "first_token", "first_audio")
+    medians = {k: statistics.median(t[k] for t in turns if k in t) for k in keys if any(k in t for t in turns)}
     report["median_s"] = {k: round(v, 3) for k, v in medians.items()}
+    if "true_first_audio" not in medians:
+        raise EdgemmError("no turn's end of speech could be placed: the endpointer cut none of the questions")
+    report["true_first_audio_s"] = report["median_s"]["true_first_audio"]
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return 0
@@ -93,8 +147,11 @@ def run_bench_assistant(args) -> int:
     print(f"edgemm bench assistant: {len(turns)} turns, {threads} threads{llm}, file-backed mic / camera / speaker")
     for t in turns:
         where = "camera" if t["looked"] else "text"
-        print(f"  [{where}] {t['question']!r} -> {t['answer'][:60]!r}  first audio {t.get('first_audio', 0):.3f} s")
-    print("median seconds from end of speech: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
+        true = f"{t['true_first_audio']:.3f} s" if "true_first_audio" in t else "n/a"
+        print(f"  [{where}] {t['question']!r} -> {t['answer'][:60]!r}  first audio {true}")
+    print(f"median seconds from the true end of speech to the first audio: {medians['true_first_audio']:.3f}")
+    print("  stages: " + ", ".join(f"{k} {medians[k]:.3f}" for k in STAGES if k in medians))
+    print(f"  from the endpointer's cut (earlier rounds' figure): first audio {medians['first_audio']:.3f}")
     files_mb = report.get("file_backed_mb")
     files = (
         f"; at the end {files_mb} MB of it mapped from files, which varies with the page cache"
@@ -102,10 +159,11 @@ def run_bench_assistant(args) -> int:
         else ""
     )
     print(f"peak RSS {report['peak_rss_mb']} MB (after loading {report['loaded_rss_mb']} MB{files})")
-    met_latency = medians["first_audio"] <= TARGET_FIRST_AUDIO_S
+    target_s = TARGET_FIRST_AUDIO_S.get(active_profile().name, TARGET_FIRST_AUDIO_S["desktop"])
+    met_latency = medians["true_first_audio"] <= target_s
     met_rss = report["peak_rss_mb"] <= TARGET_RSS_MB
     print(
-        f"targets: first audio <= {TARGET_FIRST_AUDIO_S} s: {'met' if met_latency else 'NOT met'}; "
+        f"targets: first audio from the end of speech <= {target_s} s: {'met' if met_latency else 'NOT met'}; "
         f"peak RSS <= {TARGET_RSS_MB} MB: {'met' if met_rss else 'NOT met'}"
     )
     return 0

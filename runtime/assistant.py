@@ -4,7 +4,8 @@ A turn: the endpointer (Silero VAD on 32 ms blocks) cuts an utterance -> Whisper
 matcher recognises (the time, a timer, arithmetic...: runtime/skills) answers from real data without the LLM; a
 request to look (or camera mode) grabs a frame and answers the image question (a VLM or the offline description);
 anything else goes to the text LLM with the conversation's memory, which may call ``look`` as a tool (its call
-constrained to the tool's schema) -> the answer streams as text and is spoken sentence by sentence. Timers that go
+constrained to the tool's schema) -> the answer streams as text and is spoken sentence by sentence, the first
+clause (or FIRST_WORDS words) as soon as it is complete. Timers that go
 off are announced as they fire, between turns too (:class:`TimerDone`).
 
 The assistant is built from models only; the devices are given to :meth:`Assistant.run` (a microphone, and optionally
@@ -45,6 +46,8 @@ NO_CAMERA = "I cannot see anything: no camera is connected."
 # The tools the LLM is offered: ``look`` only. The skills' own commands go through the matcher; offering the LLM
 # every skill made its prompt 1,300 tokens instead of 200 and the 0.5B model pick wrong tools (docs/SKILLS.md).
 LLM_TOOLS = ("look",)
+# The first words of an answer are spoken as soon as a clause or this many words are complete, not a whole sentence.
+FIRST_WORDS = 6
 
 
 def _first_line(error: BaseException) -> str:
@@ -75,7 +78,10 @@ class Turn:
     skill: str | None = None  # the skill that answered (None: the language model)
     interrupted: bool = False  # barge-in stopped the spoken answer
     mute: bool = False  # the voice failed: the rest of this answer is text only
-    latency: dict = field(default_factory=dict)  # seconds from the end of speech: transcript, first_token, first_audio
+    # Seconds from the endpointer's cut (or a typed question's arrival): transcript, first_token, first_speech (the
+    # first sentence or clause ready to speak), first_audio (its audio handed to the speaker).
+    latency: dict = field(default_factory=dict)
+    heard: tuple[float, float] | None = None  # microphone seconds where the utterance starts and is cut (run only)
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,8 @@ class Assistant:
         self.skills = Skills(self.clock, identity={"models": self._model_names()}, can_look=images is not None)
         offered = [t for t in self.skills.tools() if t["function"]["name"] in LLM_TOOLS]
         self.tools = parse_tools(offered) if offered else None
+        if self.tools is not None:  # the first question then waits neither for the grammar nor for the tools' text
+            self.chat.prepare(self.tools)
 
     def _model_names(self) -> dict:
         names = {"llm": self.chat.lm.name, "speech": self.transcriber.bundle.manifest.get("name")}
@@ -233,7 +241,8 @@ class Assistant:
                 if endpointer.started and talking:
                     self._barge_in(speaker)
                 if utterance is not None:
-                    spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera)
+                    heard = (utterance.start, utterance.end)
+                    spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera, heard)
                     # The answer plays from the end of the utterance on (in microphone time).
                     self.speaking_until = utterance.end + spoken
                 if not endpointer.started:  # between utterances: timers that went off are announced
@@ -267,8 +276,9 @@ class Assistant:
         if self.turns:
             self.turns[-1].interrupted = True
 
-    def _hear(self, audio, sample_rate: int | None, speaker, camera):
-        """Transcribe and answer one utterance; returns the seconds of speech of the answer (0 when none)."""
+    def _hear(self, audio, sample_rate: int | None, speaker, camera, heard=None):
+        """Transcribe and answer one utterance (``heard``: its microphone seconds); returns the seconds of speech of
+        the answer (0 when none)."""
         t0 = time.perf_counter()
         try:
             transcript = self.transcriber.transcribe(audio, sample_rate).text.strip()
@@ -278,7 +288,7 @@ class Assistant:
         release_memory()  # the encoder's 30 s window of activations, before the answer's models run
         if not transcript:
             return 0.0
-        turn = Turn(transcript)
+        turn = Turn(transcript, heard=heard)
         turn.latency["transcript"] = time.perf_counter() - t0
         yield Transcript(transcript)
         return (yield from self._answer(turn, t0, speaker, camera))
@@ -349,7 +359,7 @@ class Assistant:
             answer = f"Sorry, I cannot answer that ({e})."
         except Exception as e:  # any failing component ends this turn only
             answer = _apology(turn, e)
-        splitter, spoken = SentenceSplitter(), 0.0
+        splitter, spoken = SentenceSplitter(first_words=FIRST_WORDS), 0.0
         for piece in _guarded([answer] if isinstance(answer, str) else answer, turn):
             turn.latency.setdefault("first_token", time.perf_counter() - t0)
             turn.answer += piece
@@ -367,6 +377,7 @@ class Assistant:
     def _speak(self, sentence: str, turn: Turn, t0: float, speaker):
         if self.synthesizer is None or turn.mute:
             return 0.0
+        turn.latency.setdefault("first_speech", time.perf_counter() - t0)
         try:
             speech = self.synthesizer.synthesize(sentence)
             if speaker is not None:

@@ -89,7 +89,12 @@ def test_spoken_question_about_the_camera(parts, tmp_path):
     turn = turns[0]
     assert wer([QUESTION], [turn.transcript]) <= 0.2 and turn.looked
     assert "cat" in turn.answer.lower(), turn.answer
-    assert {"transcript", "first_token", "first_audio"} <= set(turn.latency)
+    assert {"transcript", "first_token", "first_speech", "first_audio"} <= set(turn.latency)
+    from edgemm.bench.assistant import voiced_end
+
+    spoken_end = 0.5 + voiced_end(parts["say"](QUESTION), RATE)  # the question's true end, in microphone seconds
+    start, cut = turn.heard
+    assert start <= 0.5 and spoken_end < cut <= spoken_end + 1.0, (turn.heard, spoken_end)
     back = parts["transcriber"].transcribe(out).text
     assert wer([turn.answer], [back]) <= 0.35, (turn.answer, back)
 
