@@ -46,13 +46,18 @@ def test_same_seed_same_bytes(corpus, examples, tmp_path):
     # One process here, one per core for the fixture: the bytes do not depend on it.
     again = data.build_corpus(tmp_path / "b", seed=0, examples=EXAMPLES, shard_examples=5, workers=1, progress=False)
     if _file_hashes(again) != _file_hashes(corpus):  # name the examples that differ, and how
-        differ = [
-            f"{a.id} ({a.voice}, {a.source}, {a.augmentations}): max difference {_max_difference(a.audio, b.audio)}"
+        differ = [  # both builds' records and signal levels: where a difference comes from (voice, noise, gain)
+            f"{a.id} ({a.voice}, {a.source}, {a.augmentations} / {b.voice}, {b.augmentations}): max difference "
+            f"{_max_difference(a.audio, b.audio)}, rms {_rms(a.audio):.4g} / {_rms(b.audio):.4g}"
             for a, b in zip(examples, data.load_corpus(again), strict=True)
             if a.audio.shape != b.audio.shape or not np.array_equal(a.audio, b.audio) or a.text != b.text
         ]
         pytest.fail(f"a second build differs: {differ or 'manifest only'}")
     assert sorted(_file_hashes(corpus)) == ["manifest.json", "shard-00000.flac", "shard-00001.flac", "shard-00002.flac"]
+
+
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) if a.size else 0.0
 
 
 def _max_difference(a: np.ndarray, b: np.ndarray) -> str:
