@@ -7,6 +7,15 @@ segments, temperature fallback).
 """
 
 from edgemm.runtime.speech.decoding import DecodingOptions
+from edgemm.runtime.speech.stream import Partial, TranscriptionStream
 from edgemm.runtime.speech.transcribe import Segment, TranscribeOptions, Transcriber, Transcription
 
-__all__ = ["DecodingOptions", "Segment", "TranscribeOptions", "Transcriber", "Transcription"]
+__all__ = [
+    "DecodingOptions",
+    "Partial",
+    "Segment",
+    "TranscribeOptions",
+    "Transcriber",
+    "Transcription",
+    "TranscriptionStream",
+]

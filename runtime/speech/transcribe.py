@@ -141,7 +141,11 @@ class Transcriber:
     def load(cls, bundle: str | Path | None = None, threads: int | None = None, verify: bool = True) -> Transcriber:
         return cls(open_bundle(bundle, "speech", verify=verify), threads)
 
-    def transcribe(self, audio, sample_rate: int | None = None, options: TranscribeOptions | None = None):
+    def transcribe(
+        self, audio, sample_rate: int | None = None, options: TranscribeOptions | None = None, on_segments=None
+    ):
+        """``audio``: a file, encoded bytes, a pipe, or samples at ``sample_rate``. ``on_segments(segments)`` is
+        called with each window's new segments as soon as it is decoded (a streamed transcript)."""
         options = TranscribeOptions() if options is None else options
         if not isinstance(options, TranscribeOptions):
             raise OptionsError(f"options must be TranscribeOptions, not {type(options).__name__}")
@@ -154,9 +158,16 @@ class Transcriber:
         log.debug("speech regions (s): %s", [(a / self.sample_rate, b / self.sample_rate) for a, b in regions])
         if not regions:
             return Transcription("", [], options.decoding.language, duration)
-        segments, language = self._windows(samples, regions, options)
+        segments, language = self._windows(samples, regions, options, on_segments)
         text = "".join(s.text for s in segments).strip()
         return Transcription(text, segments, language, duration)
+
+    def stream(self, options: TranscribeOptions | None = None, **kwargs):
+        """A live transcription of one utterance: feed it audio as it arrives for partials, then ``finish()``
+        (:class:`edgemm.runtime.speech.stream.TranscriptionStream`; ``kwargs``: its ``every_s`` and ``max_s``)."""
+        from edgemm.runtime.speech.stream import TranscriptionStream
+
+        return TranscriptionStream(self, options, **kwargs)
 
     def encoder_frames(self, size: int) -> int:
         """The encoder length for a window holding ``size`` frames of audio (the full window for plain Whisper)."""
@@ -167,7 +178,7 @@ class Transcriber:
         start, length = seek * self.hop, (frames or self.window_frames) * self.hop
         return self.model.encode(self.log_mel(pad_or_trim(samples[start : start + length], length)))
 
-    def _windows(self, samples, regions, options: TranscribeOptions):
+    def _windows(self, samples, regions, options: TranscribeOptions, on_segments=None):
         content_frames = len(samples) // self.hop
         spans = [(a // self.hop, -(-b // self.hop)) for a, b in regions]
         decoding, language = options.decoding, options.decoding.language
@@ -198,7 +209,10 @@ class Transcriber:
                 seek += size
                 continue
             new, advance = self._split(result, offset, size, len(samples) / self.sample_rate)
-            segments += [s for s in new if s.text.strip()]
+            new = [s for s in new if s.text.strip()]
+            segments += new
+            if new and on_segments is not None:
+                on_segments(new)
             tokens += [t for s in new for t in s.tokens if t < self.tokenizer.special.eot]
             if not options.condition_on_previous_text or result.temperature > 0.5:
                 prompt_start = len(tokens)
