@@ -190,6 +190,22 @@ def test_transcription_prompt_is_used(client, clips):
     assert plain.split()[0] == "10" and prompted.lower().split()[0] == "ten", (plain, prompted)
 
 
+def test_streamed_transcription_sends_deltas_then_the_same_text(client, clips):
+    """One clip, then every clip in one file (several 30 s windows): a delta as each window is decoded, then the
+    done event with the whole text, the same as without streaming."""
+    from edgemm.runtime.speech.audio import load_audio
+
+    gap = np.zeros(8000, np.float32)
+    joined = _wav_bytes(np.concatenate([x for c in clips for x in (load_audio(c.path), gap)]))
+    for name, data in (("one.wav", clips[0].path.read_bytes()), ("all.wav", joined)):
+        plain = client.audio.transcriptions.create(model="whisper-1", file=(name, data)).text
+        events = list(client.audio.transcriptions.create(model="whisper-1", file=(name, data), stream=True))
+        deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+        assert [e.type for e in events[len(deltas) :]] == ["transcript.text.done"], events
+        assert deltas and "".join(deltas).strip() == events[-1].text == plain
+    assert len(deltas) >= 3
+
+
 def test_speech_transcribes_back(client, server):
     sentence = "The quick brown fox jumps over the lazy dog."
     wav = client.audio.speech.create(model="tts-1", voice="alloy", input=sentence, response_format="wav").content
@@ -299,6 +315,9 @@ BAD_UPLOADS = [
     ("bad format", {"response_format": "docx"}, {"file": ("a.wav", b"x")}, 400, "response_format"),
     ("bad temperature", {"temperature": "hot"}, {"file": ("a.wav", b"x")}, 400, "temperature"),
     ("other language", {"language": "fr"}, {"file": ("a.wav", _wav_bytes(np.zeros(16000)))}, 400, None),
+    ("bad stream flag", {"stream": "maybe"}, {"file": ("a.wav", b"x")}, 400, "stream"),
+    ("stream as srt", {"stream": "true", "response_format": "srt"}, {"file": ("a.wav", b"x")}, 400, "stream"),
+    ("stream of garbage", {"stream": "true"}, {"file": ("a.wav", b"hello world, no audio here" * 100)}, 400, "file"),
 ]
 
 

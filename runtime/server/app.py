@@ -413,6 +413,9 @@ class Server:
                 raise bad(
                     f"response_format must be one of {', '.join(openai.TRANSCRIPTION_FORMATS)}", "response_format"
                 )
+            stream = _form_flag(form, "stream")
+            if stream and fmt not in ("json", "text"):
+                raise bad("stream=true sends transcript.text events: response_format must be json or text", "stream")
             temperature = _form_number(form, "temperature", 0.0, 1.0, 0.0)
             options = TranscribeOptions(
                 decoding=DecodingOptions(
@@ -423,11 +426,50 @@ class Server:
             )
         finally:
             await form.close()
+        if stream:
+            return await self._transcript_events(request, transcriber, audio, options)
         result = await self._run("speech", request, transcriber.transcribe, audio, None, options)
         body, media = openai.transcription_body(result, fmt, task)
         if isinstance(body, dict):
             return JSONResponse(body)
         return Response(body, media_type=media)
+
+    async def _transcript_events(self, request: Request, transcriber, audio: bytes, options) -> Response:
+        """A transcription as OpenAI streams it: a ``transcript.text.delta`` event per segment as each 30 s window
+        is decoded, then ``transcript.text.done`` with the whole text (the same as without ``stream``)."""
+        deadline = time.monotonic() + self.config.timeout
+
+        def job(channel: Channel):
+            def delta(segments):
+                for segment in segments:
+                    channel.put(("delta", segment.text))
+
+            channel.put(("done", transcriber.transcribe(audio, None, options, on_segments=delta)))
+
+        channel = self._start("speech", job)
+        first = await self._next(channel, request, deadline)  # unreadable audio: a 400 before the stream starts
+
+        async def events():
+            item, started = first, False
+            try:
+                while True:
+                    if item[0] == "delta":
+                        text = item[1] if started else item[1].lstrip()
+                        started = started or bool(text)
+                        if text:
+                            yield _sse({"type": "transcript.text.delta", "delta": text, "logprobs": None})
+                    else:
+                        yield _sse({"type": "transcript.text.done", "text": item[1].text, "logprobs": None})
+                        return
+                    item = await self._next(channel, request, deadline)
+            except Exception as e:  # a timeout mid-stream: OpenAI's error object ends it
+                yield _sse(api_error(e).body())
+            finally:
+                channel.cancel()
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     async def speech(self, request: Request) -> Response:
         synthesizer = self.models.synthesizer
@@ -588,6 +630,16 @@ async def _upload(form, name: str, limit: int) -> bytes | None:
     if len(data) > limit:
         raise APIError(413, f"'{name}' is over {limit // MB} MB", param=name, code="file_too_large")
     return data or None
+
+
+def _form_flag(form, name: str) -> bool:
+    """A boolean field of a multipart form ("true" / "false", as OpenAI's clients send it)."""
+    value = form.get(name)
+    if value in (None, "", "false", "False", "0"):
+        return False
+    if value in ("true", "True", "1"):
+        return True
+    raise bad(f"'{name}' must be true or false", name)
 
 
 def _form_number(form, name: str, low: float, high: float, default: float) -> float:
