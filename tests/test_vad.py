@@ -72,3 +72,29 @@ def test_endpointer_drops_blips_and_cuts_long_speech():
     assert _endpoint([0.0] * 5 + [0.9] * 4 + [0.0] * 30)[0] == []  # 128 ms of speech < 300 ms
     utterances, _ = _endpoint([0.9] * 200, max_utterance_s=2.0)
     assert [blocks for _, _, blocks in utterances] == [63, 63, 63]  # 2 s cuts; speech goes on and starts again
+
+
+def test_endpointer_cut_and_hold_at_a_pause():
+    """A caller can end an utterance at a short pause (cut) or make the endpointer wait through a longer one (hold);
+    either way the next utterance starts from the usual settings."""
+    endpointer = Endpointer(lambda block: float(block[0]), EndpointOptions())
+    feed = [0.9] * 30 + [0.0] * 5
+    assert [endpointer.feed(np.full(CHUNK, p, np.float32)) for p in feed] == [None] * len(feed)
+    assert endpointer.recording and endpointer.silent_ms == pytest.approx(5 * 32)
+    cut = endpointer.cut()
+    assert cut.silent_tail == 5 * CHUNK and len(cut.samples) == (30 + 5) * CHUNK  # speech from the first block
+    assert not endpointer.recording and endpointer.silent_ms == 0 and endpointer.cut() is None
+
+    # Held for 960 ms: a pause of 640-960 ms goes on, and speech after it belongs to the same utterance.
+    probs = [0.9] * 30 + [0.0] * 25 + [0.9] * 10 + [0.0] * 40
+    utterances, ends = [], []
+    for i, p in enumerate(probs):
+        utterance = endpointer.feed(np.full(CHUNK, p, np.float32))
+        if endpointer.recording and endpointer.silent_ms >= 160:
+            endpointer.hold(960)
+        if utterance is not None:
+            utterances.append(utterance)
+            ends.append(i)
+    assert len(utterances) == 1 and ends == [30 + 25 + 10 + 30 - 1]
+    # The hold does not outlive its utterance: the next ends after the usual 640 ms.
+    assert _endpoint([0.0] * 5 + [0.9] * 30 + [0.0] * 25)[0][0][2] == 8 + 27 + 20
