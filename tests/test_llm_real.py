@@ -71,3 +71,20 @@ def test_qwen_gguf_bundle_keeps_the_files_blocks():
     manifest = json.loads((_preset_bundle("qwen2.5-coder-0.5b-instruct-gguf") / "manifest.json").read_text())
     assert manifest["quantization"]["scheme"] == "gguf"
     assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0"} <= set(manifest["quantization"]["source_blocks"])
+
+
+def test_anticipated_words_read_complete_or_not_and_prefill_the_answer(llm_bundle):
+    """The LLM's probability that the user's message ends after the words so far: low for the start of a question,
+    high for the whole one, the transcriber's punctuation aside; the answer then runs only the tokens after them."""
+    from edgemm.runtime.llm import Chat, GenerationOptions, PromptError
+
+    chat = Chat(LanguageModel.load(llm_bundle, threads=2), options=GenerationOptions(max_new_tokens=8))
+    start = chat.anticipate("What is the capital of")
+    assert chat.anticipate("What is the capital of?") == pytest.approx(start, rel=0.05)  # Whisper writes "of?"
+    whole = chat.anticipate("What is the capital of France")
+    assert start < 0.05 < 0.3 < whole <= 1.0, (start, whole)
+    with pytest.raises(PromptError, match="the prompt is empty"):
+        chat.anticipate("   ")
+    answer = chat.send("What is the capital of France?")
+    assert "Paris" in answer.result()
+    assert answer.stats.prefilled_tokens <= 8, answer.stats  # the question was already in the cache

@@ -22,6 +22,7 @@ from dataclasses import replace
 from datetime import datetime
 from string import Formatter
 
+import numpy as np
 from jinja2 import TemplateError, nodes
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -45,6 +46,9 @@ DEFAULT_SYSTEM = "You are a helpful assistant. Answer briefly and factually."
 # KV caches a chat keeps, each holding the last prompt of one kind: with tools (their text is in the system prompt)
 # and without (a photo's answer), so that alternating kinds reuse their shared start instead of running it again.
 CACHE_SLOTS = 2
+# A partial transcript is judged without these at its end; and the tokens that end a sentence.
+UNFINISHED = " .?!,;:…-–—"
+SENTENCE_ENDS = (".", "?", "!", ".\n", "?\n", "!\n", ".\n\n", "?\n\n", "!\n\n")
 # Bounds on rendering a bundle's chat template (bundles may come from anywhere). A chat template loops over the
 # messages; it needs neither millions of items, nor seconds, nor megabytes of text.
 MAX_TEMPLATE_RANGE = 10_000  # items in one range()
@@ -509,6 +513,7 @@ class Chat:
         self.caches = [lm.new_cache() for _ in range(max(1, cache_slots))]  # a cache grows only as it is used
         self.cache = self.caches[0]  # the one the latest answer ran on
         self._warned_full = False
+        self._ends: set[int] | None = None
 
     def reset(self) -> None:
         self._check_idle()
@@ -538,6 +543,32 @@ class Chat:
         cache = self._cache_for(ids)
         common = cache.keep_prefix(ids)
         self.lm.prefill_tokens(ids[common:], cache)
+
+    def anticipate(self, text: str | bytes, tools: tuple[Tool, ...] | None = None) -> float | None:
+        """Run the prompt of ``text`` as the user's message so far (a partial transcript) into a cache: ``send`` of
+        the same words (with the same ``tools``) then runs only the few tokens after them. Returns how complete the
+        request reads: the model's probability that its words end there (the next token ends the sentence or the
+        message), read without the text's own final punctuation, which a transcriber adds to unfinished speech too.
+        None when the template marks no end of the message with an end-of-turn token."""
+        self._check_idle()
+        question = clean_text(text).rstrip(UNFINISHED)
+        prompt = self._fit(question, self.options, tools if tools else None)
+        ends = [i for i, t in enumerate(prompt) if t in self.lm.eos_ids]
+        if not question or not ends or ends[-1] < 1:
+            return None
+        end = ends[-1]  # the user message's end-of-turn token: only the answer's header follows it
+        cache = self._cache_for(prompt[:end])
+        common = cache.keep_prefix(prompt[:end])
+        logits = self.lm.prefill_tokens(prompt[common:end], cache).astype(np.float64)
+        p = np.exp(logits - logits.max())
+        return float(p[sorted(self._sentence_ends() | {prompt[end]})].sum() / p.sum())
+
+    def _sentence_ends(self) -> set[int]:
+        """The model's tokens that end a sentence (".", "?", "!", with or without a line break after them)."""
+        if self._ends is None:
+            encoded = [self.lm.tokenizer.encode(s, add_special_tokens=False).ids for s in SENTENCE_ENDS]
+            self._ends = {ids[0] for ids in encoded if len(ids) == 1}
+        return self._ends
 
     def messages(self, turns: list[tuple[str, str]], question: str | None) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
