@@ -147,6 +147,7 @@ class FileMicrophone(_Device):
     def __init__(self, path: str | Path, realtime: bool = False, tail_silence_s: float = 1.0):
         self.path = Path(path)
         self.realtime = realtime
+        self.started_at: float | None = None  # time.monotonic() when the first block was read
         speech = load_audio(self.path)  # AudioError (one line) for a missing or undecodable file
         tail = np.zeros(max(0, round(tail_silence_s * SAMPLE_RATE)), np.float32)
         samples = np.concatenate([speech, tail])
@@ -156,7 +157,7 @@ class FileMicrophone(_Device):
 
     def blocks(self) -> Iterator[np.ndarray]:
         """Every block of the file, from the start."""
-        start = time.monotonic()
+        start = self.started_at = time.monotonic()
         for n, offset in enumerate(range(0, self.samples.size, BLOCK), start=1):
             if self._closed:
                 return

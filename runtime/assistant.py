@@ -1,6 +1,8 @@
 """The voice + camera assistant: endpointing, one turn per utterance, spoken answers, barge-in.
 
-A turn: the endpointer (Silero VAD on 32 ms blocks) cuts an utterance -> Whisper transcribes it -> a skill the
+A turn: the endpointer (Silero VAD on 32 ms blocks) cuts an utterance, which is transcribed as it is spoken
+(partials while the microphone keeps pace; at each pause the words so far are judged by the LLM, whose probability
+of ending the user's message decides whether the pause ends the question: :class:`_Live`) -> a skill the
 matcher recognises (the time, a timer, arithmetic...: runtime/skills) answers from real data without the LLM; a
 request to look (or camera mode) grabs a frame and answers the image question (a VLM or the offline description);
 anything else goes to the text LLM with the conversation's memory, which may call ``look`` as a tool (its call
@@ -10,7 +12,7 @@ off are announced as they fire, between turns too (:class:`TimerDone`).
 
 The assistant is built from models only; the devices are given to :meth:`Assistant.run` (a microphone, and optionally
 a speaker and a camera) or to :meth:`Assistant.respond` (a typed question). Both yield events as they happen:
-:class:`Transcript`, :class:`AnswerText` pieces, :class:`AnswerAudio` for each spoken sentence, and :class:`TurnEnd`
+:class:`Hearing` (partial transcripts), :class:`Transcript`, :class:`AnswerText` pieces, :class:`AnswerAudio` for each spoken sentence, and :class:`TurnEnd`
 with the finished :class:`Turn` and its latencies.
 
 Time is the microphone's: ``samples read / 16 kHz`` (timers too, while listening). A live microphone delivers it at wall-clock pace, a file as fast
@@ -29,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.limits import release_memory
 from edgemm.runtime.llm import Chat, ContextError, GenerationOptions, LanguageModel, PromptError
 from edgemm.runtime.llm.model import CacheBusyError
@@ -37,6 +40,7 @@ from edgemm.runtime.skills import Clock, SkillCall, SkillError, Skills, SystemCl
 from edgemm.runtime.speech import Transcriber
 from edgemm.runtime.speech.audio import load_audio
 from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions
+from edgemm.runtime.speech.stream import MAX_STREAM_S
 from edgemm.runtime.speech.vad import SAMPLE_RATE, VADStream
 from edgemm.runtime.tts import NothingToSay, SentenceSplitter, Speech
 
@@ -48,6 +52,8 @@ NO_CAMERA = "I cannot see anything: no camera is connected."
 LLM_TOOLS = ("look",)
 # The first words of an answer are spoken as soon as a clause or this many words are complete, not a whole sentence.
 FIRST_WORDS = 6
+# Partials only while the microphone's audio and the wall clock stay within this of each other (nothing queued).
+LIVE_SLACK_S = 0.15
 
 
 def _first_line(error: BaseException) -> str:
@@ -82,6 +88,14 @@ class Turn:
     # first sentence or clause ready to speak), first_audio (its audio handed to the speaker).
     latency: dict = field(default_factory=dict)
     heard: tuple[float, float] | None = None  # microphone seconds where the utterance starts and is cut (run only)
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """The words heard so far while the person speaks (a partial transcript); ``stable``: its start, which stays."""
+
+    text: str
+    stable: str
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,7 @@ class TurnEnd:
     turn: Turn
 
 
-Event = Transcript | AnswerText | AnswerAudio | TurnEnd | TimerDone
+Event = Hearing | Transcript | AnswerText | AnswerAudio | TurnEnd | TimerDone
 
 
 class AssistantClock:
@@ -233,6 +247,7 @@ class Assistant:
         endpointer = Endpointer(VADStream(self.transcriber.vad), self.endpoint)
         self.speaking_until = 0.0
         self.clock.microphone = 0.0
+        live = None  # the utterance being heard
         try:
             for block in microphone.blocks():
                 utterance = endpointer.feed(block)
@@ -240,9 +255,15 @@ class Assistant:
                 talking = endpointer.t < self.speaking_until or getattr(speaker, "busy", False)
                 if endpointer.started and talking:
                     self._barge_in(speaker)
+                if endpointer.started:
+                    live = _Live(self, endpointer, camera)
+                if live is not None and utterance is None and endpointer.recording:
+                    utterance = yield from live.follow()
                 if utterance is not None:
                     heard = (utterance.start, utterance.end)
-                    spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera, heard)
+                    final = None if live is None else (lambda live=live, utterance=utterance: live.final(utterance))
+                    live = None
+                    spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera, heard, final)
                     # The answer plays from the end of the utterance on (in microphone time).
                     self.speaking_until = utterance.end + spoken
                 if not endpointer.started:  # between utterances: timers that went off are announced
@@ -268,6 +289,20 @@ class Assistant:
             spoken += yield from self._speak(text, Turn(text), time.perf_counter(), speaker)
         return spoken
 
+    def judge(self, words: str, tools=None) -> float | None:
+        """How complete ``words`` (what was heard so far) read as a request, 0-1: 1 for a skill's request, else the
+        LLM's probability that the user's message ends there (its prompt stays in the chat's cache for the answer;
+        ``tools``: those the answer will be offered). None when there is nothing to judge."""
+        if not words.strip():
+            return None
+        if self.skills.match(words) is not None:  # a skill answers without the LLM
+            return 1.0
+        try:
+            return self.chat.anticipate(words, tools)
+        except EdgemmError as e:  # too long for the context window, say: the answer will tell
+            log.debug("cannot anticipate the answer: %s", _first_line(e))
+            return None
+
     def _barge_in(self, speaker) -> None:
         log.info("barge-in: the answer is cut")
         if speaker is not None:
@@ -276,12 +311,15 @@ class Assistant:
         if self.turns:
             self.turns[-1].interrupted = True
 
-    def _hear(self, audio, sample_rate: int | None, speaker, camera, heard=None):
-        """Transcribe and answer one utterance (``heard``: its microphone seconds); returns the seconds of speech of
-        the answer (0 when none)."""
+    def _hear(self, audio, sample_rate: int | None, speaker, camera, heard=None, final=None):
+        """Transcribe and answer one utterance (``heard``: its microphone seconds; ``final()``: its transcript from
+        the live transcription, None when there is none); returns the seconds of speech of the answer (0 when none)."""
         t0 = time.perf_counter()
         try:
-            transcript = self.transcriber.transcribe(audio, sample_rate).text.strip()
+            transcript = final() if final is not None else None
+            if transcript is None:
+                transcript = self.transcriber.transcribe(audio, sample_rate).text
+            transcript = transcript.strip()
         except Exception as e:  # an utterance that cannot be transcribed is skipped, not fatal
             log.warning("cannot transcribe an utterance: %s", _first_line(e))
             return 0.0
@@ -392,3 +430,74 @@ class Assistant:
         turn.latency.setdefault("first_audio", time.perf_counter() - t0)
         yield AnswerAudio(speech)
         return speech.seconds
+
+
+class _Live:
+    """One utterance while it is spoken: its transcription stream, a partial whenever ``partial_every_s`` of speech
+    arrived and the microphone is not ahead of us (a file read faster than real time, or a backlog: then catching up
+    comes first), and at each pause of ``judge_silence_ms`` a judgement of the words so far. The judgement runs them
+    into the chat's KV cache as the user's message (the answer then runs only what follows) and reads the LLM's
+    probability that the message ends there: at ``complete`` or above the pause ends the utterance, else the
+    endpointer waits ``hold_silence_ms`` of silence. Method and error rates: docs/BENCHMARKS.md ("Endpointing")."""
+
+    def __init__(self, assistant: Assistant, endpointer: Endpointer, camera):
+        self.assistant, self.endpointer, self.o = assistant, endpointer, assistant.endpoint
+        max_s = min(MAX_STREAM_S, self.o.max_utterance_s + 1)
+        self.stream = assistant.transcriber.stream(every_s=self.o.partial_every_s, max_s=max_s)
+        self.tools = assistant.tools if camera is not None else None  # as the answer will be asked
+        self.fed = 0  # the endpointer's blocks given to the stream
+        self.judged = False  # this pause
+        self.broken = False  # the stream failed: the utterance is transcribed whole at its end, as before
+        self.started = (time.perf_counter(), endpointer.t)
+
+    def _in_step(self) -> bool:
+        """Whether the microphone delivers in real time and we keep up with it (no audio waiting)."""
+        wall, heard = time.perf_counter() - self.started[0], self.endpointer.t - self.started[1]
+        return abs(wall - heard) <= LIVE_SLACK_S
+
+    def follow(self):
+        """Feed the stream what was recorded since the last call; yields Hearing events; returns the Utterance when a
+        judged pause ends it here (else None)."""
+        if self.broken:
+            return None
+        blocks = self.endpointer.blocks[self.fed :]
+        self.fed += len(blocks)
+        try:
+            for block in blocks:
+                self.stream.feed(block, partial=False)
+            if self.endpointer.silent_ms == 0:  # speech goes on
+                self.judged = False
+                if self.stream.due and self._in_step():
+                    yield from self._partial()
+                return None
+            if self.judged or self.o.complete is None or self.endpointer.silent_ms < self.o.judge_silence_ms:
+                return None
+            self.judged = True
+            done = yield from self._partial(judge=True)
+        except Exception as e:  # a live transcript is a bonus: without it the turn goes on as before
+            log.warning("cannot transcribe while listening: %s", _first_line(e))
+            self.broken = True
+            return None
+        if done is not None and done >= self.o.complete:
+            return self.endpointer.cut()
+        self.endpointer.hold(self.o.hold_silence_ms)
+        return None
+
+    def _partial(self, judge: bool = False):
+        partial = self.stream.partial()
+        if partial.text:
+            yield Hearing(partial.text, partial.stable)
+        return self.assistant.judge(partial.text if judge else partial.stable, self.tools)
+
+    def final(self, utterance) -> str | None:
+        """The utterance's transcript, from the stream (None when it failed)."""
+        if self.broken or utterance.samples.size < self.stream.size:
+            return None
+        try:
+            rest = utterance.samples[self.stream.size :]
+            if rest.size:
+                self.stream.feed(rest, partial=False)
+            return self.stream.finish(silent_tail=utterance.silent_tail).text
+        except Exception as e:
+            log.warning("cannot transcribe an utterance: %s", _first_line(e))
+            return None

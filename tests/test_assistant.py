@@ -216,3 +216,56 @@ def test_one_session_at_a_time(parts):
         next(assistant.respond(FOLLOW_UP))
     first.close()
     assert "paris" in list(assistant.respond(FOLLOW_UP))[-1].turn.answer.lower()
+
+
+def _paused(parts, before, after, pause_s):
+    """``before``, a pause of ``pause_s``, ``after``: the audio and where the question truly ends (seconds)."""
+    from edgemm.bench.assistant import voiced_end
+    from edgemm.bench.endpointing import voiced_start
+
+    first, second = parts["say"](before), parts["say"](after)
+    first, second = first[: round(voiced_end(first, RATE) * RATE)], second[voiced_start(second) :]
+    audio = np.concatenate([_silence(0.5), first, _silence(pause_s), second, _silence(2.0)])
+    return audio, (audio.size - 2.0 * RATE - second.size) / RATE + voiced_end(second, RATE)
+
+
+def test_a_pause_inside_a_question_does_not_end_it(parts, tmp_path):
+    """The question "What is the capital of ... France?": the words before the pause do not read as a whole question, so the
+    assistant waits; after "France?" it ends the question much sooner than the plain 640 ms of silence."""
+    from dataclasses import replace
+
+    from edgemm.device.audio import FileMicrophone
+
+    audio, end = _paused(parts, "What is the capital of", "France?", 0.5)
+    sf.write(tmp_path / "mic.wav", audio, RATE)
+    assistant = _assistant(parts)
+    cuts = {}
+    for name, endpoint in (("judged", assistant.endpoint), ("plain", replace(assistant.endpoint, complete=None))):
+        assistant.endpoint = endpoint
+        with FileMicrophone(tmp_path / "mic.wav") as mic:
+            turns = _turns(assistant.run(mic))
+        assert len(turns) == 1 and "france" in turns[0].transcript.lower(), turns
+        assert "paris" in turns[0].answer.lower(), turns[0].answer
+        cuts[name] = turns[0].heard[1] - end
+    assert 0 < cuts["judged"] <= 0.4 and cuts["plain"] >= cuts["judged"] + 0.3, cuts
+
+
+def test_partial_transcripts_while_speaking(parts, tmp_path):
+    """From a microphone that delivers in real time, the words are heard while they are spoken (Hearing events,
+    whose stable start only grows), and the transcript follows."""
+    from edgemm.device.audio import FileMicrophone
+    from edgemm.runtime.assistant import Hearing, Transcript
+
+    sentence = "Tell me something interesting about the history of the city of Rome."
+    sf.write(tmp_path / "mic.wav", np.concatenate([_silence(0.3), parts["say"](sentence), _silence(1.5)]), RATE)
+    events = []
+    with FileMicrophone(tmp_path / "mic.wav", realtime=True) as mic:
+        for event in _assistant(parts).run(mic):
+            events.append(event)
+            if isinstance(event, Transcript):
+                mic.close()
+    hearing = [e for e in events if isinstance(e, Hearing)]
+    transcript = next(e.text for e in events if isinstance(e, Transcript))
+    assert hearing and wer([sentence], [transcript]) <= 0.2, (hearing, transcript)
+    assert all(h.text.startswith(h.stable) for h in hearing)
+    assert all(b.stable.startswith(a.stable) for a, b in zip(hearing, hearing[1:], strict=False)), hearing
