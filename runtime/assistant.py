@@ -434,8 +434,9 @@ class Assistant:
 
 class _Live:
     """One utterance while it is spoken: its transcription stream, a partial whenever ``partial_every_s`` of speech
-    arrived and the microphone is not ahead of us (a file read faster than real time, or a backlog: then catching up
-    comes first), and at each pause of ``judge_silence_ms`` a judgement of the words so far. The judgement runs them
+    arrived, the microphone is not ahead of us (a file read faster than real time, or a backlog: then catching up
+    comes first) and the decoder rested as long as the last partial took (at most half of its time goes to partials:
+    a pause seldom waits for one to end), and at each pause of ``judge_silence_ms`` a judgement of the words so far. The judgement runs them
     into the chat's KV cache as the user's message (the answer then runs only what follows) and reads the LLM's
     probability that the message ends there: at ``complete`` or above the pause ends the utterance, else the
     endpointer waits ``hold_silence_ms`` of silence. Method and error rates: docs/BENCHMARKS.md ("Endpointing")."""
@@ -449,6 +450,7 @@ class _Live:
         self.judged = False  # this pause
         self.broken = False  # the stream failed: the utterance is transcribed whole at its end, as before
         self.started = (time.perf_counter(), endpointer.t)
+        self.rest_until = 0.0  # no partial while the person speaks before this (perf_counter)
 
     def _in_step(self) -> bool:
         """Whether the microphone delivers in real time and we keep up with it (no audio waiting)."""
@@ -467,8 +469,11 @@ class _Live:
                 self.stream.feed(block, partial=False)
             if self.endpointer.silent_ms == 0:  # speech goes on
                 self.judged = False
-                if self.stream.due and self._in_step():
+                if self.stream.due and self._in_step() and time.perf_counter() >= self.rest_until:
+                    t0 = time.perf_counter()
                     yield from self._partial()
+                    now = time.perf_counter()
+                    self.rest_until = now + (now - t0)  # as long again: a pause finds the decoder free half the time
                 return None
             if self.judged or self.o.complete is None or self.endpointer.silent_ms < self.o.judge_silence_ms:
                 return None
