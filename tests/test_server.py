@@ -191,8 +191,8 @@ def test_transcription_prompt_is_used(client, clips):
 
 
 def test_streamed_transcription_sends_deltas_then_the_same_text(client, clips):
-    """One clip, then every clip in one file (several 30 s windows): a delta as each window is decoded, then the
-    done event with the whole text, the same as without streaming."""
+    """One clip, then every clip in one file (several 30 s windows): a delta per segment as each window is decoded,
+    then the done event with the whole text, the same as without streaming."""
     from edgemm.runtime.speech.audio import load_audio
 
     gap = np.zeros(8000, np.float32)
@@ -204,6 +204,87 @@ def test_streamed_transcription_sends_deltas_then_the_same_text(client, clips):
         assert [e.type for e in events[len(deltas) :]] == ["transcript.text.done"], events
         assert deltas and "".join(deltas).strip() == events[-1].text == plain
     assert len(deltas) >= 3
+
+
+def _live(server, query: str = "", **kwargs):
+    from websockets.sync.client import connect
+
+    return connect(server.url.replace("http", "ws", 1) + "/v1/audio/live" + query, open_timeout=30, **kwargs)
+
+
+def test_live_transcription_over_a_websocket(server, clips):
+    """48 kHz microphone audio sent as a microphone gives it: partial transcripts, then the final one after the end,
+    as good as the batch transcription; a second utterance on the same connection (sent at once) starts afresh."""
+    import time
+
+    import soxr
+
+    from edgemm.runtime.speech.audio import load_audio
+
+    clip = next(c for c in clips if c.path.name == "beckett.wav")
+    pcm = (soxr.resample(load_audio(clip.path), 16000, 48000) * 32767).astype("<i2")
+    with _live(server, "?rate=48000") as socket:
+        for live in (True, False):
+            start_time = time.monotonic()
+            for start in range(0, pcm.size, 4096):
+                if live:
+                    time.sleep(max(0.0, start_time + start / 48000 - time.monotonic()))
+                socket.send(pcm[start : start + 4096].tobytes())
+            socket.send(json.dumps({"type": "end"}))
+            replies = []
+            while not replies or replies[-1]["type"] != "final":
+                replies.append(json.loads(socket.recv(timeout=120)))
+            partials = [r for r in replies if r["type"] == "partial"]
+            assert all(r["text"].startswith(r["stable"]) for r in partials), replies
+            assert len(partials) >= (3 if live else 1), replies
+            assert wer([clip.text], [replies[-1]["text"]]) <= 0.1, replies[-1]
+
+
+@pytest.mark.parametrize(
+    "query, message, error",
+    [
+        ("?rate=5", None, "rate must be a sample rate"),
+        ("", "hello", "send audio as binary 16-bit PCM"),
+        ("", b"\x00\x01\x02", "16-bit samples"),
+    ],
+)
+def test_live_transcription_refuses_what_it_cannot_use(server, query, message, error):
+    from websockets.exceptions import ConnectionClosed
+
+    with _live(server, query) as socket:
+        if message is not None:
+            socket.send(message)
+        reply = json.loads(socket.recv(timeout=30))
+        assert reply["type"] == "error" and error in reply["message"], reply
+        with pytest.raises(ConnectionClosed):
+            socket.recv(timeout=30)
+    assert health(server.url)["status"] == "ok"
+
+
+def test_live_transcription_of_an_utterance_without_end_starts_over(server, clips):
+    """Past 30 s without an end (a stuck endpointer, a stream of noise) the utterance is dropped with an error and
+    the connection goes on: memory stays bounded however long a client streams."""
+    noise = (np.random.default_rng(0).standard_normal(31 * 16000) * 300).astype("<i2")
+    with _live(server) as socket:
+        for start in range(0, noise.size, 16000):
+            socket.send(noise[start : start + 16000].tobytes())
+        replies = [json.loads(socket.recv(timeout=60))]
+        while replies[-1]["type"] != "error":
+            replies.append(json.loads(socket.recv(timeout=60)))
+        assert "over 30 s without a pause" in replies[-1]["message"], replies
+        socket.send(json.dumps({"type": "end"}))
+        while (reply := json.loads(socket.recv(timeout=60)))["type"] != "final":
+            pass
+        assert reply == {"type": "final", "text": ""}  # nothing after the dropped utterance
+
+
+def test_live_transcription_refuses_other_sites_pages(server):
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus, match="403"):
+        _live(server, origin="https://evil.example")
+    with _live(server, origin=server.url) as socket:  # the page's own origin may
+        socket.send(json.dumps({"type": "reset"}))
 
 
 def test_speech_transcribes_back(client, server):

@@ -135,6 +135,11 @@ def test_spoken_questions_about_the_camera_with_barge_in(server, media):
         assert "colo" in second["you"].lower() and second["answer"].strip()
         assert second["audio"] >= 1 and not second["interrupted"]
         assert "first audio" in second["latency"]  # per-turn latency shown
+        # While each question was spoken, its audio went to the server too, and what it heard so far was shown.
+        stats = driver.execute_script("return window.edgemm.stats")
+        heard = driver.execute_script("return window.edgemm.lastPartial").lower()
+        assert stats["partials"] >= 2, stats
+        assert any(word in heard for word in ("thank", "please", "colo", "animal")), heard  # the second question
     finally:
         driver.quit()
 

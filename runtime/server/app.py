@@ -1,9 +1,9 @@
 """The HTTP application: OpenAI's routes, the web assistant's route and the page, behind an API key and size limits.
 
 Routes: ``GET /`` (the page), ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
-``POST /v1/audio/transcriptions`` and ``/translations``, ``POST /v1/audio/speech``, and ``POST /v1/assistant`` (one
+``POST /v1/audio/transcriptions`` and ``/translations``, ``POST /v1/audio/speech``, ``POST /v1/assistant`` (one
 turn of the web assistant: a spoken or typed question, optionally with a camera frame, answered as server-sent
-events).
+events), and the WebSocket ``/v1/audio/live`` (partial transcripts while the page's user speaks: live.py).
 
 Every request's model work runs on that model's worker thread (models.py); this module waits for it without
 blocking the event loop, stops it when the client goes away or the request times out, and turns every error into
@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from edgemm.runtime.errors import AudioError, BundleError, EdgemmError
 from edgemm.runtime.llm import ContextError, Generation
@@ -53,6 +53,7 @@ from edgemm.runtime.server.connections import (
     raise_descriptor_limit,
 )
 from edgemm.runtime.server.guard import MB, Access, Guard
+from edgemm.runtime.server.live import live_transcription
 from edgemm.runtime.server.models import ServerModels
 from edgemm.runtime.server.openai import APIError, bad
 from edgemm.runtime.server.workers import Busy, Channel, Closed
@@ -694,8 +695,12 @@ def create_app(models: ServerModels, config: ServerConfig | None = None, host: s
         yield
         models.shutdown()
 
+    async def live(websocket):
+        await live_transcription(server, websocket)
+
     app = Starlette(
-        routes=[Route(path, _answering_errors(endpoint), methods=methods) for path, endpoint, methods in routes],
+        routes=[Route(path, _answering_errors(endpoint), methods=methods) for path, endpoint, methods in routes]
+        + [WebSocketRoute("/v1/audio/live", live)],
         exception_handlers={HTTPException: _on_http_exception},
         lifespan=lifespan,
     )

@@ -69,14 +69,23 @@ class BoundedH11Protocol(H11Protocol):
             if victim is not None:
                 victim._close()
 
-    def _close(self) -> None:
+    def _forget(self) -> None:
         self._disarm()
         self.registry.waiting.pop(self, None)
         if self._counted:
             self._counted = False
             self.registry.open -= 1
+
+    def _close(self) -> None:
+        self._forget()
         if not self.transport.is_closing():
             self.transport.close()
+
+    def handle_websocket_upgrade(self, event) -> None:
+        """The connection becomes a WebSocket (uvicorn's protocol takes it over): no header deadline, not counted
+        here any more (the live route ends idle ones itself)."""
+        self._forget()
+        super().handle_websocket_upgrade(event)
 
     def _waiting(self) -> bool:
         """No request of this connection is being answered."""

@@ -18,12 +18,15 @@ from __future__ import annotations
 import base64
 import hmac
 import ipaddress
+import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
 
 from edgemm.runtime.server.openai import APIError, bad
+
+log = logging.getLogger(__name__)
 
 MB = 1 << 20
 # Request bodies: the largest each route needs (an image is base64 in JSON: 4/3 of its size), 1 MB elsewhere.
@@ -152,7 +155,23 @@ class Guard:
             return _response(APIError(415, f"send the body as {wanted} (not {given})", code="unsupported_media_type"))
         return None
 
+    def _socket_refusal(self, headers: dict) -> str | None:
+        """Why a WebSocket may not open: a host or key refused as for HTTP, or a page of another site (browsers let
+        any page open a WebSocket, with the user's credentials: the Origin header must be this site's)."""
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self.access.host_allowed(host):
+            return f"this server does not answer for the host {host!r}"
+        if self.access.api_key and not self._authorized(headers):
+            return "a valid API key is needed"
+        return _cross_site(headers, host, self.access)
+
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            reason = self._socket_refusal(dict(scope["headers"]))
+            if reason is not None:
+                log.info("WebSocket refused: %s", reason)
+                await receive()  # websocket.connect
+                return await send({"type": "websocket.close", "code": 1008, "reason": reason[:120]})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
