@@ -49,7 +49,9 @@ def test_readme_has_one_example_per_job():
 
 
 def test_transcribe_example(workdir):
-    assert "what animal is in this picture" in _run(BLOCKS[0], workdir)
+    out = _run(BLOCKS[0], workdir).splitlines()
+    assert "what animal is in this picture" in out[0] and "what animal is in this picture" in out[-1]
+    assert any(" | " in line for line in out[1:-1]), out  # partials while the audio came in
 
 
 def test_llm_example(workdir):
