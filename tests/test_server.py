@@ -278,6 +278,31 @@ def test_live_transcription_of_an_utterance_without_end_starts_over(server, clip
         assert reply == {"type": "final", "text": ""}  # nothing after the dropped utterance
 
 
+def test_live_transcription_client_that_leaves_mid_word(server, clips):
+    """A client that drops the connection in the middle of an utterance (no close frame) leaves nothing behind:
+    the speech worker is free again and the next client is served."""
+    import contextlib
+    import socket as sockets
+
+    from websockets.exceptions import ConnectionClosed
+
+    from edgemm.runtime.speech.audio import load_audio
+
+    clip = next(c for c in clips if c.path.name == "beckett.wav")
+    pcm = (load_audio(clip.path) * 32767).astype("<i2")
+    with contextlib.suppress(ConnectionClosed, OSError), _live(server, close_timeout=1) as socket:
+        for start in range(0, pcm.size // 2, 4096):
+            socket.send(pcm[start : start + 4096].tobytes())
+        socket.socket.shutdown(sockets.SHUT_RDWR)  # gone, mid-word, without a close frame
+    with _live(server) as again:
+        again.send(pcm.tobytes())
+        again.send(json.dumps({"type": "end"}))
+        while (reply := json.loads(again.recv(timeout=120)))["type"] != "final":
+            pass
+    assert wer([clip.text], [reply["text"]]) <= 0.1, reply
+    assert health(server.url)["workers"]["speech"]["pending"] == 0
+
+
 def test_live_transcription_refuses_other_sites_pages(server):
     from websockets.exceptions import InvalidStatus
 
