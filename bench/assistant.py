@@ -86,7 +86,8 @@ def stages(turn: dict, speech_ends: list[float]) -> dict:
 
 
 def measure(job: dict) -> dict:
-    """The whole assistant's turns; the job: {"runs": turns, "threads": n or None, "model": llm bundle or None}."""
+    """The whole assistant's turns; the job: {"runs": turns, "threads": n or None, "model": llm bundle or None,
+    "speech_model": speech bundle or None, "endpoint": "judged" or "plain"}."""
     import numpy as np
     import soundfile as sf
     import soxr
@@ -103,7 +104,7 @@ def measure(job: dict) -> dict:
     photo = package_file("skimage", "data", "chelsea.png")
     if photo is None:
         raise EdgemmError("the bench's photo is scikit-image's chelsea: pip install 'edgemm[bench]'")
-    assistant = Assistant.load(model=job.get("model"), threads=job["threads"])
+    assistant = Assistant.load(model=job.get("model"), speech_model=job.get("speech_model"), threads=job["threads"])
     if job.get("endpoint") == "plain":  # the endpointer alone: a fixed silence ends every question
         assistant.endpoint = replace(assistant.endpoint, complete=None)
     synth = assistant.synthesizer
@@ -146,7 +147,14 @@ def measure(job: dict) -> dict:
 def run_bench_assistant(args) -> int:
     runs, threads = max(args.runs, 2), args.threads
     endpoint = getattr(args, "endpoint", None) or "judged"
-    job = {"runs": runs, "threads": threads, "model": str(args.model) if args.model else None, "endpoint": endpoint}
+    speech = getattr(args, "speech_model", None)
+    job = {
+        "runs": runs,
+        "threads": threads,
+        "model": str(args.model) if args.model else None,
+        "speech_model": str(speech) if speech else None,
+        "endpoint": endpoint,
+    }
     report = run_worker([sys.executable, "-m", "edgemm.bench.assistant"], job, timeout=WORKER_TIMEOUT_S)
     if "error" in report:
         raise EdgemmError(f"assistant worker failed: {report['error']}")
@@ -163,6 +171,7 @@ def run_bench_assistant(args) -> int:
         print(json.dumps(report, ensure_ascii=False))
         return 0
     llm = f", llm {Path(args.model).name}" if args.model else ""
+    llm += f", speech {Path(speech).name}" if speech else ""
     print(
         f"edgemm bench assistant: {len(turns)} turns, {threads} threads{llm}, {endpoint} endpointing, file-backed "
         "mic (in real time) / camera / speaker"

@@ -757,6 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llama-server", type=Path, default=None, help="tools: llama.cpp's llama-server binary (peer)")
     p.add_argument("--runs", type=_positive_int, default=5, help="timed runs per clip (median reported)")
     p.add_argument(
+        "--speech-model", type=Path, default=None, help="assistant: its speech bundle (default: the profile's)"
+    )
+    p.add_argument(
         "--endpoint",
         choices=["judged", "plain"],
         default="judged",
