@@ -133,19 +133,28 @@ class Guard:
             return False
         return hmac.compare_digest(value.strip().encode(), self.access.api_key.encode())
 
-    def _refusal(self, scope, headers: dict) -> JSONResponse | None:
-        """The error response for a request that may not go on, or None."""
+    def _denied(self, headers: dict) -> APIError | None:
+        """The error for a Host this server does not answer for, or a missing or wrong API key (HTTP and WebSocket)."""
         host = headers.get(b"host", b"").decode("latin-1")
         if not self.access.host_allowed(host):
-            return _response(
-                APIError(403, f"this server does not answer for the host {host!r} (see --allow-host)", code="bad_host")
+            return APIError(
+                403, f"this server does not answer for the host {host!r} (see --allow-host)", code="bad_host"
             )
         if self.access.api_key and not self._authorized(headers):
-            e = APIError(401, "a valid API key is needed (Authorization: Bearer KEY)", code="invalid_api_key")
+            return APIError(401, "a valid API key is needed (Authorization: Bearer KEY)", code="invalid_api_key")
+        return None
+
+    def _refusal(self, scope, headers: dict) -> JSONResponse | None:
+        """The error response for a request that may not go on, or None."""
+        denied = self._denied(headers)
+        if denied is not None and denied.status == 401:
             challenge = 'Basic realm="edgemm", charset="UTF-8"' if scope["path"] == "/" else 'Bearer realm="edgemm"'
-            return _response(e, {"WWW-Authenticate": challenge})
+            return _response(denied, {"WWW-Authenticate": challenge})
+        if denied is not None:
+            return _response(denied)
         if scope["method"] in SAFE_METHODS:
             return None
+        host = headers.get(b"host", b"").decode("latin-1")
         reason = _cross_site(headers, host, self.access)
         if reason:
             return _response(APIError(403, reason, code="cross_site_request"))
@@ -158,12 +167,10 @@ class Guard:
     def _socket_refusal(self, headers: dict) -> str | None:
         """Why a WebSocket may not open: a host or key refused as for HTTP, or a page of another site (browsers let
         any page open a WebSocket, with the user's credentials: the Origin header must be this site's)."""
-        host = headers.get(b"host", b"").decode("latin-1")
-        if not self.access.host_allowed(host):
-            return f"this server does not answer for the host {host!r}"
-        if self.access.api_key and not self._authorized(headers):
-            return "a valid API key is needed"
-        return _cross_site(headers, host, self.access)
+        denied = self._denied(headers)
+        if denied is not None:
+            return str(denied)
+        return _cross_site(headers, headers.get(b"host", b"").decode("latin-1"), self.access)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "websocket":

@@ -196,3 +196,39 @@ def test_the_page_policy_allows_its_own_script_and_style_only():
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy and "connect-src 'self'" in policy
     assert policy.count("'sha256-") == 2 and "unsafe-inline" not in policy
     assert page_policy(html.replace("go()", "evil()")) != policy
+
+
+def _open_socket(access: Access, **headers) -> tuple[list, list]:
+    """A WebSocket handshake through the Guard: (what it sent back, whether the app ran)."""
+    ran, sent = [], []
+
+    async def app(scope, receive, send):
+        ran.append(scope["path"])
+
+    headers = {"Host": "127.0.0.1:8000", **headers}
+    scope = {
+        "type": "websocket",
+        "path": "/v1/audio/live",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(Guard(app, access)(scope, receive, send))
+    return sent, ran
+
+
+def test_websockets_are_guarded_like_requests_and_by_origin():
+    """A WebSocket is opened by any page with the user's credentials, without CORS: the Host, the key and the
+    page's Origin are all checked before the route runs."""
+    access = Access(api_key="sk-test")
+    key = {"Authorization": "Bearer sk-test"}
+    for headers in ({**key, "Host": "evil.example"}, {}, {**key, "Origin": "https://evil.example"}):
+        sent, ran = _open_socket(access, **headers)
+        assert not ran and [m["type"] for m in sent] == ["websocket.close"] and sent[0]["code"] == 1008, headers
+    assert _open_socket(access, **key, Origin="http://127.0.0.1:8000")[1] == ["/v1/audio/live"]
+    assert _open_socket(access, **key)[1] == ["/v1/audio/live"]  # a program: no Origin
