@@ -15,10 +15,8 @@ import time
 
 import numpy as np
 
-from edgemm.bench.assistant import voiced_end
+from edgemm.bench.endpointing import voiced_start
 from edgemm.bench.wer import wer
-
-CHUNK_S = 512 / 16000
 
 
 def _timed(fn, *args, **kwargs):
@@ -43,7 +41,7 @@ def stream_clip(transcriber, samples: np.ndarray, options) -> dict:
         now = endpointer.t
         if endpointer.started:
             stream, fed, first = transcriber.stream(every_s=options.partial_every_s), 0, None
-            onset = endpointer.start + _voiced_start(endpointer.audio())
+            onset = endpointer.start + voiced_start(endpointer.audio()) / 16000
         if stream is not None and endpointer.recording:
             for block in endpointer.blocks[fed:]:
                 stream.feed(block, partial=False)
@@ -70,10 +68,6 @@ def stream_clip(transcriber, samples: np.ndarray, options) -> dict:
         "final": finals,
         "decodes": decodes,
     }
-
-
-def _voiced_start(samples: np.ndarray) -> float:
-    return max(0.0, samples.size / 16000 - voiced_end(samples[::-1].copy(), 16000))
 
 
 def run_bench_stream(args) -> int:

@@ -403,11 +403,8 @@ def _show(events, verbose: bool) -> None:
         elif isinstance(event, TimerDone):
             print(f"assistant: {event.text}", flush=True)
         elif isinstance(event, Transcript):
-            print(
-                f"\r\033[Kyou: {event.text}\nassistant: " if live else f"you: {event.text}\nassistant: ",
-                end="",
-                flush=True,
-            )
+            clear = "\r\033[K" if live else ""  # the line of partials, replaced by what was heard
+            print(f"{clear}you: {event.text}\nassistant: ", end="", flush=True)
         elif isinstance(event, AnswerText):
             print(event.text, end="", flush=True)
         elif isinstance(event, TurnEnd):
