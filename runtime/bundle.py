@@ -245,7 +245,7 @@ def read_manifest(folder: Path, hint: str = "") -> dict:
 def bundle_kind(path: str | Path) -> str | None:
     """The ``kind`` a bundle folder's manifest declares, or None when it has no readable manifest."""
     try:
-        return read_manifest(Path(path).expanduser()).get("kind")
+        return read_manifest(bundle_path(path, "")).get("kind")
     except BundleError:
         return None  # open_bundle reports it properly
 
@@ -386,7 +386,8 @@ def check_image_processor(bundle: Bundle) -> None:
         bundle.field("image", key, _is_token_text, f"a string of 1 to {MAX_TOKEN_CHARS} characters")
 
 
-def _check_files(folder: Path, manifest: dict, verify: bool) -> None:
+def check_file_list(folder: Path, manifest: dict) -> dict:
+    """The manifest's ``files`` mapping, each entry a plain file name with an integer size and a sha256."""
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"bundle {folder}: the manifest has no 'files' mapping (every file needs a hash)")
@@ -397,6 +398,11 @@ def _check_files(folder: Path, manifest: dict, verify: bool) -> None:
             raise BundleError(f"bundle {folder}: the manifest entry of {name} has no integer 'bytes'")
         if not (isinstance(entry.get("sha256"), str) and SHA256.fullmatch(entry["sha256"])):
             raise BundleError(f"bundle {folder}: the manifest entry of {name} has no 64-hex-digit 'sha256'")
+    return files
+
+
+def _check_files(folder: Path, manifest: dict, verify: bool) -> None:
+    files = check_file_list(folder, manifest)
     try:
         unlisted = next((i.name for i in folder.iterdir() if i.name != MANIFEST and i.name not in files), None)
     except OSError as e:
@@ -427,12 +433,37 @@ def _check_file(folder: Path, name: str, entry: dict, verify: bool) -> None:
             raise BundleError(f"{file}: sha256 {actual} does not match the manifest's {entry['sha256']}")
 
 
+def bundle_path(path: str | Path | None, kind: str) -> Path:
+    """The folder a ``--model``-style value names: None is the default preset's bundle; a bare name that is not a
+    folder here (``smollm2-135m-instruct-int4``) is that bundle in the models folder; anything else is a path."""
+    if not path:
+        return default_bundle(kind)
+    folder = Path(path).expanduser()
+    if len(folder.parts) == 1 and not folder.is_absolute() and not os.path.lexists(folder):
+        return models_dir() / folder
+    return folder
+
+
+def missing_hint(folder: Path, kind: str) -> str:
+    """How to get the bundle that should be at ``folder``: the three ways, when it is a preset's place in the models
+    folder; nothing otherwise (a folder the user chose)."""
+    from edgemm.models import presets
+
+    name = folder.name
+    if folder.parent != models_dir() or name not in presets().get(kind, {}).get("presets", {}):
+        return ""
+    return (
+        f"; get it with `edgemm pull {name}` (online), or `edgemm bundle install {name}.tar` (packed by `edgemm "
+        f"bundle pack {name}` on a machine that has it), or build it: `edgemm export {kind} --preset {name}` "
+        "(export extra; `make setup` builds every default)"
+    )
+
+
 def open_bundle(path: str | Path | None, kind: str, verify: bool = True) -> Bundle:
     """Open and check a bundle: manifest present and of the right kind, every file in the folder listed, of the
-    right size and hash, and the manifest's numbers in range."""
-    folder = Path(path).expanduser() if path else default_bundle(kind)
-    hint = " (run `make setup` to build the default bundles)" if path is None else ""
-    manifest = read_manifest(folder, hint)
+    right size and hash, and the manifest's numbers in range. ``path`` as :func:`bundle_path` reads it."""
+    folder = bundle_path(path, kind)
+    manifest = read_manifest(folder, missing_hint(folder, kind))
     if manifest.get("format") != FORMAT or manifest.get("kind") != kind:
         raise BundleError(
             f"{folder} is not a {kind} bundle (format={_shown(manifest.get('format'))}, "

@@ -632,6 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_serve)
 
+    from edgemm.runtime import bundle_cli
+
+    bundle_cli.register(sub, [verbose], fmt)
+
     p = sub.add_parser(
         "models", parents=[verbose], help="presets, and size and quality of those built", formatter_class=fmt
     )

@@ -136,6 +136,13 @@ def check_extras(report: Report) -> None:
             report.add("extras", extra, f"not installed ({purpose}): pip install 'edgemm[{extra}]'")
 
 
+def get_command(name: str, kind: str) -> str:
+    """How this install gets bundle ``name``: built with the export extra (torch), else downloaded or copied."""
+    if installed("torch"):
+        return f"edgemm export {kind} --preset {name}"
+    return f"edgemm pull {name}  (offline: `edgemm bundle install {name}.tar`, packed on a machine that has it)"
+
+
 def check_bundles(report: Report, folder: Path | None = None) -> None:
     from edgemm.models import catalogue
     from edgemm.runtime.bundle import models_dir, open_bundle
@@ -145,7 +152,7 @@ def check_bundles(report: Report, folder: Path | None = None) -> None:
     report.add("bundles", "folder", str(folder))
     for row in catalogue(folder):
         name, kind = row["name"], row["kind"]
-        build = f"edgemm export {kind} --preset {name}"
+        build = get_command(name, kind)
         if not row["built"] and not os.path.lexists(folder / name):
             if row["default"]:
                 report.add("bundles", name, f"missing (the default {kind} bundle)", False, build)
