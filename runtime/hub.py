@@ -61,6 +61,8 @@ def _endpoint() -> str:
 
 def _reachable(repo: str, name: str) -> None:
     """Fail at once, in one line, when the endpoint cannot be reached (huggingface_hub would retry for ~25 s)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise BundleError(f"HF_HUB_OFFLINE is set: {repo} cannot be downloaded; {_elsewhere(name)}")
     try:
         urllib.request.urlopen(urllib.request.Request(_endpoint(), method="HEAD"), timeout=PROBE_TIMEOUT_S)
     except urllib.error.HTTPError:

@@ -7,6 +7,7 @@ Faults on demand: a file served with other bytes (``tampered``), or cut off half
 from __future__ import annotations
 
 import hashlib
+import io
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ class HubDouble:
         self.tampered: set[tuple[str, str]] = set()
         self.cut: dict[tuple[str, str], int] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self._etags: dict = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -36,14 +38,26 @@ class HubDouble:
     def commit(repo: str) -> str:
         return hashlib.sha1(repo.encode()).hexdigest()
 
-    def content(self, repo: str, file: str) -> bytes | None:
-        path = self.repos[repo] / file
-        if not path.is_file():
-            return None
-        data = path.read_bytes()
-        if (repo, file) in self.tampered:
-            data = bytes([data[0] ^ 1]) + data[1:]
-        return data
+    def etag(self, repo: str, file: str) -> str:
+        """The sha256 of the bytes served for ``file`` (as the Hub's ETag of a large file), computed once."""
+        key = (repo, file, (repo, file) in self.tampered)
+        if key not in self._etags:
+            digest = hashlib.sha256()
+            with self.open(repo, file) as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+            self._etags[key] = digest.hexdigest()
+        return self._etags[key]
+
+    def open(self, repo: str, file: str):
+        """The bytes served for ``file``: the file's, or with its first byte changed when it is ``tampered``."""
+        f = open(self.repos[repo] / file, "rb")
+        if (repo, file) not in self.tampered:
+            return f
+        with f:
+            data = bytearray(f.read())
+        data[0] ^= 1
+        return io.BytesIO(bytes(data))
 
     def ranges(self, file: str) -> list[str]:
         """The Range headers the downloads of ``file`` sent."""
@@ -74,28 +88,34 @@ def _handler(hub: HubDouble):
                 return self._error("RepoNotFound", 401)  # the Hub answers 401 for a repo it does not show
             if revision not in ("main", hub.commit(repo)):
                 return self._error("RevisionNotFound")
-            data = hub.content(repo, file)
-            if data is None:
+            if not (hub.repos[repo] / file).is_file():
                 return self._error("EntryNotFound")
+            size = (hub.repos[repo] / file).stat().st_size
             start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
             self.send_response(206 if start else 200)
             self.send_header("X-Repo-Commit", hub.commit(repo))
-            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("ETag", f'"{hub.etag(repo, file)}"')
             self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(len(data) - start))
+            self.send_header("Content-Length", str(size - start))
             if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
             self.end_headers()
-            if not body:
-                return
-            if hub.cut.get((repo, file), 0) > 0:  # half of what is left, then the connection drops
+            if body:
+                self._send(repo, file, start, size)
+
+        def _send(self, repo: str, file: str, start: int, size: int) -> None:
+            cut = hub.cut.get((repo, file), 0) > 0  # then half of what is left, and the connection drops
+            left = (size - start) // 2 if cut else size - start
+            with hub.open(repo, file) as f:
+                f.seek(start)
+                while left > 0 and (block := f.read(min(left, 1 << 20))):
+                    self.wfile.write(block)
+                    left -= len(block)
+            if cut:
                 hub.cut[(repo, file)] -= 1
-                self.wfile.write(data[start : start + (len(data) - start) // 2])
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
-                return
-            self.wfile.write(data[start:])
 
         def do_HEAD(self) -> None:
             self._answer(body=False)

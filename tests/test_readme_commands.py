@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -43,8 +44,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from edgemm.bench.clips import POCKETSPHINX
 from edgemm.runtime import tts
-from edgemm.runtime.bundle import default_bundle
+from edgemm.runtime.bundle import default_bundle, open_bundle
+from edgemm.runtime.hub import default_names, preset_repo
 from edgemm.runtime.profiles import PROFILES
+
+from .hub_double import HubDouble
 
 skdata = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow
@@ -107,6 +111,7 @@ class Succeeds:
     stdin: str | None = None
     needs: tuple[str, ...] = ()  # README commands that must run first (what they build)
     devices_absent: bool = False  # expects no microphone, speaker or camera (skipped where the machine has them)
+    online: bool = False  # reaches the Hub: the local stand-in serving the bundles' copies (HF_ENDPOINT)
 
     def verify(self, r: Ran) -> None:
         assert r.code == 0, f"exit {r.code}\n{r.stderr[-3000:]}"
@@ -243,6 +248,13 @@ def _spoken_question(r: Ran) -> None:
     assert re.search(QUESTION, result["transcript"].lower()), result
     assert re.search(CAT, result["answer"].lower()), result["answer"]
     assert result["speech"]["path"] == "answer.wav" and result["speech"]["seconds"] > 0.3, result
+
+
+def _installs_elsewhere(archive: Path) -> None:
+    from edgemm.runtime.archive import install
+
+    with tempfile.TemporaryDirectory() as elsewhere:
+        open_bundle(install(archive, Path(elsewhere)), "voice", verify=True)
 
 
 def _devices_listed(r: Ran) -> None:
@@ -388,6 +400,18 @@ EXPECTED: dict[str, Expectation] = {
     "edgemm export llm --source ./model.Q4_1.gguf --quant gguf --out ./my-gguf": Succeeds(
         stderr=("measure fidelity", "wrote my-gguf"), bundle="{work}/my-gguf", check=_gguf_exact
     ),
+    "edgemm pull": Succeeds(stderr=tuple(f"{name} is up to date" for name in default_names()), online=True),
+    "edgemm pull smollm2-135m-instruct-int4": Succeeds(
+        stderr=("smollm2-135m-instruct-int4 is up to date",), online=True
+    ),
+    "edgemm bundle pack piper-joe-int8": Succeeds(
+        stderr=("wrote piper-joe-int8.tar",),
+        check=lambda r: _installs_elsewhere(r.folders["work"] / "piper-joe-int8.tar"),
+    ),
+    "edgemm bundle install piper-joe-int8.tar": Succeeds(
+        stderr=("piper-joe-int8.tar: installed ({models}/piper-joe-int8)",),
+        needs=("edgemm bundle pack piper-joe-int8",),
+    ),
     "edgemm models": Succeeds(stdout=("smollm2-135m-instruct-int4", "qwen2.5-coder-0.5b-instruct-gguf")),
     "edgemm doctor": Succeeds(
         stdout=("onnxruntime:", "qwen2.5-coder-0.5b-instruct-gguf: ok", "files verified", "0 problems")
@@ -510,7 +534,9 @@ def folders(tmp_path_factory):
         _tiny_gguf(work / "model.Q4_1.gguf")
     except ImportError:  # without the export extra the export commands are skipped
         pass
-    yield {"work": work, "home": home, "models": models}
+    repos = {preset_repo(bundle.name): bundle for bundle in models.iterdir()}
+    with HubDouble(repos) as hub:  # `edgemm pull` finds the same bundles there: they are up to date
+        yield {"work": work, "home": home, "models": models, "hub": hub.url}
     for folder in (home, models):  # hundreds of MB of bundles; the work folder stays for a look
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -536,6 +562,10 @@ class Runner:
             "HF_HUB_OFFLINE": "1",
         }
 
+    def _online(self) -> dict:
+        env = {k: v for k, v in self.env.items() if k != "HF_HUB_OFFLINE"}
+        return {**env, "HF_ENDPOINT": self.folders["hub"]}
+
     def run(self, command: str) -> Ran:
         if command not in self.results:
             expect = EXPECTED[command]
@@ -549,7 +579,7 @@ class Runner:
                     command,
                     shell=True,
                     cwd=self.folders["work"],
-                    env=self.env,
+                    env=self._online() if getattr(expect, "online", False) else self.env,
                     input=expect.stdin,
                     stdin=None if expect.stdin is not None else subprocess.DEVNULL,
                     capture_output=True,
