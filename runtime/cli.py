@@ -509,6 +509,10 @@ def cmd_bench(args) -> int:
         from edgemm.bench.skills import run_bench_skills
 
         return run_bench_skills(args)
+    if args.target == "bundle":
+        from edgemm.bench.bundles import run_bench_bundle
+
+        return run_bench_bundle(args)
     if args.target == "estimate":
         from edgemm.bench.estimate import run_bench_estimate
 
@@ -730,8 +734,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
     p.add_argument(
         "target",
-        choices=["asr", "llm", "vision", "assistant", "endpoint", "stream", "serve", "estimate", "skills", "tools"],
+        choices=[
+            "asr",
+            "llm",
+            "vision",
+            "assistant",
+            "endpoint",
+            "stream",
+            "serve",
+            "estimate",
+            "skills",
+            "tools",
+            "bundle",
+        ],
     )
+    p.add_argument("--megabytes", type=_positive_int, default=2000, help="bundle: the size of the bundle installed")
+    p.add_argument("--scratch", type=Path, default=None, help="bundle: the folder to work in (default: the temp one)")
     p.add_argument(
         "--model",
         type=Path,
