@@ -83,11 +83,11 @@ clean-models:
 # `edgemm bundle install` and for upload; each preset's Hub repository (models/presets.json "repo") holds the bundle
 # folder as it is, which `edgemm pull` reads: `hf upload REPO $(EDGEMM_MODELS)/NAME .` publishes one.
 RELEASE := build/release
-RELEASE_BUNDLES := whisper-tiny.en-int8 qwen2.5-coder-0.5b-instruct-gguf smollm2-135m-instruct-int4 \
-	mobilenetv2-imagenet-int8 piper-joe-int8
+RELEASE_BUNDLES := whisper-tiny.en-int8 whisper-tiny.en-student-int8 qwen2.5-coder-0.5b-instruct-gguf \
+	smollm2-135m-instruct-int4 mobilenetv2-imagenet-int8 piper-joe-int8
 
 .PHONY: release-bundles
-release-bundles: setup
+release-bundles: setup $(STUDENT)/manifest.json
 	@mkdir -p $(RELEASE)
 	@for name in $(RELEASE_BUNDLES); do $(BIN)/edgemm bundle pack $$name -o $(RELEASE)/$$name.tar || exit 1; done
 	@cd $(RELEASE) && sha256sum *.tar > SHA256SUMS && echo "$(RELEASE): $$(ls *.tar | wc -l) bundles, SHA256SUMS"
@@ -104,6 +104,9 @@ DISTILL_STEPS ?= 2000
 distill: setup $(DISTILL)/data/manifest.json
 	$(BIN)/edgemm distill speech --teacher packaged:whisper-tiny.en --data $(DISTILL)/data --out $(DISTILL)/run \
 		--steps $(DISTILL_STEPS) --freeze-decoder --bundle $(STUDENT) $$(test -d $(DISTILL)/run/checkpoint && echo --resume)
+
+$(STUDENT)/manifest.json:
+	$(MAKE) distill
 
 $(DISTILL)/data/manifest.json: $(STAMP)
 	$(BIN)/edgemm distill data --out $(DISTILL)/data --examples $(DISTILL_EXAMPLES)

@@ -29,6 +29,10 @@ def _resolve(args) -> tuple[str, str, Path]:
         if args.preset not in table:
             raise EdgemmError(f"unknown {args.component} preset {args.preset!r}; presets: {', '.join(table)}")
         preset = table[args.preset]
+        if preset.get("build"):
+            raise EdgemmError(
+                f"{args.preset} is built by `{preset['build']}`, not by edgemm export; or get it: edgemm pull {args.preset}"
+            )
         source, quant = source or preset["source"], quant or preset["quant"]
         out = out or models_dir() / args.preset
     if not source or not out:

@@ -450,12 +450,16 @@ def missing_hint(folder: Path, kind: str) -> str:
     from edgemm.models import presets
 
     name = folder.name
-    if folder.parent != models_dir() or name not in presets().get(kind, {}).get("presets", {}):
+    if folder.parent != models_dir():
         return ""
+    preset = presets().get(kind, {}).get("presets", {}).get(name)
+    if preset is None:
+        return " (not a preset name either: `edgemm models` lists them)"
+    build = preset.get("build") or f"edgemm export {kind} --preset {name}"
     return (
         f"; get it with `edgemm pull {name}` (online), or `edgemm bundle install {name}.tar` (packed by `edgemm "
-        f"bundle pack {name}` on a machine that has it), or build it: `edgemm export {kind} --preset {name}` "
-        "(export extra; `make setup` builds every default)"
+        f"bundle pack {name}` on a machine that has it), or build it: `{build}` (export extra; `make setup` builds "
+        "every default)"
     )
 
 

@@ -139,7 +139,9 @@ def check_extras(report: Report) -> None:
 def get_command(name: str, kind: str) -> str:
     """How this install gets bundle ``name``: built with the export extra (torch), else downloaded or copied."""
     if installed("torch"):
-        return f"edgemm export {kind} --preset {name}"
+        from edgemm.models import presets
+
+        return presets()[kind]["presets"].get(name, {}).get("build") or f"edgemm export {kind} --preset {name}"
     return f"edgemm pull {name}  (offline: `edgemm bundle install {name}.tar`, packed on a machine that has it)"
 
 
