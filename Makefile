@@ -79,19 +79,6 @@ test: setup lint
 clean-models:
 	rm -rf $(EDGEMM_MODELS)
 
-# ---- `make release-bundles`: the default bundles (both profiles) packed one file each into build/release, for
-# `edgemm bundle install` and for upload; each preset's Hub repository (models/presets.json "repo") holds the bundle
-# folder as it is, which `edgemm pull` reads: `hf upload REPO $(EDGEMM_MODELS)/NAME .` publishes one.
-RELEASE := build/release
-RELEASE_BUNDLES := whisper-tiny.en-int8 whisper-tiny.en-student-int8 qwen2.5-coder-0.5b-instruct-gguf \
-	smollm2-135m-instruct-int4 mobilenetv2-imagenet-int8 piper-joe-int8
-
-.PHONY: release-bundles
-release-bundles: setup $(STUDENT)/manifest.json
-	@mkdir -p $(RELEASE)
-	@for name in $(RELEASE_BUNDLES); do $(BIN)/edgemm bundle pack $$name -o $(RELEASE)/$$name.tar || exit 1; done
-	@cd $(RELEASE) && sha256sum *.tar > SHA256SUMS && echo "$(RELEASE): $$(ls *.tar | wc -l) bundles, SHA256SUMS"
-
 # ---- `make distill`: the default speech student (Whisper tiny.en, encoder on the audio's own length), end to end:
 # the corpus (synthetic voices, real non-evaluation recordings, non-speech; labelled by the teacher), training
 # (resumable: run it again to continue), then the int8 bundle in $(EDGEMM_MODELS).
@@ -110,6 +97,19 @@ $(STUDENT)/manifest.json:
 
 $(DISTILL)/data/manifest.json: $(STAMP)
 	$(BIN)/edgemm distill data --out $(DISTILL)/data --examples $(DISTILL_EXAMPLES)
+
+# ---- `make release-bundles`: the default bundles (both profiles) packed one file each into build/release, for
+# `edgemm bundle install` and for upload; each preset's Hub repository (models/presets.json "repo") holds the bundle
+# folder as it is, which `edgemm pull` reads: `hf upload REPO $(EDGEMM_MODELS)/NAME .` publishes one.
+RELEASE := build/release
+RELEASE_BUNDLES := whisper-tiny.en-int8 whisper-tiny.en-student-int8 qwen2.5-coder-0.5b-instruct-gguf \
+	smollm2-135m-instruct-int4 mobilenetv2-imagenet-int8 piper-joe-int8
+
+.PHONY: release-bundles
+release-bundles: setup $(STUDENT)/manifest.json
+	@mkdir -p $(RELEASE)
+	@for name in $(RELEASE_BUNDLES); do $(BIN)/edgemm bundle pack $$name -o $(RELEASE)/$$name.tar || exit 1; done
+	@cd $(RELEASE) && sha256sum *.tar > SHA256SUMS && echo "$(RELEASE): $$(ls *.tar | wc -l) bundles, SHA256SUMS"
 
 # ---- `make bench-peers`: the peers of `edgemm bench llm` (onnxruntime-genai, llama.cpp) in a venv of their own ----
 PEERS_VENV := .venv-peers
