@@ -436,6 +436,7 @@ def cmd_serve(args) -> int:
     config = ServerConfig(
         api_key=args.api_key or os.environ.get("EDGEMM_API_KEY") or None,
         timeout=args.timeout,
+        idle_timeout=args.idle_timeout,
         allow_hosts=tuple(args.allow_host),
         allow_origins=tuple(args.allow_origin),
     )
@@ -632,6 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tts", action="store_true", help="no spoken answers, no /v1/audio/speech")
     p.add_argument("--max-queue", type=_positive_int, default=8, help="requests that may wait per model (then 429)")
     p.add_argument("--timeout", type=_positive_seconds, default=300.0, help="seconds one request may take")
+    p.add_argument(
+        "--idle-timeout",
+        type=_positive_seconds,
+        default=60.0,
+        help="seconds a live transcription (/v1/audio/live) may send nothing before it is closed",
+    )
     p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_serve)

@@ -110,3 +110,38 @@ def test_listening_beyond_this_machine_without_a_key_warns():
     with ServerProcess("--host", "0.0.0.0", "--no-speech", "--no-vision", "--no-tts") as process:
         assert health(process.url)["status"] == "ok"
         assert "without an API key" in process.output()
+
+
+def test_a_live_transcription_that_stalls_is_closed_and_frees_everything():
+    """A client that stops sending mid-word (here for the 2 s of --idle-timeout; 60 s by default) gets an error and
+    a clean close; the speech worker is free and the next client is served."""
+    import numpy as np
+    from websockets.exceptions import ConnectionClosedOK
+    from websockets.sync.client import connect
+
+    from edgemm.bench.clips import dev_clips
+    from edgemm.runtime.speech.audio import load_audio
+
+    clips = dev_clips()
+    if not clips:
+        pytest.skip("no dev clips: install Debian pocketsphinx-testdata (make setup does)")
+    pcm = (load_audio(clips[0].path) * 32767).astype("<i2")
+    with ServerProcess("--idle-timeout", "2", "--no-vision", "--no-tts") as process:
+        url = process.url.replace("http", "ws", 1) + "/v1/audio/live"
+        with connect(url, open_timeout=30) as socket:
+            socket.send(pcm[: pcm.size // 2].tobytes())  # half the clip, then nothing
+            started = time.monotonic()
+            replies = []
+            while not replies or replies[-1]["type"] != "error":
+                replies.append(json.loads(socket.recv(timeout=60)))
+            assert replies[-1]["message"] == "no audio for 2 s: the live transcription is closed", replies
+            assert time.monotonic() - started < 30
+            with pytest.raises(ConnectionClosedOK):  # closed cleanly (1000) by the server
+                socket.recv(timeout=30)
+        with connect(url, open_timeout=30) as again:
+            again.send(np.concatenate([pcm, np.zeros(16000, "<i2")]).tobytes())
+            again.send(json.dumps({"type": "end"}))
+            while (reply := json.loads(again.recv(timeout=120)))["type"] != "final":
+                pass
+        assert reply["text"].strip()
+        assert health(process.url)["workers"]["speech"]["pending"] == 0

@@ -74,6 +74,7 @@ class ServerConfig:
     timeout: float = 300.0  # seconds one request may take, queueing included
     allow_hosts: tuple[str, ...] = ()  # Host names besides IP addresses, localhost and the listening host
     allow_origins: tuple[str, ...] = ()  # other sites whose pages may use the server (CORS is answered for them)
+    idle_timeout: float = 60.0  # seconds a live transcription may send nothing before it is closed
 
 
 # ---- errors ----

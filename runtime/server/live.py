@@ -26,7 +26,6 @@ from edgemm.runtime.server.workers import Channel
 
 log = logging.getLogger(__name__)
 
-IDLE_S = 60.0  # a connection that sends nothing for this long is closed
 MAX_MESSAGE_BYTES = 1 << 20  # one binary message: 2.7 s at 96 kHz
 RATES = (8000, 96000)
 
@@ -46,9 +45,10 @@ async def live_transcription(server, websocket: WebSocket) -> None:
         session = _Session(server, transcriber, _rate(websocket.query_params.get("rate", "16000")))
         while True:
             try:
-                message = await asyncio.wait_for(websocket.receive(), IDLE_S)
+                message = await asyncio.wait_for(websocket.receive(), server.config.idle_timeout)
             except TimeoutError:
-                await _send_error(websocket, f"no audio for {IDLE_S:g} s: the live transcription is closed")
+                idle = server.config.idle_timeout
+                await _send_error(websocket, f"no audio for {idle:g} s: the live transcription is closed")
                 await websocket.close(1000)
                 return
             if message["type"] == "websocket.disconnect":
