@@ -510,6 +510,10 @@ def cmd_bench(args) -> int:
         from edgemm.bench.skills import run_bench_skills
 
         return run_bench_skills(args)
+    if args.target == "live":
+        from edgemm.bench.live import run_bench_live
+
+        return run_bench_live(args)
     if args.target == "bundle":
         from edgemm.bench.bundles import run_bench_bundle
 
@@ -753,8 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
             "skills",
             "tools",
             "bundle",
+            "live",
         ],
     )
+    p.add_argument("--minutes", type=_positive_seconds, default=10.0, help="live: minutes of audio per stream")
+    p.add_argument("--speed", type=_positive_seconds, default=1.0, help="live: times faster than real time")
     p.add_argument("--megabytes", type=_positive_int, default=2000, help="bundle: the size of the bundle installed")
     p.add_argument("--scratch", type=Path, default=None, help="bundle: the folder to work in (default: the temp one)")
     p.add_argument(
