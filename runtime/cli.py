@@ -298,9 +298,10 @@ def cmd_models(args) -> int:
             mark = "*" if row["default"] else " "
             size = f"{row['megabytes']:7.0f} MB" if row["built"] else "  not built"
             print(f" {mark} {row['name']:38} {size}  {row.get('quality') or row['about']}")
-            if row.get("speed"):
-                print(f"   {'':38} {'':10}  {row['speed']}")
-    print("* default; build one with: edgemm export KIND --preset NAME")
+            if "speed" in row:
+                speed = row["speed"] or f"speed not measured: edgemm eval --model {row['name']}"
+                print(f"   {'':38} {'':10}  {speed}")
+    print("* default; build one with: edgemm export KIND --preset NAME; llm speed: from its last edgemm eval")
     return 0
 
 
