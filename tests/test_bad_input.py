@@ -1,5 +1,6 @@
 """Bad audio and damaged bundles: one clear error (never a traceback), or correct output."""
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,16 @@ def test_truncated_wav_reads_what_is_there(tmp_path):
     (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
     samples = load_audio(tmp_path / "cut.wav")
     assert 15000 < len(samples) <= 16000
+
+
+@pytest.mark.parametrize("peak, warned", [(1.0004, False), (1.1, False), (1.5, True), (400.0, True)])
+def test_only_a_real_overshoot_of_full_scale_is_warned_about(tmp_path, caplog, peak, warned):
+    """An MP3's inter-sample peak (1.0004) is scaled back silently; a recording far too loud, with a warning."""
+    sf.write(tmp_path / "hot.wav", _sine(16000) * 2 * peak, 16000, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING, logger="edgemm"):
+        samples = load_audio(tmp_path / "hot.wav")
+    assert abs(np.abs(samples).max() - 1.0) < 1e-6
+    assert ("full scale" in caplog.text) == warned, caplog.text
 
 
 def test_missing_and_nan():
