@@ -20,13 +20,36 @@ from pathlib import Path
 
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.profiles import CHOICES as PROFILE_CHOICES
-from edgemm.runtime.profiles import PROFILE_ENV, use_profile
+from edgemm.runtime.profiles import PROFILE_ENV, PROFILES, use_profile
 
 log = logging.getLogger("edgemm")
 
 
+# Where every command's models come from: said by `edgemm --help` and by the help of each command that loads them.
+BUNDLES_HELP = (
+    "Models: the commands run on model bundles, folders in $EDGEMM_MODELS (default: ~/.cache/edgemm/models). "
+    "`make setup` builds the default ones from a source checkout; for other ways to get them see the README. "
+    "`edgemm models` lists them, `edgemm doctor` checks them."
+)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default said once: argparse's "(default: X)" only where the help does not say it already and
+    there is one worth saying (not None, False or an empty list)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == []:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line, like every other error (``--help`` still shows the usage)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -271,6 +294,9 @@ def cmd_chat(args) -> int:
         log.debug("%s", generation.stats.to_dict())
 
 
+CONTEXT_HELP = f"context window in tokens (default: 2048; the pi profile's: {PROFILES['pi'].context})"
+
+
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system prompt (default: brief factual answers; '' = the template's)")
     p.add_argument("--model", type=Path, default=None, help="llm bundle folder (default: the built default preset)")
@@ -281,7 +307,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
-    p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
+    p.add_argument("--context", type=_positive_int, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
 
 
@@ -530,8 +556,8 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = _Parser(prog="edgemm", description="On-device speech, text and image assistant.")
+    fmt = _Help
+    parser = _Parser(prog="edgemm", description="On-device speech, text and image assistant.", epilog=BUNDLES_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and timings")
     parser.add_argument(
         "--profile",
@@ -546,12 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
     verbose.add_argument("--profile", choices=PROFILE_CHOICES, default=argparse.SUPPRESS, help="as edgemm --profile")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("transcribe", parents=[verbose], help="speech to text", formatter_class=fmt)
+    p = sub.add_parser("transcribe", parents=[verbose], help="speech to text", epilog=BUNDLES_HELP)
     p.add_argument("audio", type=Path, help="WAV, FLAC, OGG or MP3 file")
     p.add_argument("--model", type=Path, default=None, help="speech bundle folder (default: the built default preset)")
     p.add_argument("--beam", type=_positive_int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--language", default=None, help="language code, e.g. en (default: detect)")
-    p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+    p.add_argument(
+        "--task",
+        choices=["transcribe", "translate"],
+        default="transcribe",
+        help="translate: into English (multilingual bundles only)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object with text and segments")
     p.add_argument("--timestamps", action="store_true", help="print one line per segment with times")
     p.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
@@ -559,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_transcribe)
 
-    p = sub.add_parser("ask", parents=[verbose], help="answer one question (streams the answer)", formatter_class=fmt)
+    p = sub.add_parser("ask", parents=[verbose], help="answer one question (streams the answer)", epilog=BUNDLES_HELP)
     p.add_argument("question", nargs="?", help="the question (or --audio)")
     p.add_argument("--audio", type=Path, help="a recording of the question (transcribed with the speech bundle)")
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle for --audio (default preset)")
@@ -578,11 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_flags(p)
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("chat", parents=[verbose], help="interactive chat with memory", formatter_class=fmt)
+    p = sub.add_parser("chat", parents=[verbose], help="interactive chat with memory", epilog=BUNDLES_HELP)
     _add_generation_flags(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("listen", parents=[verbose], help="the voice (+ camera) assistant", formatter_class=fmt)
+    p = sub.add_parser("listen", parents=[verbose], help="the voice (+ camera) assistant", epilog=BUNDLES_HELP)
     p.add_argument("--mic", default=None, help="input device (index or name) or an audio file (default: system mic)")
     p.add_argument("--speaker", default=None, help="output device or a WAV file to write (default: system speaker)")
     p.add_argument("--camera", default=None, help="camera index, /dev/videoN, an image, a folder of images or a video")
@@ -601,12 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="vision bundle, or a vlm bundle that answers scene questions (default preset)",
     )
-    p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
+    p.add_argument("--context", type=_positive_int, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser(
-        "serve", parents=[verbose], help="OpenAI-compatible server + web assistant (serve extra)", formatter_class=fmt
+        "serve", parents=[verbose], help="OpenAI-compatible server + web assistant (serve extra)", epilog=BUNDLES_HELP
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback: set --api-key)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one, printed at start)")
@@ -633,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tts", action="store_true", help="no spoken answers, no /v1/audio/speech")
     p.add_argument("--max-queue", type=_positive_int, default=8, help="requests that may wait per model (then 429)")
     p.add_argument("--timeout", type=_positive_seconds, default=300.0, help="seconds one request may take")
-    p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
+    p.add_argument("--context", type=_positive_int, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_serve)
 
@@ -785,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="judged",
         help="assistant: end questions where the LLM judges them complete (the default), or after a fixed silence",
     )
-    p.add_argument("--threads", type=_threads, default=2)
+    p.add_argument("--threads", type=_threads, default=2, help="CPU threads")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench)
 
@@ -815,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=None, help="at most this many questions per category")
     p.add_argument("--questions", type=Path, default=None, help="question file (default: bench/eval_questions.json)")
     p.add_argument("--max-tokens", type=_positive_int, default=MAX_TOKENS, help="most new tokens per answer (greedy)")
-    p.add_argument("--threads", type=_threads, default=2)
+    p.add_argument("--threads", type=_threads, default=2, help="CPU threads")
     p.add_argument("--write", type=Path, metavar="MD", help="also write the report, every answer included (markdown)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_eval)

@@ -45,3 +45,40 @@ def test_verbose_after_the_subcommand():
     parser = build_parser()
     assert parser.parse_args(["listen", "-v"]).verbose and parser.parse_args(["-v", "listen"]).verbose
     assert not parser.parse_args(["listen"]).verbose
+
+
+def _subparsers(parser):
+    """Every (sub)command's parser under ``parser``, ``parser`` first."""
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _subparsers(sub)
+
+
+def test_every_option_says_its_default_once():
+    import re
+
+    from edgemm.runtime.llm.model import DEFAULT_CONTEXT
+
+    for parser in _subparsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.help:
+                continue
+            text = formatter._expand_help(action)
+            where = (parser.prog, action.option_strings or action.dest, text)
+            assert len(re.findall(r"\(default[: ]|\bdefault:", text)) <= 1, where
+            assert not re.search(r"\(default: (None|False|\[\])\)", text), where
+            if "--context" in action.option_strings:
+                assert f"(default: {DEFAULT_CONTEXT};" in text, where
+
+
+@pytest.mark.parametrize("command", [(), ("listen",), ("ask",), ("transcribe",), ("serve",)])
+def test_help_says_where_the_models_come_from(command):
+    out = _cli(*command, "--help")
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0 and "$EDGEMM_MODELS" in text and "~/.cache/edgemm/models" in text, out.stdout
+    assert "make setup" in text and "README" in text
