@@ -62,6 +62,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _context(text: str) -> int:
+    from edgemm.runtime.llm.model import MIN_CONTEXT
+
+    value = int(text)
+    if value < MIN_CONTEXT:
+        raise argparse.ArgumentTypeError(f"the context window must be >= {MIN_CONTEXT} tokens, got {value}")
+    return value
+
+
 def _threads(text: str) -> int:
     from edgemm.runtime.limits import check_threads
 
@@ -97,14 +106,17 @@ def _positive_seconds(text: str) -> float:
 
 
 def cmd_transcribe(args) -> int:
+    from edgemm.runtime.speech.audio import SAMPLE_RATE, load_audio
     from edgemm.runtime.speech.decoding import DecodingOptions
     from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
 
+    samples = load_audio(args.audio)  # unreadable audio is refused before the model loads
     transcriber = Transcriber.load(args.model, threads=args.threads)
     decoding = DecodingOptions(
         task=args.task, language=args.language, beam_size=args.beam, timestamps=not args.no_timestamps
     )
-    result = transcriber.transcribe(args.audio, options=TranscribeOptions(decoding=decoding, vad=not args.no_vad))
+    options = TranscribeOptions(decoding=decoding, vad=not args.no_vad)
+    result = transcriber.transcribe(samples, SAMPLE_RATE, options=options)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     elif args.timestamps:
@@ -136,10 +148,12 @@ def _system(args) -> str:
 
 
 def _spoken_question(args) -> str:
-    """The question from ``--audio``: the default speech bundle's transcript."""
+    """The question from ``--audio``: the default speech bundle's transcript (the audio read before it loads)."""
+    from edgemm.runtime.speech.audio import SAMPLE_RATE, load_audio
     from edgemm.runtime.speech.transcribe import Transcriber
 
-    transcript = Transcriber.load(args.speech_model, threads=args.threads).transcribe(args.audio).text.strip()
+    samples = load_audio(args.audio)
+    transcript = Transcriber.load(args.speech_model, threads=args.threads).transcribe(samples, SAMPLE_RATE).text.strip()
     if not transcript:
         raise EdgemmError(f"{args.audio}: no speech found")
     log.debug("transcript: %s", transcript)
@@ -175,6 +189,16 @@ def _speak(text: str, out: Path) -> float:
     return speech.seconds
 
 
+def _checked_images(paths: list[Path]) -> list:
+    """The ``--image`` files, refused before any model loads when there are too many or one cannot be read."""
+    from edgemm.runtime.limits import MAX_IMAGES
+    from edgemm.runtime.vision.image import ImageError, checked_images
+
+    if len(paths) > MAX_IMAGES:
+        raise ImageError(f"a question takes 1 to {MAX_IMAGES} images, not {len(paths)}")
+    return checked_images(paths)
+
+
 def cmd_ask(args) -> int:
     from edgemm.runtime.llm import LanguageModel, ask
     from edgemm.runtime.llm.chat import clean_text
@@ -184,6 +208,7 @@ def cmd_ask(args) -> int:
         raise EdgemmError("give a question, or --audio FILE with a spoken one (not both)")
     if args.speak:
         _speech_format(args.speak)
+    photos = _checked_images(args.image) if args.image else None
     transcript = _spoken_question(args) if args.audio else None
     question = clean_text(transcript or args.question)
     images, reply = [], None
@@ -202,7 +227,7 @@ def cmd_ask(args) -> int:
         router = ImageQuestion.load(
             args.model, args.vision_model, threads=args.threads, context=args.context, ocr=not args.no_ocr
         )
-        answer = router.ask(question, args.image, options, system=args.system)
+        answer = router.ask(question, photos, options, system=args.system)
         generation, name, images = answer.generation, router.model_name, answer.facts
     else:
         lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
@@ -307,7 +332,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
-    p.add_argument("--context", type=_positive_int, default=None, help=CONTEXT_HELP)
+    p.add_argument("--context", type=_context, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
 
 
@@ -632,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="vision bundle, or a vlm bundle that answers scene questions (default preset)",
     )
-    p.add_argument("--context", type=_positive_int, default=None, help=CONTEXT_HELP)
+    p.add_argument("--context", type=_context, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_listen)
 
@@ -664,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tts", action="store_true", help="no spoken answers, no /v1/audio/speech")
     p.add_argument("--max-queue", type=_positive_int, default=8, help="requests that may wait per model (then 429)")
     p.add_argument("--timeout", type=_positive_seconds, default=300.0, help="seconds one request may take")
-    p.add_argument("--context", type=_positive_int, default=None, help=CONTEXT_HELP)
+    p.add_argument("--context", type=_context, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_serve)
 
