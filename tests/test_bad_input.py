@@ -132,7 +132,8 @@ def test_truncated_and_missing_files_are_refused(bundle_copy):
 
 
 def test_missing_bundle_names_the_fix(tmp_path):
-    out = _cli("transcribe", "x.wav", "--model", tmp_path / "nothing")
+    sf.write(tmp_path / "x.wav", _sine(16000), 16000)  # readable: the audio is checked before the bundle
+    out = _cli("transcribe", tmp_path / "x.wav", "--model", tmp_path / "nothing")
     assert out.returncode == 2 and "manifest.json is missing" in out.stderr
 
 
