@@ -28,8 +28,9 @@ log = logging.getLogger("edgemm")
 # Where every command's models come from: said by `edgemm --help` and by the help of each command that loads them.
 BUNDLES_HELP = (
     "Models: the commands run on model bundles, folders in $EDGEMM_MODELS (default: ~/.cache/edgemm/models). "
-    "`make setup` builds the default ones from a source checkout; for other ways to get them see the README. "
-    "`edgemm models` lists them, `edgemm doctor` checks them."
+    "Get the default ones with `edgemm pull` (download), `edgemm bundle install FILE` (packed on another machine) "
+    "or `make setup` (built from a source checkout); see the README. `edgemm models` lists them, `edgemm doctor` "
+    "checks them."
 )
 
 
