@@ -30,6 +30,7 @@ from edgemm.export.detector import PARITY_PHOTO, check_against_tfjs, export_dete
 from edgemm.export.driver import Component, ExportJob, Step, build
 from edgemm.export.errors import ExportError
 from edgemm.export.packaged import SourceError, package_folder
+from edgemm.export.quiet import library_prints_hidden
 from edgemm.runtime.vision.classify import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from edgemm.runtime.vision.detect import detector_input
 
@@ -205,22 +206,23 @@ def quantize(job: ExportJob) -> str:
     if job.quant == "fp32":
         job.body["quantization"] = {"scheme": "fp32"}
         return "fp32 bundle: not quantized"
-    quantize_static(
-        str(job.fp32 / "classifier.onnx"),
-        str(job.work / "classifier.onnx"),
-        _Photos(sample_photos(CALIBRATION)),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        # Percentile ranges (99.999th), not min/max: one outlying activation no longer coarsens a layer's grid. With
-        # min/max and 6 photos the int8 probability of a held-out image's top class strayed from fp32's by up to 0.29
-        # (mean 0.08); now by up to 0.19 (the logo graphic; mean 0.06), and chelsea's cat is 0.717 in both.
-        calibrate_method=CalibrationMethod.Percentile,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QUInt8,  # signed weights saturate on CPUs without VNNI (see export/quantize.py)
-        # The logits stay float: quantized to the calibration photos' range they clip, and the top classes of a
-        # clear photo then tie (tabby = Egyptian cat = tiger cat at 0.326), leaving their order to chance.
-        extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
-    )
+    with library_prints_hidden():  # onnxruntime's calibration prints its progress
+        quantize_static(
+            str(job.fp32 / "classifier.onnx"),
+            str(job.work / "classifier.onnx"),
+            _Photos(sample_photos(CALIBRATION)),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            # Percentile ranges (99.999th), not min/max: one outlying activation no longer coarsens a layer's grid.
+            # With min/max and 6 photos the int8 probability of a held-out image's top class strayed from fp32's by up
+            # to 0.29 (mean 0.08); now by up to 0.19 (the logo graphic; mean 0.06), and chelsea's cat is 0.717 in both.
+            calibrate_method=CalibrationMethod.Percentile,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QUInt8,  # signed weights saturate on CPUs without VNNI (see export/quantize.py)
+            # The logits stay float: quantized to the calibration photos' range they clip, and the top classes of a
+            # clear photo then tie (tabby = Egyptian cat = tiger cat at 0.326), leaving their order to chance.
+            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
+        )
     job.body["quantization"] = {
         "scheme": "int8",
         "method": "static QDQ, per-channel QUInt8 weights, QUInt8 activations (percentile ranges), float logits",

@@ -2,7 +2,8 @@
 
 Silenced: torch's TracerWarnings and other Python warnings, transformers' notices (deprecations, generation
 defaults, tokenizer behaviour), onnxruntime's graph-optimizer warnings ("Removing initializer ...") and the
-quantization tool's advice (logged on the root logger), huggingface_hub's retries. Errors always get through. With ``edgemm -v`` (the
+quantization tool's advice (logged on the root logger), huggingface_hub's retries; around the calls that print
+(calibration, progress bars drawn by a library), what they print. Errors always get through. With ``edgemm -v`` (the
 "edgemm" logger at DEBUG) nothing is silenced.
 """
 
@@ -13,7 +14,7 @@ import logging
 import os
 import sys
 import warnings
-from contextlib import contextmanager, nullcontext, redirect_stderr
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 
 ORT_WARNING, ORT_ERROR = 2, 3  # onnxruntime log severities; WARNING is its default
 
@@ -84,3 +85,9 @@ def _transformers_errors_only():
 def library_progress_bar_hidden():
     """Around a library call that draws a progress bar of its own (transformers' GGUF conversion), unless -v."""
     return nullcontext() if verbose() else redirect_stderr(io.StringIO())
+
+
+def library_prints_hidden():
+    """Around a library call that prints to stdout (onnxruntime's calibration: "Collecting tensor data and making
+    histogram ...", "Number of tensors : 104"), unless -v."""
+    return nullcontext() if verbose() else redirect_stdout(io.StringIO())

@@ -41,21 +41,22 @@ def record_eval(folder: Path, bundle: Path, summary: dict) -> None:
     tmp.replace(out)
 
 
-def _speed(folder: Path, name: str) -> str:
-    """'TTFT 262 ms, 19.7 tok/s, 267 MB RSS, eval 44%' from the bundle's recorded eval, if it is still current."""
+def _speed(folder: Path, name: str) -> str | None:
+    """'TTFT 262 ms, 19.7 tok/s, 267 MB RSS, eval 14/32' from the bundle's recorded eval; None when there is none,
+    or only one of an earlier build."""
     from edgemm.runtime.bundle import sha256_of
 
     try:
         r = json.loads((Path(folder) / REPORTS / f"{name}.eval.json").read_text())
         if r["manifest_sha256"] != sha256_of(Path(folder) / name / "manifest.json"):
-            return ""
+            return None
         passed, total = r["overall"]
         return (
             f"TTFT {r['ttft_ms']:.0f} ms, {r['decode_tok_s']:.1f} tok/s, {r['peak_rss_llm_mb']:.0f} MB RSS, "
             f"eval {passed}/{total}"
         )
     except (OSError, ValueError, KeyError, TypeError):
-        return ""
+        return None
 
 
 def _listed_bytes(manifest: dict) -> int:
@@ -68,7 +69,7 @@ def _listed_bytes(manifest: dict) -> int:
 
 def catalogue(folder=None) -> list[dict]:
     """Every preset with what its built bundle (if any) in ``folder`` (default: $EDGEMM_MODELS) measured: size on
-    disk and quality from its manifest, speed from its last ``edgemm eval``."""
+    disk and quality from its manifest; for an llm bundle, speed from its last ``edgemm eval`` (None: not measured)."""
     from edgemm.runtime.bundle import models_dir, read_manifest
     from edgemm.runtime.errors import BundleError
     from edgemm.runtime.profiles import active_profile
@@ -92,6 +93,7 @@ def catalogue(folder=None) -> list[dict]:
                 row["quality"] = _quality(kind, preset["quant"], fidelity if isinstance(fidelity, dict) else {})
             except (TypeError, ValueError, KeyError, AttributeError):  # a hand-edited or hostile manifest
                 row["quality"] = "fidelity unreadable (edgemm doctor checks the bundle)"
-            row["speed"] = _speed(folder, name)
+            if kind == "llm":  # what `edgemm eval` measures
+                row["speed"] = _speed(folder, name)
             rows.append(row)
     return rows

@@ -304,7 +304,13 @@ class Assistant:
             return None
 
     def _barge_in(self, speaker) -> None:
-        log.info("barge-in: the answer is cut")
+        """Speech began while the answer was still due to be heard (in microphone time): the turn is marked
+        interrupted and the speaker stops. Only sound still playing is cut, and only then is it said: a file
+        speaker has written the whole answer at once."""
+        if getattr(speaker, "busy", False):
+            log.info("barge-in: the answer is cut")
+        else:
+            log.debug("barge-in: speech began before the answer's end, with nothing left playing")
         if speaker is not None:
             speaker.stop()
         self.speaking_until = 0.0

@@ -20,13 +20,37 @@ from pathlib import Path
 
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.profiles import CHOICES as PROFILE_CHOICES
-from edgemm.runtime.profiles import PROFILE_ENV, use_profile
+from edgemm.runtime.profiles import PROFILE_ENV, PROFILES, use_profile
 
 log = logging.getLogger("edgemm")
 
 
+# Where every command's models come from: said by `edgemm --help` and by the help of each command that loads them.
+BUNDLES_HELP = (
+    "Models: the commands run on model bundles, folders in $EDGEMM_MODELS (default: ~/.cache/edgemm/models). "
+    "Get the default ones with `edgemm pull` (download), `edgemm bundle install FILE` (packed on another machine) "
+    "or `make setup` (built from a source checkout); see the README. `edgemm models` lists them, `edgemm doctor` "
+    "checks them."
+)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default said once: argparse's "(default: X)" only where the help does not say it already and
+    there is one worth saying (not None, False or an empty list)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == []:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line, like every other error (``--help`` still shows the usage)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -36,6 +60,15 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _context(text: str) -> int:
+    from edgemm.runtime.llm.model import MIN_CONTEXT
+
+    value = int(text)
+    if value < MIN_CONTEXT:
+        raise argparse.ArgumentTypeError(f"the context window must be >= {MIN_CONTEXT} tokens, got {value}")
     return value
 
 
@@ -74,14 +107,17 @@ def _positive_seconds(text: str) -> float:
 
 
 def cmd_transcribe(args) -> int:
+    from edgemm.runtime.speech.audio import SAMPLE_RATE, load_audio
     from edgemm.runtime.speech.decoding import DecodingOptions
     from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
 
+    samples = load_audio(args.audio)  # unreadable audio is refused before the model loads
     transcriber = Transcriber.load(args.model, threads=args.threads)
     decoding = DecodingOptions(
         task=args.task, language=args.language, beam_size=args.beam, timestamps=not args.no_timestamps
     )
-    result = transcriber.transcribe(args.audio, options=TranscribeOptions(decoding=decoding, vad=not args.no_vad))
+    options = TranscribeOptions(decoding=decoding, vad=not args.no_vad)
+    result = transcriber.transcribe(samples, SAMPLE_RATE, options=options)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     elif args.timestamps:
@@ -113,10 +149,12 @@ def _system(args) -> str:
 
 
 def _spoken_question(args) -> str:
-    """The question from ``--audio``: the default speech bundle's transcript."""
+    """The question from ``--audio``: the default speech bundle's transcript (the audio read before it loads)."""
+    from edgemm.runtime.speech.audio import SAMPLE_RATE, load_audio
     from edgemm.runtime.speech.transcribe import Transcriber
 
-    transcript = Transcriber.load(args.speech_model, threads=args.threads).transcribe(args.audio).text.strip()
+    samples = load_audio(args.audio)
+    transcript = Transcriber.load(args.speech_model, threads=args.threads).transcribe(samples, SAMPLE_RATE).text.strip()
     if not transcript:
         raise EdgemmError(f"{args.audio}: no speech found")
     log.debug("transcript: %s", transcript)
@@ -152,6 +190,16 @@ def _speak(text: str, out: Path) -> float:
     return speech.seconds
 
 
+def _checked_images(paths: list[Path]) -> list:
+    """The ``--image`` files, refused before any model loads when there are too many or one cannot be read."""
+    from edgemm.runtime.limits import MAX_IMAGES
+    from edgemm.runtime.vision.image import ImageError, checked_images
+
+    if len(paths) > MAX_IMAGES:
+        raise ImageError(f"a question takes 1 to {MAX_IMAGES} images, not {len(paths)}")
+    return checked_images(paths)
+
+
 def cmd_ask(args) -> int:
     from edgemm.runtime.llm import LanguageModel, ask
     from edgemm.runtime.llm.chat import clean_text
@@ -161,6 +209,7 @@ def cmd_ask(args) -> int:
         raise EdgemmError("give a question, or --audio FILE with a spoken one (not both)")
     if args.speak:
         _speech_format(args.speak)
+    photos = _checked_images(args.image) if args.image else None
     transcript = _spoken_question(args) if args.audio else None
     question = clean_text(transcript or args.question)
     images, reply = [], None
@@ -179,7 +228,7 @@ def cmd_ask(args) -> int:
         router = ImageQuestion.load(
             args.model, args.vision_model, threads=args.threads, context=args.context, ocr=not args.no_ocr
         )
-        answer = router.ask(question, args.image, options, system=args.system)
+        answer = router.ask(question, photos, options, system=args.system)
         generation, name, images = answer.generation, router.model_name, answer.facts
     else:
         lm = LanguageModel.load(args.model, threads=args.threads, context=args.context)
@@ -271,6 +320,9 @@ def cmd_chat(args) -> int:
         log.debug("%s", generation.stats.to_dict())
 
 
+CONTEXT_HELP = f"context window in tokens (default: 2048; the pi profile's: {PROFILES['pi'].context})"
+
+
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system prompt (default: brief factual answers; '' = the template's)")
     p.add_argument("--model", type=Path, default=None, help="llm bundle folder (default: the built default preset)")
@@ -281,7 +333,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
-    p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
+    p.add_argument("--context", type=_context, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
 
 
@@ -298,9 +350,10 @@ def cmd_models(args) -> int:
             mark = "*" if row["default"] else " "
             size = f"{row['megabytes']:7.0f} MB" if row["built"] else "  not built"
             print(f" {mark} {row['name']:38} {size}  {row.get('quality') or row['about']}")
-            if row.get("speed"):
-                print(f"   {'':38} {'':10}  {row['speed']}")
-    print("* default; build one with: edgemm export KIND --preset NAME")
+            if "speed" in row:
+                speed = row["speed"] or f"speed not measured: edgemm eval --model {row['name']}"
+                print(f"   {'':38} {'':10}  {speed}")
+    print("* default; build one with: edgemm export KIND --preset NAME; llm speed: from its last edgemm eval")
     return 0
 
 
@@ -534,8 +587,8 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = _Parser(prog="edgemm", description="On-device speech, text and image assistant.")
+    fmt = _Help
+    parser = _Parser(prog="edgemm", description="On-device speech, text and image assistant.", epilog=BUNDLES_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and timings")
     parser.add_argument(
         "--profile",
@@ -550,12 +603,17 @@ def build_parser() -> argparse.ArgumentParser:
     verbose.add_argument("--profile", choices=PROFILE_CHOICES, default=argparse.SUPPRESS, help="as edgemm --profile")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("transcribe", parents=[verbose], help="speech to text", formatter_class=fmt)
+    p = sub.add_parser("transcribe", parents=[verbose], help="speech to text", epilog=BUNDLES_HELP)
     p.add_argument("audio", type=Path, help="WAV, FLAC, OGG or MP3 file")
     p.add_argument("--model", type=Path, default=None, help="speech bundle folder (default: the built default preset)")
     p.add_argument("--beam", type=_positive_int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--language", default=None, help="language code, e.g. en (default: detect)")
-    p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+    p.add_argument(
+        "--task",
+        choices=["transcribe", "translate"],
+        default="transcribe",
+        help="translate: into English (multilingual bundles only)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object with text and segments")
     p.add_argument("--timestamps", action="store_true", help="print one line per segment with times")
     p.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
@@ -563,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_transcribe)
 
-    p = sub.add_parser("ask", parents=[verbose], help="answer one question (streams the answer)", formatter_class=fmt)
+    p = sub.add_parser("ask", parents=[verbose], help="answer one question (streams the answer)", epilog=BUNDLES_HELP)
     p.add_argument("question", nargs="?", help="the question (or --audio)")
     p.add_argument("--audio", type=Path, help="a recording of the question (transcribed with the speech bundle)")
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle for --audio (default preset)")
@@ -582,11 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_flags(p)
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("chat", parents=[verbose], help="interactive chat with memory", formatter_class=fmt)
+    p = sub.add_parser("chat", parents=[verbose], help="interactive chat with memory", epilog=BUNDLES_HELP)
     _add_generation_flags(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("listen", parents=[verbose], help="the voice (+ camera) assistant", formatter_class=fmt)
+    p = sub.add_parser("listen", parents=[verbose], help="the voice (+ camera) assistant", epilog=BUNDLES_HELP)
     p.add_argument("--mic", default=None, help="input device (index or name) or an audio file (default: system mic)")
     p.add_argument("--speaker", default=None, help="output device or a WAV file to write (default: system speaker)")
     p.add_argument("--camera", default=None, help="camera index, /dev/videoN, an image, a folder of images or a video")
@@ -605,12 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="vision bundle, or a vlm bundle that answers scene questions (default preset)",
     )
-    p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
+    p.add_argument("--context", type=_context, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser(
-        "serve", parents=[verbose], help="OpenAI-compatible server + web assistant (serve extra)", formatter_class=fmt
+        "serve", parents=[verbose], help="OpenAI-compatible server + web assistant (serve extra)", epilog=BUNDLES_HELP
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback: set --api-key)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one, printed at start)")
@@ -643,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds a live transcription (/v1/audio/live) may send nothing before it is closed",
     )
-    p.add_argument("--context", type=_positive_int, default=None, help="context window in tokens (default 2048)")
+    p.add_argument("--context", type=_context, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_serve)
 
@@ -798,7 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="judged",
         help="assistant: end questions where the LLM judges them complete (the default), or after a fixed silence",
     )
-    p.add_argument("--threads", type=_threads, default=2)
+    p.add_argument("--threads", type=_threads, default=2, help="CPU threads")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench)
 
@@ -828,7 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=None, help="at most this many questions per category")
     p.add_argument("--questions", type=Path, default=None, help="question file (default: bench/eval_questions.json)")
     p.add_argument("--max-tokens", type=_positive_int, default=MAX_TOKENS, help="most new tokens per answer (greedy)")
-    p.add_argument("--threads", type=_threads, default=2)
+    p.add_argument("--threads", type=_threads, default=2, help="CPU threads")
     p.add_argument("--write", type=Path, metavar="MD", help="also write the report, every answer included (markdown)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_eval)

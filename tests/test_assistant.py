@@ -1,5 +1,6 @@
 """The whole assistant loop on file-backed devices: spoken questions, a photo as the camera, a WAV as the speaker."""
 
+import logging
 import subprocess
 import sys
 
@@ -99,12 +100,13 @@ def test_spoken_question_about_the_camera(parts, tmp_path):
     assert wer([turn.answer], [back]) <= 0.35, (turn.answer, back)
 
 
-def test_barge_in_and_memory(parts, tmp_path):
+def test_barge_in_and_memory(parts, tmp_path, caplog):
     from edgemm.device.audio import FileMicrophone, WavSpeaker
 
     # The second question starts 1 s after the first ends: while the first answer is still being spoken.
     audio = np.concatenate([parts["say"]("Tell me about cats."), _silence(1.0), parts["say"](FOLLOW_UP), _silence(2)])
     sf.write(tmp_path / "mic.wav", audio, RATE)
+    caplog.set_level(logging.INFO, logger="edgemm")
     with FileMicrophone(tmp_path / "mic.wav") as mic, WavSpeaker(tmp_path / "out.wav") as speaker:
         assistant = _assistant(parts)
         turns = _turns(assistant.run(mic, speaker))
@@ -112,6 +114,18 @@ def test_barge_in_and_memory(parts, tmp_path):
     assert turns[0].interrupted and not turns[1].interrupted
     assert "paris" in turns[1].answer.lower()
     assert len(assistant.chat.turns) == 2  # both turns are in the conversation's memory
+    # The file speaker holds the whole first answer: nothing was cut, and nothing says so.
+    assert "the answer is cut" not in caplog.text
+
+    class Playing:  # a sound card still playing the answer
+        busy, stopped = True, False
+
+        def stop(self):
+            self.stopped = True
+
+    playing = Playing()
+    assistant._barge_in(playing)
+    assert playing.stopped and "the answer is cut" in caplog.text
 
 
 def test_long_silence_gives_no_turn(parts, tmp_path):

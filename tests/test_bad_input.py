@@ -1,5 +1,6 @@
 """Bad audio and damaged bundles: one clear error (never a traceback), or correct output."""
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,16 @@ def test_truncated_wav_reads_what_is_there(tmp_path):
     assert 15000 < len(samples) <= 16000
 
 
+@pytest.mark.parametrize("peak, warned", [(1.0004, False), (1.1, False), (1.5, True), (400.0, True)])
+def test_only_a_real_overshoot_of_full_scale_is_warned_about(tmp_path, caplog, peak, warned):
+    """An MP3's inter-sample peak (1.0004) is scaled back silently; a recording far too loud, with a warning."""
+    sf.write(tmp_path / "hot.wav", _sine(16000) * 2 * peak, 16000, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING, logger="edgemm"):
+        samples = load_audio(tmp_path / "hot.wav")
+    assert abs(np.abs(samples).max() - 1.0) < 1e-6
+    assert ("full scale" in caplog.text) == warned, caplog.text
+
+
 def test_missing_and_nan():
     with pytest.raises(AudioError, match="not found"):
         load_audio("/no/such/file.wav")
@@ -121,7 +132,8 @@ def test_truncated_and_missing_files_are_refused(bundle_copy):
 
 
 def test_missing_bundle_names_the_fix(tmp_path):
-    out = _cli("transcribe", "x.wav", "--model", tmp_path / "nothing")
+    sf.write(tmp_path / "x.wav", _sine(16000), 16000)  # readable: the audio is checked before the bundle
+    out = _cli("transcribe", tmp_path / "x.wav", "--model", tmp_path / "nothing")
     assert out.returncode == 2 and "manifest.json is missing" in out.stderr
 
 

@@ -1,5 +1,7 @@
 """Bad command-line values give one line and exit status 2, never a traceback."""
 
+import io
+import os
 import subprocess
 import sys
 
@@ -9,16 +11,16 @@ from edgemm.runtime import tts
 from edgemm.runtime.cli import build_parser
 
 
-def _cli(*args):
+def _cli(*args, env=None):
     cmd = [sys.executable, "-m", "edgemm.runtime.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=env)
 
 
 def _one_line_error(out):
     """The error line (argparse prints its usage lines before it)."""
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and lines and "Traceback" not in out.stderr, out.stderr
-    assert lines[-1].startswith(("edgemm: error:", "edgemm listen: error:")), out.stderr
+    assert lines[-1].startswith(("edgemm: error:", "edgemm ask: error:", "edgemm listen: error:")), out.stderr
     return lines[-1]
 
 
@@ -45,3 +47,67 @@ def test_verbose_after_the_subcommand():
     parser = build_parser()
     assert parser.parse_args(["listen", "-v"]).verbose and parser.parse_args(["-v", "listen"]).verbose
     assert not parser.parse_args(["listen"]).verbose
+
+
+def _subparsers(parser):
+    """Every (sub)command's parser under ``parser``, ``parser`` first."""
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _subparsers(sub)
+
+
+def test_every_option_says_its_default_once():
+    import re
+
+    from edgemm.runtime.llm.model import DEFAULT_CONTEXT
+
+    for parser in _subparsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.help:
+                continue
+            text = formatter._expand_help(action)
+            where = (parser.prog, action.option_strings or action.dest, text)
+            assert len(re.findall(r"\(default[: ]|\bdefault:", text)) <= 1, where
+            assert not re.search(r"\(default: (None|False|\[\])\)", text), where
+            if "--context" in action.option_strings:
+                assert f"(default: {DEFAULT_CONTEXT};" in text, where
+
+
+@pytest.mark.parametrize("command", [(), ("listen",), ("ask",), ("transcribe",), ("serve",)])
+def test_help_says_where_the_models_come_from(command):
+    out = _cli(*command, "--help")
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0 and "$EDGEMM_MODELS" in text and "~/.cache/edgemm/models" in text, out.stdout
+    assert all(way in text for way in ("edgemm pull", "edgemm bundle install", "make setup")), out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (("ask", "--image", "{d}/text.png", "What is this?"), "{d}/text.png: not an image"),
+        (("ask", "--image", "{d}/cut.jpg", "What is this?"), "{d}/cut.jpg: the image is truncated or damaged"),
+        (("ask", "--context", "10", "Tell me a story."), "the context window must be >= 16 tokens, got 10"),
+        (("listen", "--context", "10"), "the context window must be >= 16 tokens, got 10"),
+        (("transcribe", "{d}/noise.wav"), "cannot decode {d}/noise.wav as audio"),
+        (("ask", "--audio", "{d}/noise.wav"), "cannot decode {d}/noise.wav as audio"),
+    ],
+    ids=["image", "truncated-image", "context", "listen-context", "audio", "spoken-question"],
+)
+def test_bad_inputs_are_refused_before_any_model_loads(tmp_path, args, error):
+    """With no bundle at all the error is still the input's: it was checked first."""
+    from PIL import Image
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "text.png").write_text("not an image\n")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (640, 480), (200, 120, 40)).save(jpeg, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (tmp_path / "noise.wav").write_bytes(bytes(range(256)) * 16)
+    out = _cli(*(a.format(d=tmp_path) for a in args), env={**os.environ, "EDGEMM_MODELS": str(tmp_path / "models")})
+    line = _one_line_error(out)
+    assert error.format(d=tmp_path) in line and "bundle" not in line, line

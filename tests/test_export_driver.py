@@ -198,3 +198,50 @@ def test_cli_prints_one_error_line(tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("edgemm: error: ") and "missing.gguf" in err
     assert not (tmp_path / "out").exists()
+
+
+def _tiny_classifier(path: Path) -> None:
+    """A classifier graph shaped as the MobileNet export's (pixel_values -> logits), a few weights only."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.normal(0, 0.1, (4, 3, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (5, 4)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(5, np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["pixel_values", "conv_w"], ["conv"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
+        weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_calibration_prints_nothing_unless_verbose(tmp_path, capfd, caplog, verbose):
+    """onnxruntime's calibration prints its progress ("Collecting tensor data and making histogram ..."): not
+    among the step lines of an export, only with edgemm -v."""
+    pytest.importorskip("torch")
+    pytest.importorskip("skimage")
+    from edgemm.export import mobilenet
+
+    job = ExportJob("vision", "packaged:mobilenet_v2", "int8", tmp_path / "out", False, tmp_path / "work")
+    job.fp32.mkdir(parents=True)
+    _tiny_classifier(job.fp32 / "classifier.onnx")
+    caplog.set_level(logging.DEBUG if verbose else logging.INFO, logger="edgemm")
+    assert mobilenet.quantize(job).startswith("calibrated on")
+    assert (job.work / "classifier.onnx").exists()
+    printed = capfd.readouterr().out
+    assert ("histogram" in printed) == verbose, printed

@@ -62,3 +62,18 @@ def test_speed_comes_from_the_bundles_last_eval(tmp_path):
 
     (bundle / "manifest.json").write_text(json.dumps({"files": {}}))  # rebuilt: the old result no longer applies
     assert all(not row.get("speed") for row in catalogue(tmp_path))
+    # The speed column is still there, saying how to fill it.
+    assert "speed not measured: edgemm eval --model smollm2-135m-instruct-int4" in _run(env_models=tmp_path).stdout
+
+
+def test_what_a_preset_says_of_being_the_default_is_true():
+    """An `about` that calls its preset the default names the profiles that choose it, unless all of them do."""
+    from edgemm.runtime.profiles import PROFILES
+
+    for kind, table in presets().items():
+        for name, preset in table["presets"].items():
+            if "default" not in preset["about"]:
+                continue
+            choosing = {p for p, profile in PROFILES.items() if profile.presets.get(kind, table["default"]) == name}
+            named = {p for p in PROFILES if f"{p} profile" in preset["about"]}
+            assert named <= choosing and (named or choosing == set(PROFILES)), (name, preset["about"], choosing)

@@ -166,6 +166,7 @@ def test_transcription_formats(client, clips, fmt):
         text = result.text
         assert result.language == "en" and abs(result.duration - 7.1) < 0.05
         assert result.segments and 0 <= result.segments[0].start < result.segments[-1].end <= 7.1
+        assert all(0.5 < s.compression_ratio < 2.4 for s in result.segments), result.segments
     else:
         assert isinstance(result, str)
         if fmt == "text":
@@ -178,6 +179,16 @@ def test_transcription_formats(client, clips, fmt):
             text = " ".join(line for line in lines if line and "-->" not in line and line not in ("1", "WEBVTT"))
             text = " ".join(t for t in text.split() if not t.isdigit() or len(t) > 2)
     assert wer([clip.text], [text]) <= 0.1, text
+
+
+def test_verbose_json_gives_each_segments_own_numbers():
+    from edgemm.runtime.server.openai import transcription_body
+    from edgemm.runtime.speech.transcribe import Segment, Transcription
+
+    segment = Segment(0.0, 2.0, " Hello.", [50364, 2425, 50464], -0.2, 0.01, compression_ratio=0.83, temperature=0.2)
+    body, _ = transcription_body(Transcription("Hello.", [segment], "en", 2.0), "verbose_json", "transcribe")
+    expected = {"compression_ratio": 0.83, "temperature": 0.2, "avg_logprob": -0.2, "no_speech_prob": 0.01}
+    assert {k: body["segments"][0][k] for k in expected} == expected
 
 
 def test_transcription_prompt_is_used(client, clips):

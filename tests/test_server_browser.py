@@ -5,6 +5,7 @@ and typed questions still work."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
@@ -175,6 +176,8 @@ def test_a_timer_set_on_the_page_rings_on_the_page(server):
         driver.find_element(By.CSS_SELECTOR, "#ask button").click()
         turns = _wait(lambda: [t for t in _turns(driver) if t["latency"]], 60, "the timer's acknowledgement")
         assert turns[0]["answer"] == "Timer set for 2 seconds."
+        # Each latency under its name: "server total 12 ms", not "server s 12 ms".
+        assert "server total" in turns[0]["latency"] and not re.search(r"_| s \d", turns[0]["latency"]), turns[0]
         set_at = time.monotonic()
         rung = _wait(
             lambda: [t for t in _turns(driver) if "timer is done" in t["answer"]], 15, "the timer's announcement"

@@ -9,7 +9,7 @@ import pytest
 
 from edgemm.bench.wer import wer
 from edgemm.runtime.speech.decoding import DecodingOptions, log_softmax
-from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber
+from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber, compression_ratio
 from tests.conftest import teacher_forced_logits
 
 pytestmark = pytest.mark.slow
@@ -80,6 +80,12 @@ def test_segments_have_timestamps(transcriber, speech_clip):
     assert wer([reference], [result.text]) <= SINGLE_CLIP_WER
     assert result.segments and result.segments[0].start < 1.0
     assert 0 < result.segments[-1].end <= len(samples) / 16000 + 0.02
+    # Whisper's numbers of the window each segment comes from (one window here): the zlib compression ratio of its
+    # text, the temperature it was decoded at.
+    assert len(samples) < 30 * 16000
+    for segment in result.segments:
+        assert segment.compression_ratio == pytest.approx(compression_ratio(result.text), rel=1e-6)
+        assert 0.5 < segment.compression_ratio < 2.4 and segment.temperature == 0.0
 
 
 @pytest.mark.parametrize("kind", ["silence", "noise"])

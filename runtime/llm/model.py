@@ -28,6 +28,7 @@ from edgemm.runtime.sessions import create_session
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 2048  # tokens; the KV cache for SmolLM2-135M at 2048 is 94 MB
+MIN_CONTEXT = 16  # tokens: a window any chat template's prompt fits in
 FIRST_CAPACITY = 256
 
 
@@ -138,9 +139,14 @@ class LanguageModel:
 
     def __init__(self, bundle: Bundle, threads: int | None = None, context: int | None = None):
         m = bundle.manifest
-        check_memory_for(*bundle.graph_files())
         self.bundle = bundle
         self.config = LLMConfig.from_manifest(m["model"])
+        limit = self.config.max_positions
+        if context is None:  # the machine profile's window (a smaller KV cache on small boards), else the default
+            self.context = min(active_profile().context or DEFAULT_CONTEXT, limit)
+        else:  # checked before the graphs load
+            self.context = check_int(context, "context", MIN_CONTEXT, limit)
+        check_memory_for(*bundle.graph_files())
         graphs = m["graphs"]
         self.embed_session = create_session(bundle.file(graphs["embed"]), threads=1)
         self.decoder = create_session(bundle.file(graphs["decoder"]), threads, spinning=True)
@@ -148,11 +154,6 @@ class LanguageModel:
         self.chat_template = bundle.text(m["chat_template"])
         self.special = m["special_tokens"]
         self.eos_ids = set(self.special["eos_token_ids"])
-        limit = self.config.max_positions
-        if context is None:  # the machine profile's window (a smaller KV cache on small boards), else the default
-            self.context = min(active_profile().context or DEFAULT_CONTEXT, limit)
-        else:
-            self.context = check_int(context, "context", 16, limit)
         self._mask = np.ones((1, self.context), np.int64)  # read only: shared by every cache
 
     @classmethod

@@ -478,7 +478,7 @@ class Server:
         if synthesizer is None:
             raise APIError(
                 404,
-                "this server has no voice (install the tts extra and a Piper voice)",
+                f"this server has no voice ({self.models.why_no_voice})",
                 "not_found_error",
                 code="model_not_found",
             )

@@ -91,6 +91,7 @@ class ServerModels:
     images: object | None = None  # ImageQuestion
     synthesizer: object | None = None  # tts.Synthesizer
     max_queue: int = 8
+    why_no_voice: str = "install the tts extra and a Piper voice"  # what /v1/audio/speech says without a synthesizer
     workers: dict = field(default_factory=dict)
     cache_pool: CachePool | None = None
     _sessions: dict = field(default_factory=dict)  # (owner, session) -> (Assistant, last used), oldest first
@@ -127,7 +128,8 @@ class ServerModels:
         transcriber = Transcriber.load(speech_model, threads=threads) if speech else None
         images = ImageQuestion.load(vision_model=vision_model, threads=threads, lm=lm) if vision else None
         synthesizer = tts.optional_synthesizer(threads, without="/v1/audio/speech is off") if voice else None
-        return cls(lm, transcriber, images, synthesizer, max_queue=max_queue)
+        why = cls.why_no_voice if voice else "speech output was turned off by --no-tts"
+        return cls(lm, transcriber, images, synthesizer, max_queue=max_queue, why_no_voice=why)
 
     def names(self) -> dict[str, str]:
         """Model id -> what it does, for /v1/models."""

@@ -439,9 +439,9 @@ def transcription_body(result, response_format: str, task: str) -> tuple[str | d
             "end": s.end,
             "text": s.text,
             "tokens": list(s.tokens),
-            "temperature": 0.0,
+            "temperature": s.temperature,
             "avg_logprob": s.avg_logprob,
-            "compression_ratio": 0.0,
+            "compression_ratio": s.compression_ratio,
             "no_speech_prob": s.no_speech_prob,
         }
         for i, s in enumerate(result.segments)

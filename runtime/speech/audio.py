@@ -41,6 +41,10 @@ _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.
 # peak of 1: Whisper's log-mel features are absolute, and at such levels it invents text ("And I'm just going to do
 # this for you." three times). Integer PCM cannot go past full scale.
 FULL_SCALE = 1.0
+# Only a peak more than 1 dB over full scale is worth a warning. Lossy decoders (MP3, Opus) and band-limited
+# resampling overshoot full-scale material by less than that (inter-sample peaks: the reason EBU R128 keeps true
+# peaks 1 dB under full scale); such a peak is scaled back all the same, silently.
+LOUD_PEAK = 10 ** (1 / 20)
 # Frames decoded at a time: 16 s at 16 kHz, 5 s at 48 kHz, tens of milliseconds of work between cancellation checks.
 DECODE_BLOCK = 1 << 18
 RESAMPLE_BLOCK = 1 << 20  # input samples resampled at a time (the same output as one call)
@@ -159,7 +163,11 @@ def load_audio(
         raise AudioError("the audio contains NaN or infinite samples")
     peak = max(-low, high)
     if peak > FULL_SCALE:
-        log.warning("the audio peaks at %.1f times full scale: scaled back to full scale", peak)
+        log.log(
+            logging.WARNING if peak > LOUD_PEAK else logging.DEBUG,
+            "the audio peaks at %.3g times full scale: scaled back to full scale",
+            peak,
+        )
         samples = samples / peak
     if rate != target_rate:
         log.debug("resampling %d Hz -> %d Hz", rate, target_rate)

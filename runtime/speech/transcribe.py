@@ -85,6 +85,10 @@ class Segment:
     tokens: list[int] = field(repr=False)
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+    # Of its window's decoded text, as Whisper gives them: how well that text compresses (zlib; a repetitive
+    # hallucination compresses well), and the temperature the fallback decoded it at.
+    compression_ratio: float = 0.0
+    temperature: float = 0.0
 
 
 @dataclass
@@ -245,6 +249,7 @@ class Transcriber:
         is_ts = [t >= ts for t in toks]
         cuts = [i for i in range(1, len(toks)) if is_ts[i] and is_ts[i - 1]]
         single_ending = len(toks) >= 2 and not is_ts[-2] and is_ts[-1]
+        ratio = compression_ratio(self.tokenizer.decode(toks).strip())
 
         def segment(start, end, piece):
             return Segment(
@@ -254,6 +259,8 @@ class Transcriber:
                 piece,
                 result.avg_logprob,
                 result.no_speech_prob,
+                ratio,
+                result.temperature,
             )
 
         if cuts:

@@ -209,6 +209,15 @@ def load_image(
     return _decode(_open(source, max_pixels), max_side)
 
 
+def checked_images(sources: list, max_side: int = 64) -> list:
+    """``sources`` checked as :func:`load_images` reads them, but quickly (decoded at ``max_side`` pixels a side), so
+    that a bad one is refused before slow work starts; returned as they can be read again: a pipe's or device's
+    bytes in place of its path."""
+    sources = [_read_path(Path(s).expanduser()) if isinstance(s, (str, Path)) else s for s in sources]
+    load_images(sources, max_side=max_side)
+    return sources
+
+
 def load_images(sources: list, max_side: int | None = None, max_pixels: int = MAX_REQUEST_PIXELS) -> list[Image.Image]:
     """The images of one request as :func:`load_image` gives them. All are opened first and refused together when
     their pixels add up to more than ``max_pixels``, before any is decoded; then they are decoded one at a time,
