@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from edgemm.runtime import hub
 from edgemm.runtime.bundle import MANIFEST, default_bundle, file_entry, open_bundle, sha256_of
@@ -154,8 +155,10 @@ def test_a_preset_name_works_where_a_folder_does(vision_bundle, tmp_path, monkey
     """`--model NAME` (the name `edgemm models` lists) opens that bundle in the models folder."""
     monkeypatch.chdir(tmp_path)  # no folder of that name here
     assert open_bundle(vision_bundle.name, "vision").path == vision_bundle
+    sf.write(tmp_path / "x.wav", np.zeros(16000, np.float32), 16000)  # readable audio: the bundle is the point
     out = subprocess.run(
         [sys.executable, "-m", "edgemm.runtime.cli", "transcribe", "x.wav", "--model", "whisper-tiny.en-fp32"],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         env={**os.environ, "EDGEMM_MODELS": str(tmp_path)},
