@@ -737,7 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", parents=[verbose], help="build a model bundle (needs the export extra)", formatter_class=fmt
     )
-    p.add_argument("component", choices=["speech", "llm", "vision", "vlm", "voice"], help="which model to export")
+    p.add_argument(
+        "component", choices=["speech", "llm", "vision", "vlm", "voice", "wake"], help="which model to export"
+    )
     p.add_argument(
         "--preset", help="a preset from models/presets.json (gives source and quant; out: $EDGEMM_MODELS/NAME)"
     )
