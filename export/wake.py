@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 
 PACKAGED = {"wyoming-openwakeword": ("wyoming_openwakeword", "models")}
 FEATURE_MODELS = {"melspectrogram": "melspectrogram.tflite", "embedding": "embedding_model.tflite"}
-# word -> (TFLite file, what is said). Thresholds: the lowest score at which the word reaches its measured false
-# accept target on real speech (`edgemm bench wake`, docs/BENCHMARKS.md).
+# word -> (TFLite file, what is said).
 WORDS = {
     "ok_nabu": ("ok_nabu_v0.1.tflite", "okay nabu"),
     "hey_jarvis": ("hey_jarvis_v0.1.tflite", "hey jarvis"),
@@ -36,7 +35,10 @@ WORDS = {
     "hey_mycroft": ("hey_mycroft_v0.1.tflite", "hey mycroft"),
     "hey_rhasspy": ("hey_rhasspy_v0.1.tflite", "hey rhasspy"),
 }
-THRESHOLDS = {"ok_nabu": 0.5, "hey_jarvis": 0.5, "alexa": 0.5, "hey_mycroft": 0.5, "hey_rhasspy": 0.5}
+# Per word: the highest score at which `edgemm bench wake` still detects >= 95% of its spoken phrases with no false
+# accept in 14 min of speech (docs/BENCHMARKS.md). Only hey_jarvis reaches that (0.30: 95.3%); the others keep
+# openWakeWord's 0.5, where none of them reaches 95% on espeak-ng's voices.
+THRESHOLDS = {"ok_nabu": 0.5, "hey_jarvis": 0.3, "alexa": 0.5, "hey_mycroft": 0.5, "hey_rhasspy": 0.5}
 LICENSE = "openWakeWord models by David Scripka: CC BY-NC-SA 4.0 (non-commercial)"
 PARITY_LIMIT = 1e-4  # max abs difference of a word's score, ONNX vs TFLite, on any chunk
 PARITY_CLIPS = 11  # real recordings the parity runs on (bench/clips.py's dev clips: LibriVox, cards, beckett)

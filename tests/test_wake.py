@@ -152,3 +152,14 @@ def test_a_tampered_bundle_is_refused(bundle, tmp_path):
     (copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"words.alexa.threshold is 7"):
         WakeWord.load(copy)
+
+
+def test_bench_counts_detections_as_the_runtime_reports_them():
+    from edgemm.bench.wake import THRESHOLDS, choose, events
+
+    scores = np.zeros(100, np.float32)
+    scores[[10, 11, 12, 30, 60]] = 0.9  # 10-12: one event; 30: 20 chunks (1.6 s) later, still refractory; 60: new
+    assert events(scores, 0.5) == 2 and events(scores, 0.95) == 0
+    detection = [1.0 if t <= 0.6 else 0.5 for t in THRESHOLDS]
+    assert choose(detection, [0.0] * len(THRESHOLDS)) == 0.6
+    assert choose(detection, [5.0] * len(THRESHOLDS)) == 0.5  # nothing meets the target: openWakeWord's default
