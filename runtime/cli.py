@@ -567,6 +567,10 @@ def cmd_bench(args) -> int:
         from edgemm.bench.live import run_bench_live
 
         return run_bench_live(args)
+    if args.target == "wake":
+        from edgemm.bench.wake import run_bench_wake
+
+        return run_bench_wake(args)
     if args.target == "bundle":
         from edgemm.bench.bundles import run_bench_bundle
 
@@ -737,7 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", parents=[verbose], help="build a model bundle (needs the export extra)", formatter_class=fmt
     )
-    p.add_argument("component", choices=["speech", "llm", "vision", "vlm", "voice"], help="which model to export")
+    p.add_argument(
+        "component", choices=["speech", "llm", "vision", "vlm", "voice", "wake"], help="which model to export"
+    )
     p.add_argument(
         "--preset", help="a preset from models/presets.json (gives source and quant; out: $EDGEMM_MODELS/NAME)"
     )
@@ -816,9 +822,15 @@ def build_parser() -> argparse.ArgumentParser:
             "tools",
             "bundle",
             "live",
+            "wake",
         ],
     )
-    p.add_argument("--minutes", type=_positive_seconds, default=10.0, help="live: minutes of audio per stream")
+    p.add_argument(
+        "--minutes",
+        type=_positive_seconds,
+        default=10.0,
+        help="live: minutes of audio per stream; wake: of synthetic negative speech",
+    )
     p.add_argument("--speed", type=_positive_seconds, default=1.0, help="live: times faster than real time")
     p.add_argument("--megabytes", type=_positive_int, default=2000, help="bundle: the size of the bundle installed")
     p.add_argument("--scratch", type=Path, default=None, help="bundle: the folder to work in (default: the temp one)")
@@ -827,7 +839,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="our bundle (default: the speech preset; llm: SmolLM2-135M int4, the default peers' model; "
-        "assistant, endpoint, skills: its llm)",
+        "assistant, endpoint, skills: its llm; wake: the wake preset)",
     )
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
     p.add_argument(
