@@ -513,7 +513,7 @@ def folders(tmp_path_factory):
     for folder in (work / "photos", home, models):
         folder.mkdir(parents=True)
     pi_llm = default_bundle("llm").parent / PROFILES["pi"].presets["llm"]  # the README's Raspberry Pi commands
-    for bundle in [default_bundle(kind) for kind in ("speech", "llm", "vision", "voice")] + [pi_llm]:
+    for bundle in [default_bundle(kind) for kind in ("speech", "llm", "vision", "voice", "wake")] + [pi_llm]:
         if not (bundle / "manifest.json").exists():
             pytest.skip(f"bundle missing: {bundle}: run `make setup`")
         shutil.copytree(bundle, models / bundle.name)
