@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from edgemm.runtime.bundle import default_bundle
+from edgemm.runtime.llm import DEFAULT_SYSTEM
 from edgemm.runtime.vision.describe import SceneDescriber, TextReader, grounded_question
 
 skdata = pytest.importorskip("skimage.data")
@@ -51,7 +52,7 @@ def test_image_question_routes_to_the_offline_path(describer, llm_bundle, monkey
     assert "cat" in answer.generation.result().lower() and answer.route == "describe"
     assert len(answer.facts) == 1 and "cat" in answer.facts[0].describe()
     prompt = router.lm.tokenizer.decode(answer.generation.prompt)
-    assert "Photo description: Objects detected: one brown cat" in prompt and "Answer briefly and factually" in prompt
+    assert "Photo description: Objects detected: one brown cat" in prompt and DEFAULT_SYSTEM in prompt
     terse = router.ask("What animal is this?", [skdata.chelsea()], options, system="Answer in one word.")
     assert "Answer in one word." in router.lm.tokenizer.decode(terse.generation.prompt)
     chat = Chat(router.lm, options=options)

@@ -41,8 +41,12 @@ log = logging.getLogger(__name__)
 KEEP_CONTROL = {"\n", "\t", "\r"}
 # The system prompt of every entry point (``edgemm ask`` / ``chat``, the server, the assistant): see system_prompt.
 # Small models answer noticeably more factually with it (SmolLM2-135M: "What is the capital of France?" -> "The
-# capital of France is Paris." instead of a list of French words).
-DEFAULT_SYSTEM = "You are a helpful assistant. Answer briefly and factually."
+# capital of France is Paris." instead of a list of French words). "Answer briefly and factually" alone made
+# Qwen2.5-Coder-0.5B refuse "Tell a story." (greedy, and at seed 1 of temperature 0.7); "friendly", "questions"
+# and the story sentence make it write one, its facts and arithmetic about the same (docs/PROMPTS.md).
+DEFAULT_SYSTEM = (
+    "You are a friendly assistant. Answer questions briefly and factually. Asked for a story, write a short one."
+)
 # KV caches a chat keeps, each holding the last prompt of one kind: with tools (their text is in the system prompt)
 # and without (a photo's answer), so that alternating kinds reuse their shared start instead of running it again.
 CACHE_SLOTS = 2
