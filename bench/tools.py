@@ -3,7 +3,8 @@
 
 For each server and each ``tool_choice`` ("required", then "auto"): how many answers named the right function with
 the right arguments, how many returned calls validate against their schema, and the median seconds per request.
-Both are greedy (temperature 0), at most 120 new tokens, with no system message (each template's own default).
+Both are greedy (temperature 0), at most 120 new tokens, with edgemm's default system prompt sent as the system
+message: the same prompt on both (without one, edgemm would add it and llama-server keep the template's own).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from edgemm.bench.serve import ServerProcess
 from edgemm.bench.toolcalls import CASES, TOOLS, right, valid
 from edgemm.runtime.errors import EdgemmError
+from edgemm.runtime.llm.chat import DEFAULT_SYSTEM
 
 CHOICES = ("required", "auto")
 
@@ -28,7 +30,7 @@ def run_set(client, choice: str) -> dict:
         start = time.perf_counter()
         reply = client.chat.completions.create(
             model="any",
-            messages=[{"role": "user", "content": question}],
+            messages=[{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": question}],
             tools=TOOLS,
             tool_choice=choice,
             max_tokens=120,

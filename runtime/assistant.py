@@ -33,7 +33,7 @@ from pathlib import Path
 
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.limits import release_memory
-from edgemm.runtime.llm import Chat, ContextError, GenerationOptions, LanguageModel, PromptError
+from edgemm.runtime.llm import Chat, ContextError, GenerationOptions, LanguageModel, PromptError, system_prompt
 from edgemm.runtime.llm.model import CacheBusyError
 from edgemm.runtime.llm.tools import CallStream, ToolCall, parse_tools
 from edgemm.runtime.skills import Clock, SkillCall, SkillError, Skills, SystemClock, Timer
@@ -170,7 +170,7 @@ class Assistant:
             raise ValueError("the speech bundle has no VAD model")
         self.transcriber, self.images, self.synthesizer = transcriber, images, synthesizer
         self.camera_mode, self.endpoint = camera_mode, endpoint or EndpointOptions()
-        self.chat = Chat(lm, options=options or GenerationOptions(max_new_tokens=96))
+        self.chat = Chat(lm, system=system_prompt(), options=options or GenerationOptions(max_new_tokens=96))
         self.speaking_until = 0.0  # microphone time when the current spoken answer ends
         self.turns: list[Turn] = []
         self._busy = threading.Lock()

@@ -142,10 +142,10 @@ def _generation_options(args):
     )
 
 
-def _system(args) -> str:
-    from edgemm.runtime.llm import DEFAULT_SYSTEM
+def _system(args) -> str | None:
+    from edgemm.runtime.llm import system_prompt
 
-    return DEFAULT_SYSTEM if args.system is None else args.system
+    return system_prompt(args.system)
 
 
 def _spoken_question(args) -> str:

@@ -6,10 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from edgemm.runtime.bundle import default_bundle
-from edgemm.runtime.vision.describe import SceneDescriber, TextReader, grounded_question
+from edgemm.runtime.llm import DEFAULT_SYSTEM
+from edgemm.runtime.vision.describe import OCR_NOT_INSTALLED, SceneDescriber, TextReader, grounded_question
 
 skdata = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def test_image_question_routes_to_the_offline_path(describer, llm_bundle, monkey
     assert "cat" in answer.generation.result().lower() and answer.route == "describe"
     assert len(answer.facts) == 1 and "cat" in answer.facts[0].describe()
     prompt = router.lm.tokenizer.decode(answer.generation.prompt)
-    assert "Photo description: Objects detected: one brown cat" in prompt and "Answer briefly and factually" in prompt
+    assert "Photo description: Objects detected: one brown cat" in prompt and DEFAULT_SYSTEM in prompt
     terse = router.ask("What animal is this?", [skdata.chelsea()], options, system="Answer in one word.")
     assert "Answer in one word." in router.lm.tokenizer.decode(terse.generation.prompt)
     chat = Chat(router.lm, options=options)
@@ -99,3 +100,28 @@ def test_answer_does_not_invent_an_animal(describer, llm_bundle, tmp_path):
 def test_extreme_image_shapes(describer, size):
     facts = describer.facts(Image.new("RGB", size, (200, 30, 30)))
     assert facts.labels and "The photo as a whole looks like" in facts.describe()
+
+
+def _sign() -> Image.Image:
+    """The README's sign.png: "OPEN 9 TO 5" in black on white."""
+    image = Image.new("RGB", (640, 240), "white")
+    ImageDraw.Draw(image).text((40, 70), "OPEN 9 TO 5", fill="black", font=ImageFont.load_default(size=72))
+    return image
+
+
+def test_a_sign_without_the_ocr_extra_is_not_made_up(llm_bundle, monkeypatch):
+    """Without the ocr extra (its packages not found, as TextReader.available() looks for them) the question about
+    the sign is told that no text could be read and why, and the answer says it cannot read it instead of making a
+    text up (it said 'The sign says "No animal found."')."""
+    from edgemm.runtime.llm import GenerationOptions
+    from edgemm.runtime.vision import ImageQuestion, ocr
+
+    monkeypatch.setattr(ocr, "installed", lambda module: False)
+    router = ImageQuestion.load(on_demand=False)
+    assert router.describer.reader is None
+    answer = router.ask("What does the sign say?", [_sign()], GenerationOptions(max_new_tokens=32))
+    assert answer.facts[0].unread == OCR_NOT_INSTALLED and answer.facts[0].text == []
+    prompt = router.lm.tokenizer.decode(answer.generation.prompt)
+    assert "No text could be read in the photo (the ocr extra is not installed)." in prompt
+    said = answer.generation.result()
+    assert "cannot read" in said.lower() and '"' not in said, said

@@ -1,6 +1,7 @@
 """The default LLM bundle (SmolLM2-135M-Instruct from the packaged GGUF) on real weights."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -8,14 +9,34 @@ import pytest
 
 from edgemm.runtime.bundle import models_dir
 from edgemm.runtime.llm.chat import ask
+from edgemm.runtime.llm.generate import GenerationOptions
 from edgemm.runtime.llm.model import LanguageModel
 
 pytestmark = pytest.mark.slow
+
+# A refusal, or a question back instead of the story ("What kind of story would you like me to tell?").
+NOT_A_STORY = re.compile(r"sorry|can't|cannot|as an ai|what kind|would you like|provide", re.IGNORECASE)
 
 
 def test_capital_of_france(llm_bundle):
     answer = ask(LanguageModel.load(llm_bundle), "What is the capital of France?").result()
     assert "Paris" in answer
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        GenerationOptions(max_new_tokens=60),
+        # The README's `edgemm ask "Tell a story." --temperature 0.7 --top-p 0.9 --seed 1 ...` (its first tokens).
+        GenerationOptions(max_new_tokens=60, temperature=0.7, top_p=0.9, seed=1, stop=("THE END",)),
+    ],
+    ids=["greedy", "readme"],
+)
+def test_a_story_is_told_under_the_default_system_prompt(llm_bundle, options):
+    """Under "Answer briefly and factually." alone Qwen2.5-Coder-0.5B refused ('I'm sorry, but I can't assist
+    with that.')."""
+    story = ask(LanguageModel.load(llm_bundle), "Tell a story.", options).result()
+    assert len(story.split()) >= 30 and not NOT_A_STORY.search(story), story
 
 
 def test_cli_ask_json_answers(llm_bundle):
@@ -80,7 +101,9 @@ def test_anticipated_words_read_complete_or_not_and_prefill_the_answer(llm_bundl
 
     chat = Chat(LanguageModel.load(llm_bundle, threads=2), options=GenerationOptions(max_new_tokens=8))
     start = chat.anticipate("What is the capital of")
-    assert chat.anticipate("What is the capital of?") == pytest.approx(start, rel=0.05)  # Whisper writes "of?"
+    # Whisper writes "of?". Read again from the cache, a probability this small moves by up to ~10% (the int8
+    # activations), far below the 0.05 that matters: 3.4e-5 then 3.7e-5 under the default system prompt.
+    assert chat.anticipate("What is the capital of?") == pytest.approx(start, rel=0.05, abs=1e-3)
     whole = chat.anticipate("What is the capital of France")
     assert start < 0.05 < 0.3 < whole <= 1.0, (start, whole)
     with pytest.raises(PromptError, match="the prompt is empty"):

@@ -230,7 +230,9 @@ def _answered(r: Ran) -> None:
 
 
 def _story(r: Ran) -> None:
+    """A story: not a refusal, nor a question back ("What kind of story would you like me to tell?")."""
     assert len(r.stdout.split()) >= 20 and "THE END" not in r.stdout, r.stdout
+    assert not re.search(r"sorry|can't|cannot|as an ai|what kind|would you like|provide", r.stdout, re.I), r.stdout
 
 
 def _sign_and_shop(r: Ran) -> None:

@@ -8,6 +8,8 @@ import base64
 import http.client
 import io
 import json
+import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -68,6 +70,26 @@ def test_chat_answers_paris(client):
     assert choice.finish_reason == "stop" and choice.message.role == "assistant"
     assert reply.usage.completion_tokens > 0 and reply.usage.prompt_tokens > 5
     assert reply.model == default_bundle("llm").name
+
+
+def test_the_server_and_the_cli_share_one_system_prompt(client):
+    """One question, greedy: the server without a system message and `edgemm ask` get the same prompt and the same
+    answer (the server kept the template's own: "the Yangtze River, the Yangtze River, and the Yangtze River"); a
+    client's own system message replaces ours."""
+    from edgemm.runtime.llm import Chat, LanguageModel
+
+    question = [{"role": "user", "content": "Name three rivers."}]
+    served = client.chat.completions.create(model="x", messages=question, max_tokens=32)
+    cli = [sys.executable, "-m", "edgemm.runtime.cli", "ask", "Name three rivers.", "--max-tokens", "32", "--json"]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    asked = json.loads(out.stdout)
+    assert served.usage.prompt_tokens == asked["prompt_tokens"]
+    assert served.choices[0].message.content.strip() == asked["answer"]
+    own = [{"role": "system", "content": "Be brief."}, *question]
+    theirs = client.chat.completions.create(model="x", messages=own, max_tokens=1)
+    chat = Chat(LanguageModel.load(default_bundle("llm"), context=256), system="Be brief.")
+    assert theirs.usage.prompt_tokens == len(chat.encode(chat.messages([], "Name three rivers.")))
 
 
 def test_chat_streams_paris_with_usage(client):

@@ -5,7 +5,7 @@ Entry points: :class:`LanguageModel` (load a bundle), :func:`ask` (one question)
 both returning a streaming :class:`Generation`.
 """
 
-from edgemm.runtime.llm.chat import DEFAULT_SYSTEM, Chat, PromptError, ask
+from edgemm.runtime.llm.chat import DEFAULT_SYSTEM, Chat, PromptError, ask, system_prompt
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
 from edgemm.runtime.llm.model import CacheBusyError, ContextError, LanguageModel
 
@@ -19,4 +19,5 @@ __all__ = [
     "LanguageModel",
     "PromptError",
     "ask",
+    "system_prompt",
 ]

@@ -39,10 +39,14 @@ from edgemm.runtime.llm.tools import Tool, call_grammar, template_messages
 log = logging.getLogger(__name__)
 
 KEEP_CONTROL = {"\n", "\t", "\r"}
-# The assistant's default instructions. Small models answer noticeably more factually with them (SmolLM2-135M:
-# "What is the capital of France?" -> "The capital of France is Paris." instead of a list of French words).
-# An empty string keeps the chat template's own default system message.
-DEFAULT_SYSTEM = "You are a helpful assistant. Answer briefly and factually."
+# The system prompt of every entry point (``edgemm ask`` / ``chat``, the server, the assistant): see system_prompt.
+# Small models answer noticeably more factually with it (SmolLM2-135M: "What is the capital of France?" -> "The
+# capital of France is Paris." instead of a list of French words). "Answer briefly and factually" alone made
+# Qwen2.5-Coder-0.5B refuse "Tell a story." (greedy, and at seed 1 of temperature 0.7); "friendly", "questions"
+# and the story sentence make it write one, its facts and arithmetic about the same (docs/PROMPTS.md).
+DEFAULT_SYSTEM = (
+    "You are a friendly assistant. Answer questions briefly and factually. Asked for a story, write a short one."
+)
 # KV caches a chat keeps, each holding the last prompt of one kind: with tools (their text is in the system prompt)
 # and without (a photo's answer), so that alternating kinds reuse their shared start instead of running it again.
 CACHE_SLOTS = 2
@@ -61,6 +65,24 @@ TEMPLATE_SECONDS = 2.0  # rendering time (templates render in milliseconds)
 
 class PromptError(EdgemmError):
     """The prompt text is unusable."""
+
+
+def system_prompt(chosen: str | None = None) -> str | None:
+    """The system message the model gets, the one policy of the CLI, the server and the assistant: ``chosen`` when
+    the user or client gave one, DEFAULT_SYSTEM when none was given (None); '' gives none, so the chat template's
+    own default applies."""
+    if chosen is None:
+        return DEFAULT_SYSTEM
+    return chosen or None
+
+
+def with_system(messages: list[dict], chosen: str | None = None) -> list[dict]:
+    """``messages`` as the model gets them: kept as they are when they hold a system message of their own (a
+    client's), else led by ``system_prompt(chosen)``."""
+    if any(m.get("role") == "system" for m in messages):
+        return messages
+    system = system_prompt(chosen)
+    return [{"role": "system", "content": system}, *messages] if system else messages
 
 
 def clean_text(text: str | bytes) -> str:

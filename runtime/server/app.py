@@ -40,7 +40,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from edgemm.runtime.errors import AudioError, BundleError, EdgemmError
 from edgemm.runtime.llm import ContextError, Generation
-from edgemm.runtime.llm.chat import ChatTemplate
+from edgemm.runtime.llm.chat import ChatTemplate, with_system
 from edgemm.runtime.llm.choose import first_tool
 from edgemm.runtime.llm.constrain import GrammarError
 from edgemm.runtime.llm.tools import CallStream, split_calls, template_messages
@@ -279,7 +279,7 @@ class Server:
         if req.images:
             answer = m.images.ask(req.question, req.images, req.options, system=req.system)
             return answer.generation, m.images.model_name
-        messages, specs = template_messages(req.messages, req.tools, m.lm.chat_template)
+        messages, specs = template_messages(with_system(req.messages), req.tools, m.lm.chat_template)
         prompt = self.template.encode(m.lm.tokenizer, messages, tools=specs)
         if len(prompt) >= m.lm.context:
             raise ContextError(

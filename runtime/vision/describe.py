@@ -3,12 +3,14 @@ grounded text that the language model answers from.
 
 The description says only what the models reported: the classifier's labels, the objects found with how many of
 each, where they are and their colours, the photo's main colours, and the text read in it. The prompt tells the model
-to answer from it alone, and to say so when it does not tell.
+to answer from it alone, and to say so when it does not tell. A question about text (a sign, what it says) is told
+outright when no text could be read, and why, so that a small model does not make the text up.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -40,6 +42,19 @@ SAME_OBJECT_IOU = 0.7
 RIVAL_MARGIN = 0.1
 CORROBORATED_SCORE = 0.3
 MAX_OBJECTS = 20  # a description names at most this many objects
+# Why no text was read in a photo, as the description says it to a question about text.
+NO_TEXT_FOUND = "no text was found"
+OCR_NOT_INSTALLED = "the ocr extra is not installed"
+OCR_OFF = "text reading is turned off"
+OCR_FAILED = "the text reader failed on this photo"
+# How a question about text is answered when no text was read (the end of the prompt's last sentence).
+UNREAD_ANSWER = ', starting with "I cannot read".'
+# A question about text: reading a sign or a label, what something says, is written or spells.
+TEXT_QUESTION = re.compile(
+    r"\b(read|reads|say|says|said|written|writing|text|words?|letters?|spell|spells|spelled|signs?|labels?|"
+    r"captions?|titles?|headlines?|printed|inscriptions?)\b",
+    re.IGNORECASE,
+)
 # Each photo is reduced to this side as soon as it is decoded: the most any model here looks at (OCR brings photos
 # within it; the classifier, the detector and the colours take a few hundred pixels). 16 photos then hold 192 MB
 # at most, where 16 of 8000x8000 held 3 GB.
@@ -133,6 +148,7 @@ class ImageFacts:
     labels: list[Label]
     text: list[str] = field(default_factory=list)  # lines read by OCR, in reading order
     ocr: bool = False  # whether OCR ran
+    unread: str = OCR_OFF  # why OCR did not run (OCR_NOT_INSTALLED, OCR_OFF, OCR_FAILED)
     objects: list[SceneObject] | None = None  # what the detector found (None: no detector ran)
     colours: list[str] = field(default_factory=list)  # the photo's main colours
 
@@ -150,10 +166,11 @@ class ImageFacts:
             parts.append(counted(label, objs))
         return f"Objects detected: {'; '.join(parts)}. Nothing else was detected."
 
-    def describe(self) -> str:
+    def describe(self, about_text: bool = False) -> str:
         """E.g. 'Objects detected: one brown cat, filling the photo. Nothing else was detected. The photo as a whole
         looks like an animal: tiger cat or tabby. There is no text in the photo.' (Without a detector: 'The photo
-        shows an animal: tiger cat or tabby. ...')"""
+        shows an animal: tiger cat or tabby. ...') ``about_text``: the question asks about text, so a photo with none
+        read says why ('No text could be read in the photo (the ocr extra is not installed).')."""
         kept = [lab for lab in self.labels if lab.score >= MIN_SCORE][:MAX_LABELS] or self.labels[:1]
         animals = [lab.name.split(",")[0] for lab in kept if lab.index in ANIMAL_CLASSES]
         things = [lab.name.split(",")[0] for lab in kept if lab.index not in ANIMAL_CLASSES]
@@ -171,6 +188,8 @@ class ImageFacts:
             text += f" Overall colours of the photo: {', '.join(self.colours)}."
         if self.text:
             text += f' Text in the photo: "{" ".join(self.text)}".'
+        elif about_text:
+            text += f" No text could be read in the photo ({NO_TEXT_FOUND if self.ocr else self.unread})."
         elif self.ocr:
             text += " There is no text in the photo."
         return text
@@ -204,16 +223,22 @@ class SceneDescriber:
     concurrently."""
 
     def __init__(
-        self, classifier: ImageClassifier, reader: TextReader | None = None, detector: ObjectDetector | None = None
+        self,
+        classifier: ImageClassifier,
+        reader: TextReader | None = None,
+        detector: ObjectDetector | None = None,
+        unread: str = OCR_OFF,
     ):
-        self.classifier, self.reader, self.detector = classifier, reader, detector
+        """``unread``: why there is no ``reader`` (OCR_NOT_INSTALLED or OCR_OFF)."""
+        self.classifier, self.reader, self.detector, self.unread = classifier, reader, detector, unread
 
     @classmethod
     def load(cls, path=None, threads: int | None = None, ocr: bool = True) -> SceneDescriber:
-        reader = TextReader(threads) if _ocr_wanted(ocr) else None
+        unread = _unread(ocr)
+        reader = TextReader(threads) if unread is None else None
         classifier = ImageClassifier.load(path, threads=threads)
         detector = ObjectDetector(classifier.bundle, threads=threads) if _has_detector(classifier.bundle) else None
-        return cls(classifier, reader, detector)
+        return cls(classifier, reader, detector, unread or OCR_OFF)
 
     def facts(self, image) -> ImageFacts:
         return self.facts_of([image])[0]
@@ -224,6 +249,7 @@ class SceneDescriber:
             lambda: self.classifier,
             (lambda: self.reader) if self.reader else None,
             (lambda: self.detector) if self.detector else None,
+            unread=self.unread,
         )
 
 
@@ -238,7 +264,8 @@ class OnDemandDescriber:
     def __init__(self, path=None, threads: int | None = None, ocr: bool = True):
         bundle = open_bundle(path, "vision")
         self.path, self.threads = bundle.path, threads
-        self.ocr, self.detector = _ocr_wanted(ocr), _has_detector(bundle)
+        self.unread, self.detector = _unread(ocr), _has_detector(bundle)
+        self.ocr = self.unread is None
         self._lock = threading.Lock()
 
     def facts(self, image) -> ImageFacts:
@@ -253,14 +280,17 @@ class OnDemandDescriber:
                 (lambda: TextReader(self.threads)) if self.ocr else None,
                 (lambda: ObjectDetector(bundle, self.threads)) if self.detector else None,
                 release=True,
+                unread=self.unread or OCR_OFF,
             )
 
 
-def describe_in_stages(images: list, classifier, reader=None, detector=None, release: bool = False):
+def describe_in_stages(
+    images: list, classifier, reader=None, detector=None, release: bool = False, unread: str = OCR_OFF
+):
     """The facts of each image, one model at a time over all of them: labels, then text, then objects. Each model
-    argument is a function that gives the model (None: that stage does not run); with ``release`` each model is
-    dropped after its stage and its memory handed back before the next one loads. A cancelled job stops between
-    images and between models."""
+    argument is a function that gives the model (None: that stage does not run; ``unread`` says why for the
+    reader); with ``release`` each model is dropped after its stage and its memory handed back before the next one
+    loads. A cancelled job stops between images and between models."""
     images = load_images(images, max_side=WORK_SIDE)
 
     def stage(get_model, work, *columns) -> list:
@@ -278,8 +308,9 @@ def describe_in_stages(images: list, classifier, reader=None, detector=None, rel
     labels = stage(classifier, lambda model, image: model.classify(image, k=5))
     texts = stage(reader, _read_text)  # None: no text was read (no OCR, or it failed)
     objects = stage(detector, lambda model, image, top: _objects(model, image, top[0]), labels)
+    unread = unread if reader is None else OCR_FAILED  # a reader that ran left None only where it failed
     return [
-        ImageFacts(top, text or [], ocr=text is not None, objects=found, colours=colour_names(image))
+        ImageFacts(top, text or [], ocr=text is not None, unread=unread, objects=found, colours=colour_names(image))
         for image, top, text, found in zip(images, labels, texts, objects, strict=True)
     ]
 
@@ -306,10 +337,14 @@ def _objects(detector: ObjectDetector, image, top_label: Label) -> list[SceneObj
     ]
 
 
-def _ocr_wanted(ocr: bool) -> bool:
-    if ocr and not TextReader.available():
+def _unread(ocr: bool) -> str | None:
+    """Why text in photos will not be read (None: it will be)."""
+    if not ocr:
+        return OCR_OFF
+    if not TextReader.available():
         log.info("OCR is not installed (pip install 'edgemm[ocr]'): text in images is not read")
-    return ocr and TextReader.available()
+        return OCR_NOT_INSTALLED
+    return None
 
 
 def _has_detector(bundle) -> bool:
@@ -321,13 +356,22 @@ def _has_detector(bundle) -> bool:
     return True
 
 
+def asks_about_text(question: str) -> bool:
+    """Whether ``question`` asks about text in the photo ("What does the sign say?", "Read the label.")."""
+    return TEXT_QUESTION.search(question) is not None
+
+
 def grounded_question(question: str, facts: list[ImageFacts]) -> str:
-    """The user turn for the language model: what the models found, then the question."""
+    """The user turn for the language model: what the models found, then the question. A question about text
+    where none was read is told so, and how to answer: told only that no text was read, Qwen2.5-Coder-0.5B still
+    answered "What does the sign say?" with 'The sign says "Motorcycle".'"""
+    about_text = asks_about_text(question)
     if len(facts) == 1:
-        found = f"Photo description: {facts[0].describe()}"
+        found = f"Photo description: {facts[0].describe(about_text)}"
     else:
-        found = "\n".join(f"Photo {i + 1} description: {f.describe()}" for i, f in enumerate(facts))
+        found = "\n".join(f"Photo {i + 1} description: {f.describe(about_text)}" for i, f in enumerate(facts))
+    unread = about_text and not any(f.text for f in facts)
     return (
         f"{found}\nQuestion about the {'photo' if len(facts) == 1 else 'photos'}: {question}\n"
-        "Answer in one short sentence using only the description."
+        f"Answer in one short sentence using only the description{UNREAD_ANSWER if unread else '.'}"
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgemm.runtime.bundle import MAX_IMAGE_SIDE, bundle_kind
 from edgemm.runtime.limits import MAX_IMAGES
-from edgemm.runtime.llm import DEFAULT_SYSTEM, Chat, Generation, GenerationOptions, LanguageModel, ask
+from edgemm.runtime.llm import Chat, Generation, GenerationOptions, LanguageModel, ask, system_prompt
 from edgemm.runtime.llm.chat import clean_text
 from edgemm.runtime.profiles import active_profile
 from edgemm.runtime.vision.describe import ImageFacts, OnDemandDescriber, SceneDescriber, grounded_question
@@ -114,5 +114,5 @@ class ImageQuestion:
         if chat is not None:
             generation = chat.send(prompt, options)
         else:
-            generation = ask(self.lm, prompt, options, system=DEFAULT_SYSTEM if system is None else system)
+            generation = ask(self.lm, prompt, options, system=system_prompt(system))
         return ImageAnswer(generation, "describe", facts)
