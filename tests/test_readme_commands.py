@@ -374,6 +374,9 @@ EXPECTED: dict[str, Expectation] = {
         stderr=("compare int8 with fp32", "wrote {models}/mobilenetv2-imagenet-int8"),
         bundle="{models}/mobilenetv2-imagenet-int8",
     ),
+    "edgemm export wake --preset openwakeword-en": Succeeds(
+        stderr=("check parity with TFLite", "wrote {models}/openwakeword-en"), bundle="{models}/openwakeword-en"
+    ),
     "edgemm export voice --preset piper-joe-int8": Succeeds(
         stderr=("round trip through speech", "wrote {models}/piper-joe-int8"),
         bundle="{models}/piper-joe-int8",
