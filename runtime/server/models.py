@@ -142,10 +142,10 @@ class ServerModels:
             names[self.synthesizer.name] = "speech"
         return names
 
-    def assistant(self, session: str, owner: str = ""):
+    def assistant(self, session: str, owner: str = "", voice: bool = True):
         """The web assistant conversation ``session`` of client ``owner`` (created on first use; beyond
         ASSISTANT_SESSIONS one is forgotten, see :func:`fair_victim`, and any idle for SESSION_IDLE_S). Its models
-        are the server's own: nothing is loaded again."""
+        are the server's own: nothing is loaded again. ``voice=False``: its answers are text only (when created)."""
         from edgemm.runtime.assistant import Assistant
 
         now = time.monotonic()
@@ -154,7 +154,8 @@ class ServerModels:
             for k in [k for k, (_, used) in self._sessions.items() if now - used > SESSION_IDLE_S]:
                 del self._sessions[k]
             entry = self._sessions.pop(key, None)
-            assistant = entry[0] if entry else Assistant(self.transcriber, self.lm, self.images, self.synthesizer)
+            synthesizer = self.synthesizer if voice else None
+            assistant = entry[0] if entry else Assistant(self.transcriber, self.lm, self.images, synthesizer)
             if len(self._sessions) >= ASSISTANT_SESSIONS:
                 keys = list(self._sessions)  # least recently used first
                 del self._sessions[keys[fair_victim([o for o, _ in keys])]]
