@@ -1,4 +1,4 @@
-"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``listen``, ``serve``, ``export``, ``bench``,
+"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``listen``, ``serve``, ``wyoming``, ``export``, ``bench``,
 ``eval``.
 
 Every user error prints one line (``edgemm: error: ...``) and exits with status 2; never a traceback.
@@ -708,6 +708,10 @@ def build_parser() -> argparse.ArgumentParser:
     from edgemm.runtime import bundle_cli
 
     bundle_cli.register(sub, [verbose], fmt)
+
+    from edgemm.runtime.wyoming import cli as wyoming_cli
+
+    wyoming_cli.register(sub, [verbose], fmt)
 
     p = sub.add_parser(
         "models", parents=[verbose], help="presets, and size and quality of those built", formatter_class=fmt
