@@ -1,0 +1,177 @@
+"""Wyoming clients and servers for tests and ``edgemm bench wyoming``: ``edgemm wyoming`` (or a peer) as a live
+process on a free port, and the requests Home Assistant sends, through the ``wyoming`` package's own client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgemm.runtime.errors import EdgemmError
+
+START_TIMEOUT_S = 180
+READ_TIMEOUT_S = 120.0
+CHUNK_SAMPLES = 1024  # samples per audio-chunk, as Home Assistant sends them
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WyomingProcess:
+    """A Wyoming server in a subprocess (default: ``edgemm wyoming ARGS``) on a free port: ``port``, ``pid``,
+    ``stop()``. ``command``: another server's command line, its port given as ``{port}``; it is ready once it
+    accepts connections."""
+
+    def __init__(self, *args: str, command: list[str] | None = None, env: dict | None = None):
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="wyoming-", suffix=".log", delete=False)
+        uri = f"tcp://127.0.0.1:{self.port}"
+        command = [c.format(port=self.port, uri=uri) for c in command] if command else None
+        command = command or [sys.executable, "-m", "edgemm.runtime.cli", "wyoming", "--uri", uri, *args]
+        self.proc = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or os.environ.copy()
+        )
+        self.pid = self.proc.pid
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EdgemmError(f"the Wyoming server exited ({self.proc.returncode}): {self.output()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise EdgemmError(f"the Wyoming server did not start in {START_TIMEOUT_S} s")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        os.unlink(self.log.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def pcm(samples: np.ndarray, width: int = 2, channels: int = 1) -> bytes:
+    """Float mono samples as PCM of ``width`` bytes (8-bit unsigned), the same signal on each of ``channels``."""
+    x = np.clip(samples, -1.0, 1.0)
+    if width == 1:
+        ints = np.round(x * 127 + 128).astype(np.uint8)
+    else:
+        ints = np.round(x * (2 ** (8 * width - 1) - 1)).astype(f"<i{width}")
+    return np.repeat(ints[:, None], channels, axis=1).tobytes()
+
+
+@dataclass
+class Reply:
+    events: list = field(default_factory=list)  # every event received, in order
+    seconds: list = field(default_factory=list)  # when each came: seconds after the request's last event was sent
+
+    def of(self, kind: str) -> list:
+        return [e for e in self.events if e.type == kind]
+
+    def at(self, kind: str) -> float | None:
+        """When the first event of type ``kind`` came (None: it did not)."""
+        return next((s for e, s in zip(self.events, self.seconds, strict=True) if e.type == kind), None)
+
+    @property
+    def types(self) -> list[str]:
+        return [e.type for e in self.events]
+
+
+async def exchange(port: int, events: list, until: tuple[str, ...], pace_s: float = 0.0) -> Reply:
+    """Send ``events`` on a new connection (``pace_s`` apart), then read until an event of a type in ``until`` (or
+    an ``error``, or the end of the connection)."""
+    from wyoming.client import AsyncTcpClient
+
+    reply = Reply()
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        for event in events:
+            await client.write_event(event)
+            if pace_s:
+                await asyncio.sleep(pace_s)
+        sent = time.perf_counter()
+        while True:
+            event = await asyncio.wait_for(client.read_event(), READ_TIMEOUT_S)
+            if event is None:
+                return reply
+            reply.seconds.append(time.perf_counter() - sent)
+            reply.events.append(event)
+            if event.type in (*until, "error"):
+                return reply
+
+
+def audio_events(samples: np.ndarray, rate: int = 16000, width: int = 2, channels: int = 1, language="en") -> list:
+    """What Home Assistant sends to transcribe ``samples`` (float mono at ``rate``) in the given PCM format."""
+    from wyoming.asr import Transcribe
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+
+    data, step = pcm(samples, width, channels), CHUNK_SAMPLES * width * channels
+    chunks = [AudioChunk(rate, width, channels, data[i : i + step]).event() for i in range(0, len(data), step)]
+    start = AudioStart(rate, width, channels).event()
+    return [Transcribe(language=language).event(), start, *chunks, AudioStop().event()]
+
+
+async def transcribe(port: int, samples: np.ndarray, rate: int = 16000, **fmt) -> tuple[str, Reply]:
+    reply = await exchange(port, audio_events(samples, rate, **fmt), ("transcript-stop",))  # or the end
+    texts = [e.data["text"] for e in reply.of("transcript")]
+    return (texts[0] if texts else ""), reply
+
+
+async def synthesize(port: int, text: str) -> tuple[np.ndarray, int, Reply]:
+    """``text`` spoken: float samples, their rate, and the reply (``at("audio-chunk")``: time to first audio)."""
+    from wyoming.tts import Synthesize
+
+    reply = await exchange(port, [Synthesize(text=text).event()], ("audio-stop",))
+    return (*speech_of(reply), reply)
+
+
+def speech_of(reply: Reply) -> tuple[np.ndarray, int]:
+    starts = reply.of("audio-start")
+    if not starts:
+        return np.zeros(0, np.float32), 16000
+    data = b"".join(e.payload or b"" for e in reply.of("audio-chunk"))
+    width = starts[0].data["width"]
+    ints = np.frombuffer(data, f"<i{width}").astype(np.float32)
+    return ints / 2 ** (8 * width - 1), starts[0].data["rate"]
+
+
+async def handle(port: int, text: str) -> tuple[str, Reply]:
+    from wyoming.asr import Transcript
+
+    reply = await exchange(port, [Transcript(text=text).event()], ("handled", "not-handled"))
+    answers = [e.data.get("text", "") for e in reply.of("handled")]
+    return (answers[0] if answers else ""), reply
