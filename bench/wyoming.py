@@ -192,30 +192,40 @@ def _median(values: list[float]) -> float | None:
     return round(float(np.median(values)), 3) if values else None
 
 
-async def _asr_runs(port: int, clips, runs: int) -> dict:
+async def _asr_runs(ports: dict[str, int], clips, runs: int) -> dict:
+    """Each clip sent to each server in turn (the order reversed every other run), so a machine's load weighs on all
+    of them alike: median latency from audio-stop to transcript, and WER of the first run."""
     from edgemm.bench.wer import wer
     from edgemm.runtime.speech.audio import load_audio
 
     audio = [load_audio(c.path) for c in clips]
-    await transcribe(port, audio[0])  # warm-up: a peer loads its model on the first request
-    latencies, texts = [], []
+    for port in ports.values():
+        await transcribe(port, audio[0])  # warm-up: a peer loads its model on the first request
+    latencies = {name: [] for name in ports}
+    texts = {name: [] for name in ports}
     for run in range(runs):
         for samples in audio:
-            text, reply = await transcribe(port, samples)
-            latencies.append(reply.at("transcript"))
-            texts += [text] if run == 0 else []
-    return {"latency_s": _median(latencies), "wer": round(wer([c.text for c in clips], texts), 4)}
+            for name in list(ports)[:: -1 if run % 2 else 1]:
+                text, reply = await transcribe(ports[name], samples)
+                latencies[name].append(reply.at("transcript"))
+                texts[name] += [text] if run == 0 else []
+    refs = [c.text for c in clips]
+    return {name: {"latency_s": _median(latencies[name]), "wer": round(wer(refs, texts[name]), 4)} for name in ports}
 
 
-async def _tts_runs(port: int, runs: int) -> dict:
-    await synthesize(port, SENTENCES[0])  # warm-up
-    first, total = [], []
-    for _ in range(runs):
+async def _tts_runs(ports: dict[str, int], runs: int) -> dict:
+    """Each sentence spoken by each server in turn: median time to the first audio chunk and to the last."""
+    for port in ports.values():
+        await synthesize(port, SENTENCES[0])  # warm-up
+    first = {name: [] for name in ports}
+    total = {name: [] for name in ports}
+    for run in range(runs):
         for sentence in SENTENCES:
-            _, _, reply = await synthesize(port, sentence)
-            first.append(reply.at("audio-chunk"))
-            total.append(reply.at("audio-stop"))
-    return {"first_audio_s": _median(first), "all_audio_s": _median(total)}
+            for name in list(ports)[:: -1 if run % 2 else 1]:
+                _, _, reply = await synthesize(ports[name], sentence)
+                first[name].append(reply.at("audio-chunk"))
+                total[name].append(reply.at("audio-stop"))
+    return {name: {"first_audio_s": _median(first[name]), "all_audio_s": _median(total[name])} for name in ports}
 
 
 def _peers(python: Path, ct2_model: str, threads: int) -> dict[str, list[str]]:
@@ -244,11 +254,14 @@ def _peers(python: Path, ct2_model: str, threads: int) -> dict[str, list[str]]:
 
 def run_bench_wyoming(args) -> int:
     """Transcription latency (audio-stop to transcript) and WER on the real clips, and time to first audio of five
-    sentences, for ``edgemm wyoming`` and its peers, one server at a time, each warmed up first."""
+    sentences: ``edgemm wyoming`` (its int8 voice bundle, and the peer's fp32 voice file) beside its peers, all
+    started at once, warmed up, then asked in turn."""
     import json
+    from contextlib import ExitStack
 
     from edgemm.bench.asr import _ct2_folder, aligned
     from edgemm.bench.clips import dev_clips
+    from edgemm.runtime.tts import packaged_voice
 
     clips = dev_clips()
     if not clips:
@@ -256,16 +269,20 @@ def run_bench_wyoming(args) -> int:
     if args.peer_python is None:
         raise EdgemmError("give --peer-python: the python of a venv with wyoming-faster-whisper and wyoming-piper")
     peers = _peers(args.peer_python, _ct2_folder(args.ct2_model), args.threads)
-    report = {}
-    with WyomingProcess("--threads", str(args.threads), "--no-streaming") as ours:
-        report["edgemm wyoming"] = {
-            **asyncio.run(_asr_runs(ours.port, clips, args.runs)),
-            **asyncio.run(_tts_runs(ours.port, args.runs)),
+    ours = ("--threads", str(args.threads), "--no-streaming")
+    with ExitStack() as stack:
+        servers = {
+            "edgemm wyoming": stack.enter_context(WyomingProcess(*ours)),
+            "edgemm wyoming, fp32 voice": stack.enter_context(WyomingProcess(*ours, "--voice", str(packaged_voice()))),
+            **{name: stack.enter_context(WyomingProcess(command=command)) for name, command in peers.items()},
         }
-    with WyomingProcess(command=peers["wyoming-faster-whisper"]) as peer:
-        report["wyoming-faster-whisper"] = asyncio.run(_asr_runs(peer.port, clips, args.runs))
-    with WyomingProcess(command=peers["wyoming-piper"]) as peer:
-        report["wyoming-piper"] = asyncio.run(_tts_runs(peer.port, args.runs))
+        port = {name: server.port for name, server in servers.items()}
+        asr = asyncio.run(
+            _asr_runs({k: port[k] for k in ("edgemm wyoming", "wyoming-faster-whisper")}, clips, args.runs)
+        )
+        names = ("edgemm wyoming", "edgemm wyoming, fp32 voice", "wyoming-piper")
+        tts = asyncio.run(_tts_runs({k: port[k] for k in names}, args.runs))
+    report = {name: {**asr.get(name, {}), **tts.get(name, {})} for name in servers}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -117,17 +117,22 @@ class ServerModels:
         vision: bool = True,
         voice: bool = True,
         max_queue: int = 8,
+        voice_model: str | Path | None = None,
     ) -> ServerModels:
         """The default bundles (or those named). The language model is required; a speech, vision or voice part
         that is turned off is not loaded, and its routes answer 404 (a missing default bundle is an error: the
-        message says how to build it)."""
+        message says how to build it). ``voice_model``: a voice bundle or Piper ``.onnx`` voice instead of the
+        default voice."""
         from edgemm.runtime import tts
         from edgemm.runtime.vision import ImageQuestion
 
         lm = LanguageModel.load(model, threads=threads, context=context)
         transcriber = Transcriber.load(speech_model, threads=threads) if speech else None
         images = ImageQuestion.load(vision_model=vision_model, threads=threads, lm=lm) if vision else None
-        synthesizer = tts.optional_synthesizer(threads, without="/v1/audio/speech is off") if voice else None
+        if voice and voice_model is not None:  # named: it must load
+            synthesizer = tts.Synthesizer(voice_model, threads=threads)
+        else:
+            synthesizer = tts.optional_synthesizer(threads, without="/v1/audio/speech is off") if voice else None
         why = cls.why_no_voice if voice else "speech output was turned off by --no-tts"
         return cls(lm, transcriber, images, synthesizer, max_queue=max_queue, why_no_voice=why)
 

@@ -26,6 +26,7 @@ def cmd_wyoming(args) -> int:
         vision=False,
         voice=not args.no_tts,
         max_queue=args.max_queue,
+        voice_model=args.voice,
     )
 
     def ready(uri: str) -> None:
@@ -51,6 +52,9 @@ def register(sub, parents: list, fmt) -> None:
     p.add_argument("--uri", default="tcp://127.0.0.1:10300", help="where to listen: tcp://HOST:PORT or unix://PATH")
     p.add_argument("--model", type=Path, default=None, help="llm bundle of the assistant (default preset)")
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle (default preset)")
+    p.add_argument(
+        "--voice", type=Path, default=None, help="voice bundle or Piper .onnx voice (default: the voice bundle)"
+    )
     p.add_argument("--no-tts", action="store_true", help="no speech output")
     p.add_argument("--no-streaming", action="store_true", help="no transcript-start/-chunk/-stop events")
     p.add_argument("--max-queue", type=_positive_int, default=32, help="requests that may wait per model (then busy)")
