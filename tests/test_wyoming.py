@@ -211,12 +211,18 @@ def test_100_mb_of_audio_is_refused_with_bounded_memory(server):
 
 
 def test_client_leaving_mid_stream(server, clips):
-    """A client that sends half an utterance and leaves, then one that leaves while its audio is transcribed."""
+    """A client that sends half an utterance and leaves, one that leaves while its audio is transcribed, and one
+    that leaves while the assistant answers it."""
+    from wyoming.asr import Transcript
+
     events = audio_events(load_audio(clips[0].path))
     run(exchange_and_leave(server.port, events[: len(events) // 2]))
     run(exchange_and_leave(server.port, events))
+    run(exchange_and_leave(server.port, [Transcript(text="Tell me a long story about the sea.").event()]))
     text, _ = run(transcribe(server.port, load_audio(clips[1].path)))
     assert text
+    answer, _ = run(handle(server.port, "What is the capital of France?"))
+    assert "Paris" in answer
 
 
 async def exchange_and_leave(port: int, events: list) -> None:
@@ -238,6 +244,14 @@ def test_32_clients_at_once(server, clips):
     refs = [clips[i % len(clips)].text for i in range(32)]
     assert wer(refs, [text for text, _ in replies]) <= MAX_WER
     _serving(server)
+
+
+def test_unknown_language_is_refused(server, clips):
+    events = audio_events(load_audio(clips[1].path), language="fr")
+    reply = run(exchange(server.port, events, ()))
+    assert "knows en, not 'fr'" in _error(reply)["text"] and reply.types == ["error"]
+    text, _ = run(transcribe(server.port, load_audio(clips[1].path), language="en-US"))
+    assert text
 
 
 def test_unknown_voice_and_empty_text(server):

@@ -37,8 +37,13 @@ from edgemm.runtime.wyoming.service import ProtocolError, WyomingOptions, read_e
 
 log = logging.getLogger(__name__)
 
+POLL_S = 0.25  # seconds between checks that the client waiting for a job is still there
 LIVE_SLACK_S = 0.5  # audio may run this far ahead of the wall clock and still count as spoken live
 OWNER = "wyoming"  # the assistant conversations of Wyoming clients, apart from the web page's
+
+
+class ClientGone(ConnectionError):
+    """The client closed the connection while its request was being answered."""
 
 
 class RequestError(EdgemmError):
@@ -148,7 +153,8 @@ class EventHandler(AsyncEventHandler):
         return True
 
     async def _run(self, worker: str, fn, *args):
-        """``fn(*args)`` on a model's worker, within the service's timeout."""
+        """``fn(*args)`` on a model's worker, within the service's timeout; a client that leaves meanwhile cancels
+        it (a queued job never starts, a running one stops at its next cancellation check)."""
         if worker not in self.models.workers:
             raise RequestError(f"this server has no {worker} model", "not_loaded")
 
@@ -156,11 +162,18 @@ class EventHandler(AsyncEventHandler):
             channel.put(fn(*args))
 
         self.channel = Channel()
+        deadline = time.monotonic() + self.options.timeout
         try:
             self.models.workers[worker].submit(self.channel.run, job)
-            return await self.channel.next(timeout=self.options.timeout)
-        except TimeoutError:
-            raise RequestError(f"the {worker} model took longer than {self.options.timeout:g} s", "timeout") from None
+            while True:
+                try:
+                    return await self.channel.next(timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        took = f"the {worker} model took longer than {self.options.timeout:g} s"
+                        raise RequestError(took, "timeout") from None
+                    if self.reader.at_eof():  # the client has gone and sent nothing more
+                        raise ClientGone() from None
         finally:
             self.channel.cancel()
             self.channel = None
