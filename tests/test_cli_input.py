@@ -78,7 +78,7 @@ def test_every_option_says_its_default_once():
                 assert f"(default: {DEFAULT_CONTEXT};" in text, where
 
 
-@pytest.mark.parametrize("command", [(), ("listen",), ("ask",), ("transcribe",), ("serve",)])
+@pytest.mark.parametrize("command", [(), ("listen",), ("ask",), ("transcribe",), ("serve",), ("wyoming",)])
 def test_help_says_where_the_models_come_from(command):
     out = _cli(*command, "--help")
     text = " ".join(out.stdout.split())
@@ -95,8 +95,10 @@ def test_help_says_where_the_models_come_from(command):
         (("listen", "--context", "10"), "the context window must be >= 16 tokens, got 10"),
         (("transcribe", "{d}/noise.wav"), "cannot decode {d}/noise.wav as audio"),
         (("ask", "--audio", "{d}/noise.wav"), "cannot decode {d}/noise.wav as audio"),
+        (("wyoming", "--uri", "http://0.0.0.0:10300"), "--uri must be tcp://HOST:PORT or unix://PATH"),
+        (("wyoming", "--uri", "tcp://0.0.0.0"), "--uri must name a host and a port from 1 to 65535"),
     ],
-    ids=["image", "truncated-image", "context", "listen-context", "audio", "spoken-question"],
+    ids=["image", "truncated-image", "context", "listen-context", "audio", "spoken-question", "uri", "uri-port"],
 )
 def test_bad_inputs_are_refused_before_any_model_loads(tmp_path, args, error):
     """With no bundle at all the error is still the input's: it was checked first."""

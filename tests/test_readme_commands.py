@@ -196,6 +196,20 @@ def _serves_page_and_chat(url: str) -> None:
     assert status == 200 and "Paris" in json.loads(raw)["choices"][0]["message"]["content"], raw
 
 
+def _wyoming_answers(uri: str) -> None:
+    import asyncio
+
+    from wyoming.info import Describe
+
+    from edgemm.bench.wyoming import exchange, handle
+
+    port = int(uri.rsplit(":", 1)[1])
+    info = asyncio.run(exchange(port, [Describe().event()], ("info",))).events[0].data
+    assert info["asr"] and info["tts"] and info["handle"], info
+    answer, _ = asyncio.run(handle(port, "What is the capital of France?"))
+    assert "Paris" in answer, answer
+
+
 def long_export(full: Succeeds, first_line: str, seconds: float, out: str) -> Succeeds | Interrupted:
     return full if FULL_EXPORTS else Interrupted(first_line, seconds, out)
 
@@ -351,6 +365,7 @@ EXPECTED: dict[str, Expectation] = {
         stderr=("edgemm: cannot open camera '0'",),
     ),
     "edgemm serve": Serves(r"^edgemm serve: (http://\S+)", _serves_page_and_chat),
+    "edgemm wyoming --uri tcp://127.0.0.1:10300": Serves(r"^edgemm wyoming: (tcp://\S+)", _wyoming_answers),
     'edgemm say "Hello there" --out hello.wav': Succeeds(wav="hello.wav", stderr=("wrote hello.wav",)),
     "edgemm export speech --preset whisper-tiny.en-int8": Succeeds(
         stderr=("measure WER", "wrote {models}/whisper-tiny.en-int8"), bundle="{models}/whisper-tiny.en-int8"

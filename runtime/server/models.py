@@ -117,17 +117,22 @@ class ServerModels:
         vision: bool = True,
         voice: bool = True,
         max_queue: int = 8,
+        voice_model: str | Path | None = None,
     ) -> ServerModels:
         """The default bundles (or those named). The language model is required; a speech, vision or voice part
         that is turned off is not loaded, and its routes answer 404 (a missing default bundle is an error: the
-        message says how to build it)."""
+        message says how to build it). ``voice_model``: a voice bundle or Piper ``.onnx`` voice instead of the
+        default voice."""
         from edgemm.runtime import tts
         from edgemm.runtime.vision import ImageQuestion
 
         lm = LanguageModel.load(model, threads=threads, context=context)
         transcriber = Transcriber.load(speech_model, threads=threads) if speech else None
         images = ImageQuestion.load(vision_model=vision_model, threads=threads, lm=lm) if vision else None
-        synthesizer = tts.optional_synthesizer(threads, without="/v1/audio/speech is off") if voice else None
+        if voice and voice_model is not None:  # named: it must load
+            synthesizer = tts.Synthesizer(voice_model, threads=threads)
+        else:
+            synthesizer = tts.optional_synthesizer(threads, without="/v1/audio/speech is off") if voice else None
         why = cls.why_no_voice if voice else "speech output was turned off by --no-tts"
         return cls(lm, transcriber, images, synthesizer, max_queue=max_queue, why_no_voice=why)
 
@@ -142,10 +147,10 @@ class ServerModels:
             names[self.synthesizer.name] = "speech"
         return names
 
-    def assistant(self, session: str, owner: str = ""):
+    def assistant(self, session: str, owner: str = "", voice: bool = True):
         """The web assistant conversation ``session`` of client ``owner`` (created on first use; beyond
         ASSISTANT_SESSIONS one is forgotten, see :func:`fair_victim`, and any idle for SESSION_IDLE_S). Its models
-        are the server's own: nothing is loaded again."""
+        are the server's own: nothing is loaded again. ``voice=False``: its answers are text only (when created)."""
         from edgemm.runtime.assistant import Assistant
 
         now = time.monotonic()
@@ -154,7 +159,8 @@ class ServerModels:
             for k in [k for k, (_, used) in self._sessions.items() if now - used > SESSION_IDLE_S]:
                 del self._sessions[k]
             entry = self._sessions.pop(key, None)
-            assistant = entry[0] if entry else Assistant(self.transcriber, self.lm, self.images, self.synthesizer)
+            synthesizer = self.synthesizer if voice else None
+            assistant = entry[0] if entry else Assistant(self.transcriber, self.lm, self.images, synthesizer)
             if len(self._sessions) >= ASSISTANT_SESSIONS:
                 keys = list(self._sessions)  # least recently used first
                 del self._sessions[keys[fair_victim([o for o, _ in keys])]]
