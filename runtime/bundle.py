@@ -462,13 +462,22 @@ def _check_file(folder: Path, name: str, entry: dict, verify: bool) -> None:
 
 def bundle_path(path: str | Path | None, kind: str) -> Path:
     """The folder a ``--model``-style value names: None is the default preset's bundle; a bare name that is not a
-    folder here (``smollm2-135m-instruct-int4``) is that bundle in the models folder; anything else is a path."""
+    folder here but a bundle in the models folder or a preset (``smollm2-135m-instruct-int4``) is that bundle in the
+    models folder; anything else is a path."""
     if not path:
         return default_bundle(kind)
     folder = Path(path).expanduser()
-    if len(folder.parts) == 1 and not folder.is_absolute() and not os.path.lexists(folder):
+    if len(folder.parts) == 1 and not folder.is_absolute() and not os.path.lexists(folder) and _known(folder.name):
         return models_dir() / folder
     return folder
+
+
+def _known(name: str) -> bool:
+    """Whether ``name`` is a bundle in the models folder or a preset's name."""
+    from edgemm.models import presets
+
+    in_models = os.path.lexists(models_dir() / name)
+    return in_models or any(name in table["presets"] for table in presets().values())
 
 
 def missing_hint(folder: Path, kind: str) -> str:
@@ -481,7 +490,7 @@ def missing_hint(folder: Path, kind: str) -> str:
         return ""
     preset = presets().get(kind, {}).get("presets", {}).get(name)
     if preset is None:
-        return " (not a preset name either: `edgemm models` lists them)"
+        return ""
     build = preset.get("build") or f"edgemm export {kind} --preset {name}"
     return (
         f"; get it with `edgemm pull {name}` (online), or `edgemm bundle install {name}.tar` (packed by `edgemm "

@@ -94,3 +94,16 @@ def test_streaming_a_real_clip_ends_with_the_batch_transcript(transcriber, speec
     assert final.text == transcriber.transcribe(samples, RATE).text
     assert wer([reference], [final.text]) < 0.5  # the batch transcript itself misses a word here
     assert len(stables[-1]) >= len(final.text.split()) // 2  # most words were stable before the end
+
+
+def test_a_final_that_rewrites_shown_words_continues_them():
+    """What a client showing the stable words shows at the end: the final's remaining words after them, whatever
+    their case or punctuation; nothing new when the final replaced a shown word."""
+    from edgemm.runtime.speech.stream import continued
+
+    assert continued("and Mr. John", "And Mr. John Dashwood had") == "and Mr. John Dashwood had"
+    assert continued("He was not.", "He was not an old man.") == "He was not. an old man."
+    assert continued("What is", "What is the capital?") == "What is the capital?"
+    assert continued("What is the", "What was the capital?") == "What is the"
+    assert continued("", "Hello.") == "Hello."
+    assert continued("Hello", "Hello") == "Hello"

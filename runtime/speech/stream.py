@@ -50,6 +50,19 @@ def _agreed(a: list[str], b: list[str]) -> int:
     return n
 
 
+def continued(shown: str, text: str) -> str:
+    """What a client that shows ``shown`` (stable words sent as they came) should show for the final ``text``: ``text``
+    when it starts with ``shown``; else, when ``shown``'s words agree with ``text``'s first ones (case and punctuation
+    aside), ``shown`` and the rest of ``text``'s words; else ``shown`` (the final replaced a shown word: the client
+    gets the whole final text another way)."""
+    if text.startswith(shown):
+        return text
+    have, words = _words(shown), _words(text)
+    if _agreed(have, words) < len(have):
+        return shown
+    return " ".join([shown.rstrip(), *words[len(have) :]]) if len(words) > len(have) else shown
+
+
 class TranscriptionStream:
     """``Transcriber.stream()``: ``feed(samples)`` as audio arrives returns a Partial every ``every_s`` seconds of new
     audio (else None); ``finish()`` returns the final Transcription. One utterance, one thread."""

@@ -30,6 +30,7 @@ from edgemm.runtime.errors import AudioError, EdgemmError
 from edgemm.runtime.limits import MAX_SPEECH_CHARS, InputError, check_text
 from edgemm.runtime.server.workers import Busy, Channel
 from edgemm.runtime.speech.decoding import DecodingOptions
+from edgemm.runtime.speech.stream import continued
 from edgemm.runtime.speech.transcribe import TranscribeOptions
 from edgemm.runtime.tts import NothingToSay, SentenceSplitter
 from edgemm.runtime.wyoming.audio import PcmFormat, Utterance, pcm_chunks
@@ -244,7 +245,7 @@ class EventHandler(AsyncEventHandler):
             result = await self._run("speech", utterance.stream.finish)
             text, language = result.text.strip(), result.language or self.language
         if self.options.transcript_streaming:
-            await self._chunk(text if text.startswith(self.sent) else self.sent)
+            await self._chunk(continued(self.sent, text))
         await self.write_event(Transcript(text=text, language=language).event())
         if self.options.transcript_streaming:
             await self.write_event(TranscriptStop().event())
