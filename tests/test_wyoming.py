@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
 from wyoming.info import Describe  # noqa: E402
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop  # noqa: E402
+from wyoming.wake import Detect  # noqa: E402
 
 MAX_WER = 0.11  # as the speech tests (tests/test_transcribe_real.py): tiny.en int8 on the 11 real clips
 SPOKEN_WER = 0.2  # a synthesized sentence heard back
@@ -43,7 +44,7 @@ def run(coroutine):
 
 @pytest.fixture(scope="module")
 def server():
-    for kind in ("llm", "speech", "voice"):
+    for kind in ("llm", "speech", "voice", "wake"):
         if not (default_bundle(kind) / "manifest.json").exists():
             pytest.skip(f"default {kind} bundle missing: run `make setup`")
     with WyomingProcess() as process:
@@ -69,7 +70,13 @@ def test_describe_lists_what_is_loaded(server):
     assert info["tts"][0]["voices"][0]["name"] == "piper-joe-int8"
     assert info["tts"][0]["supports_synthesize_streaming"] is True
     assert info["handle"][0]["models"][0]["languages"] == ["en"]
-    assert not info["wake"]
+    assert [m["name"] for m in info["wake"][0]["models"]] == [
+        "ok_nabu",
+        "hey_jarvis",
+        "alexa",
+        "hey_mycroft",
+        "hey_rhasspy",
+    ]
 
 
 def test_real_clips_transcribed_in_every_format(server, clips):
@@ -261,4 +268,27 @@ def test_unknown_voice_and_empty_text(server):
     assert "one voice" in _error(reply)["text"]
     reply = run(exchange(server.port, [Synthesize(text="...").event()], ()))
     assert "nothing to say" in _error(reply)["text"]
+    _serving(server)
+
+
+def _wake_events(samples: np.ndarray, names=None) -> list:
+    """What a satellite sends to have ``samples`` (16 kHz) listened to: ``detect``, then the audio."""
+    return [Detect(names=names).event(), *audio_events(samples)[1:]]
+
+
+def test_wake_word_detected_in_speech_that_holds_it_and_not_in_speech_without(server, clips):
+    """``detect`` then audio: "Hey Jarvis, what time is it?" gives one ``detection`` of hey_jarvis at the phrase;
+    a real recording without a wake word gives ``not-detected``; a word the server does not have is an error."""
+    from edgemm.runtime.tts import Synthesizer
+
+    speech = Synthesizer(varied=False).synthesize("Hey Jarvis. What time is it?")
+    said = np.concatenate([np.zeros(16000, np.float32), load_audio(speech.samples, speech.sample_rate)])
+    reply = run(exchange(server.port, _wake_events(said, ["hey_jarvis"]), ("detection", "not-detected")))
+    assert reply.types[-1] == "detection" and reply.events[-1].data["name"] == "hey_jarvis", reply.types
+    assert 1000 <= reply.events[-1].data["timestamp"] <= 1000 + 1000 * speech.seconds
+    plain = load_audio(clips[0].path)
+    reply = run(exchange(server.port, _wake_events(plain), ("detection", "not-detected")))
+    assert reply.types == ["not-detected"], reply.types
+    reply = run(exchange(server.port, _wake_events(plain, ["hey_siri"]), ("detection", "not-detected")))
+    assert reply.types == ["error"] and "no wake word 'hey_siri'" in reply.events[0].data["text"], reply.events
     _serving(server)

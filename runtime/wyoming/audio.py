@@ -19,6 +19,7 @@ from edgemm.runtime.speech.stream import MAX_STREAM_S
 WIDTHS = {1: np.dtype(np.uint8), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
 MAX_CHANNELS = 16  # the channels edgemm's audio input mixes down (runtime/speech/audio.py)
 MAX_UTTERANCE_S = MAX_STREAM_S  # one utterance: one Whisper window, as the HTTP live endpoint allows
+WAKE_RATE = 16000  # the wake-word models' sample rate
 CHUNK_SAMPLES = 1024  # samples per audio-chunk sent back (what wyoming-piper sends: 46 ms at 22,050 Hz)
 
 
@@ -91,6 +92,28 @@ class Utterance:
             samples = self.resampler.resample_chunk(samples, last=last)
         if samples.size:
             self.stream.feed(samples, partial=False)
+
+
+class Listening:
+    """Audio for wake-word detection, chunks of one format resampled to 16 kHz as they come and fed to ``detector``
+    (a :class:`~edgemm.runtime.speech.wake.WakeWord`); it runs as long as the client streams (no length limit: the
+    detector keeps only its last 1.3 s of features)."""
+
+    def __init__(self, detector, fmt: PcmFormat):
+        self.detector, self.fmt = detector, fmt
+        self.resampler = soxr.ResampleStream(fmt.rate, WAKE_RATE, 1, dtype="float32") if fmt.rate != WAKE_RATE else None
+        self.detected = False
+
+    def feed(self, fmt: PcmFormat, payload: bytes) -> list:
+        """The detections this chunk completes."""
+        if fmt != self.fmt:
+            raise FormatError(f"an audio chunk is {_said(fmt)} in audio started as {_said(self.fmt)}")
+        samples = mono(payload, fmt)
+        if self.resampler is not None:
+            samples = self.resampler.resample_chunk(samples)
+        found = self.detector.feed(samples) if samples.size else []
+        self.detected = self.detected or bool(found)
+        return found
 
 
 def _said(fmt: PcmFormat) -> str:

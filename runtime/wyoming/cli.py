@@ -29,11 +29,26 @@ def cmd_wyoming(args) -> int:
         voice_model=args.voice,
     )
 
-    def ready(uri: str) -> None:
-        print(f"edgemm wyoming: {uri} (models: {', '.join(models.names())})", file=sys.stderr, flush=True)
+    wake = _wake_bundle(args.wake_model, args.no_wake)
+    names = [*models.names(), *([wake.path.name] if wake is not None else [])]
 
-    serve(models, options, ready=ready)
+    def ready(uri: str) -> None:
+        print(f"edgemm wyoming: {uri} (models: {', '.join(names)})", file=sys.stderr, flush=True)
+
+    serve(models, options, ready=ready, wake=wake)
     return 0
+
+
+def _wake_bundle(path, off: bool):
+    """The wake bundle ``--wake-model`` names, else the default one when it is built (None with ``--no-wake``, or
+    when none is built and none was named)."""
+    from edgemm.runtime.bundle import MANIFEST, default_bundle, open_bundle
+
+    if off:
+        return None
+    if path is None and not (default_bundle("wake") / MANIFEST).exists():
+        return None
+    return open_bundle(path, "wake")
 
 
 def register(sub, parents: list, fmt) -> None:
@@ -56,6 +71,8 @@ def register(sub, parents: list, fmt) -> None:
         "--voice", type=Path, default=None, help="voice bundle or Piper .onnx voice (default: the voice bundle)"
     )
     p.add_argument("--no-tts", action="store_true", help="no speech output")
+    p.add_argument("--wake-model", type=Path, default=None, help="wake bundle for detect (default: the built default)")
+    p.add_argument("--no-wake", action="store_true", help="no wake words")
     p.add_argument("--no-streaming", action="store_true", help="no transcript-start/-chunk/-stop events")
     p.add_argument("--max-queue", type=_positive_int, default=32, help="requests that may wait per model (then busy)")
     p.add_argument("--timeout", type=_positive_seconds, default=120.0, help="seconds one request may take")

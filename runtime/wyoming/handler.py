@@ -5,7 +5,9 @@ Speech to text: ``transcribe`` (optional), ``audio-start``, ``audio-chunk``s, ``
 around it when the service streams transcripts; then the connection closes, as wyoming-faster-whisper's does.
 Speech: ``synthesize`` -> ``audio-start``, ``audio-chunk``s, ``audio-stop``; or ``synthesize-start``,
 ``synthesize-chunk``s, ``synthesize-stop`` -> each sentence's audio as soon as it is complete, then
-``synthesize-stopped``. The assistant (``handle``): a ``transcript`` -> ``handled`` with its answer.
+``synthesize-stopped``. The assistant (``handle``): a ``transcript`` -> ``handled`` with its answer. Wake words: ``detect`` (optional
+names), then audio -> a ``detection`` for each wake word heard, ``not-detected`` at ``audio-stop`` when none was; the
+connection stays open for more.
 Inference runs on the models' worker threads (one job at a time per model, for all clients). What a request cannot
 use gets one ``error`` event (its ``code``: bad_audio, bad_request, busy, timeout, internal); audio still coming for
 a refused utterance is read and dropped until its ``audio-stop``, then the connection closes.
@@ -13,6 +15,7 @@ a refused utterance is read and dropped until its ``audio-stop``, then the conne
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -25,6 +28,7 @@ from wyoming.handle import Handled, NotHandled
 from wyoming.info import Describe
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
+from wyoming.wake import Detect, Detection, NotDetected
 
 from edgemm.runtime.errors import AudioError, EdgemmError
 from edgemm.runtime.limits import MAX_SPEECH_CHARS, InputError, check_text
@@ -33,7 +37,7 @@ from edgemm.runtime.speech.decoding import DecodingOptions
 from edgemm.runtime.speech.stream import continued
 from edgemm.runtime.speech.transcribe import TranscribeOptions
 from edgemm.runtime.tts import NothingToSay, SentenceSplitter
-from edgemm.runtime.wyoming.audio import PcmFormat, Utterance, pcm_chunks
+from edgemm.runtime.wyoming.audio import Listening, PcmFormat, Utterance, pcm_chunks
 from edgemm.runtime.wyoming.service import ProtocolError, WyomingOptions, read_event
 
 log = logging.getLogger(__name__)
@@ -68,9 +72,12 @@ def _first_line(error: BaseException) -> str:
 
 
 class EventHandler(AsyncEventHandler):
-    def __init__(self, models, options: WyomingOptions, info: Event, *args, **kwargs):
+    def __init__(self, models, options: WyomingOptions, info: Event, wake, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.models, self.options, self.info = models, options, info
+        self.wake = wake  # the wake bundle (None: no wake words)
+        self.detector = None  # this connection's WakeWord, once it asked to ``detect``
+        self.listening: Listening | None = None  # audio being listened to for the wake word
         self.session = uuid.uuid4().hex  # this connection's assistant conversation
         self.channel: Channel | None = None  # the job running for this connection
         self.language: str | None = None  # from ``transcribe``
@@ -125,7 +132,7 @@ class EventHandler(AsyncEventHandler):
         """After an error: an utterance still arriving is refused (its audio dropped until audio-stop, then the
         connection closes); any other request ends the connection now."""
         self.utterance, self.splitter = None, None
-        if Transcribe.is_type(kind) or AudioStart.is_type(kind) or AudioChunk.is_type(kind):
+        if any(t.is_type(kind) for t in (Transcribe, Detect, AudioStart, AudioChunk)):
             self.refused = True
             return True
         return False
@@ -150,6 +157,8 @@ class EventHandler(AsyncEventHandler):
             return await self._synthesize_stop()
         if Transcript.is_type(kind):
             return await self._handle(Transcript.from_event(event))
+        if Detect.is_type(kind):
+            return await self._detect(Detect.from_event(event))
         log.debug("wyoming: ignored %s", kind)
         return True
 
@@ -191,6 +200,9 @@ class EventHandler(AsyncEventHandler):
         return True
 
     def _audio_start(self, fmt: PcmFormat) -> bool:
+        if self.detector is not None:  # after ``detect``: the audio is listened to for the wake word
+            self.listening = Listening(self.detector, fmt)
+            return True
         transcriber = self.models.transcriber
         if transcriber is None:
             raise RequestError("this server has no speech model", "not_loaded")
@@ -203,6 +215,8 @@ class EventHandler(AsyncEventHandler):
         if self.refused:
             return True
         fmt = PcmFormat.of(event.data)
+        if self.detector is not None:
+            return await self._listen(fmt, event.payload or b"")
         if self.utterance is None:  # no audio-start: the first chunk says the format
             self._audio_start(fmt)
         self.utterance.feed(fmt, event.payload or b"")
@@ -237,6 +251,11 @@ class EventHandler(AsyncEventHandler):
     async def _audio_stop(self) -> bool:
         if self.refused:
             return False
+        if self.detector is not None:  # the end of the audio listened to: the connection stays for more
+            if self.listening is None or not self.listening.detected:
+                await self.write_event(NotDetected().event())
+            self.listening = None
+            return True
         utterance, self.utterance = self.utterance, None
         if utterance is None:  # audio-stop without audio: nothing was said
             text, language = "", self.language
@@ -250,6 +269,26 @@ class EventHandler(AsyncEventHandler):
         if self.options.transcript_streaming:
             await self.write_event(TranscriptStop().event())
         return False
+
+    # -- wake words --
+
+    async def _detect(self, request: Detect) -> bool:
+        """Listen to the audio that follows for ``request.names`` (None: every word of the wake bundle)."""
+        if self.wake is None:
+            raise RequestError("this server has no wake words (build them: edgemm export wake)", "not_loaded")
+        from edgemm.runtime.speech.wake import WakeWord
+
+        words = list(request.names) if request.names else None
+        self.detector = await asyncio.to_thread(WakeWord, self.wake, words)
+        self.listening = None
+        return True
+
+    async def _listen(self, fmt: PcmFormat, payload: bytes) -> bool:
+        if self.listening is None:  # no audio-start: the first chunk says the format
+            self.listening = Listening(self.detector, fmt)
+        for found in await asyncio.to_thread(self.listening.feed, fmt, payload):
+            await self.write_event(Detection(name=found.word, timestamp=round(found.seconds * 1000)).event())
+        return True
 
     # -- text to speech --
 

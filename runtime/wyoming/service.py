@@ -20,6 +20,8 @@ from wyoming.info import (
     Info,
     TtsProgram,
     TtsVoice,
+    WakeModel,
+    WakeProgram,
 )
 from wyoming.server import AsyncServer
 
@@ -74,10 +76,19 @@ def _language(espeak_voice: str) -> str:
     return f"{family}_{region.upper()}" if region else family
 
 
-def describe(models, options: WyomingOptions) -> Info:
-    """What this server holds, for ``describe``: speech to text, the voice, and the assistant (``handle``)."""
+def describe(models, options: WyomingOptions, wake=None) -> Info:
+    """What this server holds, for ``describe``: speech to text, the voice, the assistant (``handle``) and the wake
+    words of ``wake`` (a wake bundle, or None)."""
     common = dict(attribution=ATTRIBUTION, installed=True, version=_version())
     info = Info()
+    if wake is not None:
+        from edgemm.runtime.speech.wake import word_models
+
+        words = [
+            WakeModel(name=m.word, description=m.phrase, phrase=m.phrase, languages=["en"], **common)
+            for m in word_models(wake)
+        ]
+        info.wake = [WakeProgram(name="edgemm", description="edgemm wake words (openWakeWord)", models=words, **common)]
     if models.transcriber is not None:
         t = models.transcriber
         name = t.bundle.manifest.get("name") or t.bundle.path.name
@@ -155,19 +166,20 @@ async def read_event(reader: asyncio.StreamReader, limit: int = MAX_EVENT_BYTES)
     return Event(type=header["type"], data=data, payload=payload)
 
 
-def serve(models, options: WyomingOptions, ready=None) -> None:
-    """Serve Wyoming clients at ``options.uri`` until interrupted; ``ready(uri)`` once it listens."""
-    asyncio.run(_serve(models, options, ready))
+def serve(models, options: WyomingOptions, ready=None, wake=None) -> None:
+    """Serve Wyoming clients at ``options.uri`` until interrupted; ``ready(uri)`` once it listens. ``wake``: the wake
+    bundle whose words ``detect`` listens for (None: no wake words)."""
+    asyncio.run(_serve(models, options, ready, wake))
 
 
-async def _serve(models, options: WyomingOptions, ready) -> None:
+async def _serve(models, options: WyomingOptions, ready, wake) -> None:
     from functools import partial
 
     from edgemm.runtime.wyoming.handler import EventHandler
 
-    info = describe(models, options).event()
+    info = describe(models, options, wake).event()
     server = AsyncServer.from_uri(options.uri)
-    factory = partial(EventHandler, models, options, info)
+    factory = partial(EventHandler, models, options, info, wake)
     try:
         await server.start(factory)
         if ready is not None:
