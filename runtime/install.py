@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgemm.runtime.bundle import MANIFEST, models_dir, open_bundle, read_manifest, sha256_of
+from edgemm.runtime.bundle import models_dir, open_bundle, read_manifest
 from edgemm.runtime.errors import BundleError
 
 INCOMING = ".incoming"  # inside the models folder: the same file system, so a rename moves a bundle at once
@@ -38,14 +38,6 @@ def staging(name: str, models: Path | None = None) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=incoming(models)))
     folder.chmod(0o755)  # mkdtemp's folder is private; a bundle is read by every user, as one that was built
     return folder
-
-
-def same_bundle(folder: Path, manifest_sha256: str) -> bool:
-    """True when ``folder`` holds a bundle whose manifest has this sha256 (the same bundle, already in place)."""
-    try:
-        return sha256_of(folder / MANIFEST) == manifest_sha256
-    except OSError:
-        return False
 
 
 def place(staged: Path, name: str, models: Path | None = None, verify: bool = True) -> Path:
