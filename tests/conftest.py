@@ -181,6 +181,14 @@ def tiny_llms(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def vision_bundle() -> Path:
+    path = default_bundle("vision")
+    if not (path / "manifest.json").exists():
+        pytest.skip(f"default vision bundle missing at {path}: run `make setup`")
+    return path
+
+
+@pytest.fixture(scope="session")
 def llm_bundle() -> Path:
     path = default_bundle("llm")
     if not (path / "manifest.json").exists():

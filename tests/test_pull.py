@@ -17,21 +17,13 @@ import pytest
 import soundfile as sf
 
 from edgemm.runtime import hub
-from edgemm.runtime.bundle import MANIFEST, default_bundle, file_entry, open_bundle, sha256_of
+from edgemm.runtime.bundle import MANIFEST, file_entry, open_bundle, sha256_of
 from edgemm.runtime.errors import BundleError
 
 from .hub_double import HubDouble
 
 REPO = "edgemm/mobilenetv2-imagenet-int8"
 BIG = "padding.bin"
-
-
-@pytest.fixture(scope="module")
-def vision_bundle() -> Path:
-    path = default_bundle("vision")
-    if not (path / MANIFEST).exists():
-        pytest.skip(f"default vision bundle missing at {path}: run `make setup`")
-    return path
 
 
 @pytest.fixture(scope="module")

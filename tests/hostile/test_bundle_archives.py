@@ -15,17 +15,9 @@ from pathlib import Path
 import pytest
 
 from edgemm.runtime.archive import ARCHIVE_FORMAT, HEADER
-from edgemm.runtime.bundle import MANIFEST, default_bundle, file_entry, open_bundle, sha256_of
+from edgemm.runtime.bundle import MANIFEST, file_entry, open_bundle, sha256_of
 
 from .conftest import edgemm
-
-
-@pytest.fixture(scope="module")
-def vision_bundle() -> Path:
-    path = default_bundle("vision")
-    if not (path / MANIFEST).exists():
-        pytest.skip(f"default vision bundle missing at {path}: run `make setup`")
-    return path
 
 
 @pytest.fixture(scope="module")
