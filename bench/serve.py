@@ -24,14 +24,11 @@ import contextlib
 import http.client
 import io
 import json
-import os
 import random
 import resource
 import select
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -43,6 +40,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from edgemm.bench.process import LoggedProcess
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.server.connections import raise_descriptor_limit
 from edgemm.runtime.server.models import CACHE_SLOTS
@@ -52,26 +50,17 @@ MAX_QUEUE = 12  # the server's queue per model in this bench: all 10 streaming c
 REQUEST_TIMEOUT_S = 300
 
 
-class ServerProcess:
+class ServerProcess(LoggedProcess):
     """``edgemm serve --port 0 ARGS`` in a subprocess: ``url`` once it listens, ``pid``, ``stop()``."""
 
     def __init__(self, *args: str, env: dict | None = None, max_files: int | None = None):
         """``max_files``: the server's limit on open descriptors (soft and hard), as ``ulimit -n`` sets it."""
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="edgemm-serve-", suffix=".log", delete=False)
         command = [sys.executable, "-m", "edgemm.runtime.cli", "serve", "--port", "0", *args]
 
         def limit():
             resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
 
-        self.proc = subprocess.Popen(
-            command,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env or os.environ.copy(),
-            preexec_fn=limit if max_files else None,
-        )
-        self.pid = self.proc.pid
+        super().__init__(command, "edgemm-serve-", env, preexec_fn=limit if max_files else None)
         self.url = self._wait_ready()
 
     def _wait_ready(self) -> str:
@@ -86,32 +75,6 @@ class ServerProcess:
             time.sleep(0.2)
         self.stop()
         raise EdgemmError(f"edgemm serve did not start in {START_TIMEOUT_S} s")
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text()
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        os.unlink(self.log.name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def request(url: str, path: str, body=None, headers: dict | None = None, timeout: float = REQUEST_TIMEOUT_S):

@@ -4,9 +4,7 @@ process on a free port, and the requests Home Assistant sends, through the ``wyo
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemm.bench.process import LoggedProcess
 from edgemm.runtime.errors import EdgemmError
 
 START_TIMEOUT_S = 180
@@ -28,21 +27,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class WyomingProcess:
+class WyomingProcess(LoggedProcess):
     """A Wyoming server in a subprocess (default: ``edgemm wyoming ARGS``) on a free port: ``port``, ``pid``,
     ``stop()``. ``command``: another server's command line, its port given as ``{port}``; it is ready once it
     accepts connections."""
 
     def __init__(self, *args: str, command: list[str] | None = None, env: dict | None = None):
         self.port = free_port()
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="wyoming-", suffix=".log", delete=False)
         uri = f"tcp://127.0.0.1:{self.port}"
         command = [c.format(port=self.port, uri=uri) for c in command] if command else None
         command = command or [sys.executable, "-m", "edgemm.runtime.cli", "wyoming", "--uri", uri, *args]
-        self.proc = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or os.environ.copy()
-        )
-        self.pid = self.proc.pid
+        super().__init__(command, "wyoming-", env)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -57,32 +52,6 @@ class WyomingProcess:
                 time.sleep(0.2)
         self.stop()
         raise EdgemmError(f"the Wyoming server did not start in {START_TIMEOUT_S} s")
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text()
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        os.unlink(self.log.name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def pcm(samples: np.ndarray, width: int = 2, channels: int = 1) -> bytes:
