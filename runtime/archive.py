@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from edgemm.runtime.bundle import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, bundle_path, check_file_list, open_bundle
+from edgemm.runtime.bundle import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, check_file_list, open_declared
 from edgemm.runtime.errors import BundleError
 from edgemm.runtime.install import check_name, place, staging
 
@@ -42,10 +42,8 @@ def _member(name: str, size: int, mode: int = 0o644) -> tarfile.TarInfo:
 def pack(source: str | Path, out: Path | None = None) -> Path:
     """Pack the bundle ``source`` (a folder, or a name in the models folder) into one file, ``out`` or
     ``NAME.tar`` here. The bundle is verified first: a damaged one is never packed."""
-    folder = bundle_path(source, "")
-    manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else None
-    kind = manifest.get("kind") if isinstance(manifest, dict) else None
-    open_bundle(folder, kind if isinstance(kind, str) else "?", verify=True)
+    bundle = open_declared(source, verify=True)
+    folder, manifest, kind = bundle.path, bundle.manifest, bundle.kind
     name = check_name(manifest.get("name") if isinstance(manifest.get("name"), str) else folder.name)
     out = Path(out) if out else Path(f"{name}.tar")
     partial = out.with_name(out.name + ".partial")

@@ -499,6 +499,14 @@ def missing_hint(folder: Path, kind: str) -> str:
     )
 
 
+def open_declared(path: str | Path, verify: bool = True) -> Bundle:
+    """The bundle at ``path`` opened as the kind its own manifest declares (packing, installing), checked as
+    :func:`open_bundle` checks one."""
+    folder = bundle_path(path, "")
+    kind = read_manifest(folder).get("kind")
+    return open_bundle(folder, kind if isinstance(kind, str) else "?", verify)
+
+
 def open_bundle(path: str | Path | None, kind: str, verify: bool = True) -> Bundle:
     """Open and check a bundle: manifest present and of the right kind, every file in the folder listed, of the
     right size and hash, and the manifest's numbers in range. ``path`` as :func:`bundle_path` reads it."""

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgemm.runtime.bundle import models_dir, open_bundle, read_manifest
+from edgemm.runtime.bundle import models_dir, open_declared
 from edgemm.runtime.errors import BundleError
 
 INCOMING = ".incoming"  # inside the models folder: the same file system, so a rename moves a bundle at once
@@ -46,8 +46,7 @@ def place(staged: Path, name: str, models: Path | None = None, verify: bool = Tr
     models = models_dir() if models is None else Path(models)
     target = models / check_name(name)
     try:
-        kind = read_manifest(staged).get("kind")
-        open_bundle(staged, kind if isinstance(kind, str) else "?", verify=verify)
+        open_declared(staged, verify=verify)
         old = None
         if os.path.lexists(target):
             old = Path(tempfile.mkdtemp(prefix=f"{name}.old.", dir=incoming(models)))
