@@ -8,7 +8,8 @@ request to look (or camera mode) grabs a frame and answers the image question (a
 anything else goes to the text LLM with the conversation's memory, which may call ``look`` as a tool (its call
 constrained to the tool's schema) -> the answer streams as text and is spoken sentence by sentence, the first
 clause (or FIRST_WORDS words) as soon as it is complete. Timers that go
-off are announced as they fire, between turns too (:class:`TimerDone`).
+off are announced as they fire, between turns too (:class:`TimerDone`). With a wake word only what follows it is
+answered, and follow-ups for a few seconds after each answer (:class:`_Gate`).
 
 The assistant is built from models only; the devices are given to :meth:`Assistant.run` (a microphone, and optionally
 a speaker and a camera) or to :meth:`Assistant.respond` (a typed question). Both yield events as they happen:
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +45,7 @@ from edgemm.runtime.speech.audio import load_audio
 from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions
 from edgemm.runtime.speech.stream import MAX_STREAM_S
 from edgemm.runtime.speech.vad import SAMPLE_RATE, VADStream
+from edgemm.runtime.speech.wake import WakeWord
 from edgemm.runtime.tts import NothingToSay, SentenceSplitter, Speech
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,12 @@ LLM_TOOLS = ("look",)
 FIRST_WORDS = 6
 # Partials only while the microphone's audio and the wall clock stay within this of each other (nothing queued).
 LIVE_SLACK_S = 0.15
+# With a wake word: a question is answered when it starts within this many seconds of the wake word, and a follow-up
+# when it starts within this many seconds of the end of the answer.
+FOLLOW_UP_S = 5.0
+# The question's audio starts this long before the wake word's detection, which may fire in the next word's first
+# syllable; what is left of the phrase is taken off the transcript (:func:`without_phrase`).
+WAKE_MARGIN_S = 0.16
 
 
 def _first_line(error: BaseException) -> str:
@@ -128,13 +138,28 @@ class TimerDone:
 
 
 @dataclass(frozen=True)
+class Woke:
+    """The wake word was heard: what is said next is answered."""
+
+    word: str
+
+
+@dataclass(frozen=True)
+class Asleep:
+    """Nothing followed the wake word or the last answer in time: only ``phrases`` wake the assistant now (also
+    sent when listening starts)."""
+
+    phrases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TurnEnd:
     """The answer is complete (its audio may still be playing)."""
 
     turn: Turn
 
 
-Event = Hearing | Transcript | AnswerText | AnswerAudio | TurnEnd | TimerDone
+Event = Hearing | Transcript | AnswerText | AnswerAudio | TurnEnd | TimerDone | Woke | Asleep
 
 
 class AssistantClock:
@@ -162,14 +187,19 @@ class Assistant:
         options: GenerationOptions | None = None,
         endpoint: EndpointOptions | None = None,
         clock: Clock | None = None,
+        wake: WakeWord | None = None,
+        follow_up_s: float = FOLLOW_UP_S,
     ):
         """``images``: an ImageQuestion for scene questions (None: the assistant cannot look); ``synthesizer``: a
         tts.Synthesizer for spoken answers (None: text only); ``clock``: the time the skills read (tests inject a
-        FixedClock)."""
+        FixedClock); ``wake``: when listening, answer only after its words (and ``follow_up_s`` after answers)."""
         if transcriber.vad is None:
             raise ValueError("the speech bundle has no VAD model")
         self.transcriber, self.images, self.synthesizer = transcriber, images, synthesizer
         self.camera_mode, self.endpoint = camera_mode, endpoint or EndpointOptions()
+        if not 0 < follow_up_s <= 3600:
+            raise ValueError(f"follow_up_s must be in (0, 3600], not {follow_up_s}")
+        self.wake, self.follow_up_s = wake, follow_up_s
         self.chat = Chat(lm, system=system_prompt(), options=options or GenerationOptions(max_new_tokens=96))
         self.speaking_until = 0.0  # microphone time when the current spoken answer ends
         self.turns: list[Turn] = []
@@ -201,17 +231,24 @@ class Assistant:
         speak: bool = True,
         camera_mode: bool = False,
         endpoint: EndpointOptions | None = None,
+        wake_words: list[str] | None = None,
+        wake_model: str | Path | None = None,
+        follow_up_s: float = FOLLOW_UP_S,
     ) -> Assistant:
         """The default bundles (or the ones named). ``vision``: load the image path (only useful with a camera);
-        ``speak``: load the voice (the tts extra; without it answers are text only, with one logged line)."""
+        ``speak``: load the voice (the tts extra; without it answers are text only, with one logged line);
+        ``wake_words``: answer only after one of these (from ``wake_model``, default the default wake bundle)."""
         from edgemm.runtime import tts
         from edgemm.runtime.vision import ImageQuestion
 
+        wake = WakeWord.load(wake_model, wake_words) if wake_words else None  # a wrong word fails before the rest
         synthesizer = tts.optional_synthesizer(threads, without="text only") if speak else None
         lm = LanguageModel.load(model, threads=threads, context=context)
         images = ImageQuestion.load(vision_model=vision_model, threads=threads, lm=lm) if vision else None
         transcriber = Transcriber.load(speech_model, threads=threads)
-        return cls(transcriber, lm, images, synthesizer, camera_mode, endpoint=endpoint)
+        return cls(
+            transcriber, lm, images, synthesizer, camera_mode, endpoint=endpoint, wake=wake, follow_up_s=follow_up_s
+        )
 
     @contextmanager
     def _one_at_a_time(self):
@@ -245,27 +282,41 @@ class Assistant:
 
     def _listen(self, microphone, speaker, camera) -> Iterator[Event]:
         endpointer = Endpointer(VADStream(self.transcriber.vad), self.endpoint)
+        gate = _Gate(self.wake, self.follow_up_s)
         self.speaking_until = 0.0
         self.clock.microphone = 0.0
         live = None  # the utterance being heard
+        if gate.phrases:
+            yield Asleep(gate.phrases)
         try:
             for block in microphone.blocks():
                 utterance = endpointer.feed(block)
                 self.clock.microphone = endpointer.t
+                woke = gate.listen(block, endpointer.t)
+                if woke is not None:  # the question starts here: an utterance holding the wake word is not it
+                    yield Woke(woke.word)
+                    endpointer.restart(woke.seconds - WAKE_MARGIN_S)
+                    utterance = None
+                    live = _Live(self, endpointer, camera) if endpointer.recording else None
                 talking = endpointer.t < self.speaking_until or getattr(speaker, "busy", False)
                 if endpointer.started and talking:
                     self._barge_in(speaker)
                 if endpointer.started:
-                    live = _Live(self, endpointer, camera)
+                    live = _Live(self, endpointer, camera) if gate.open(endpointer.start) else None
                 if live is not None and utterance is None and endpointer.recording:
                     utterance = yield from live.follow()
-                if utterance is not None:
+                if utterance is not None and not gate.open(utterance.start):
+                    log.debug("not answered: %.1f-%.1f s came without the wake word", utterance.start, utterance.end)
+                elif utterance is not None:
                     heard = (utterance.start, utterance.end)
                     final = None if live is None else (lambda live=live, utterance=utterance: live.final(utterance))
                     live = None
                     spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera, heard, final)
                     # The answer plays from the end of the utterance on (in microphone time).
                     self.speaking_until = utterance.end + spoken
+                    gate.answered(self.speaking_until)
+                if gate.dozes(endpointer.t, endpointer.recording):
+                    yield Asleep(gate.phrases)
                 if not endpointer.started:  # between utterances: timers that went off are announced
                     spoken = yield from self.timers_done(speaker)
                     if spoken:  # the announcement plays after what is playing now (barge-in stops it too)
@@ -326,6 +377,8 @@ class Assistant:
             if transcript is None:
                 transcript = self.transcriber.transcribe(audio, sample_rate).text
             transcript = transcript.strip()
+            if self.wake is not None:  # what was heard of the wake phrase before the question
+                transcript = without_phrase(transcript, [m.phrase for m in self.wake.models])
         except Exception as e:  # an utterance that cannot be transcribed is skipped, not fatal
             log.warning("cannot transcribe an utterance: %s", _first_line(e))
             return 0.0
@@ -512,3 +565,53 @@ class _Live:
         except Exception as e:
             log.warning("cannot transcribe an utterance: %s", _first_line(e))
             return None
+
+
+class _Gate:
+    """Which utterances are answered: without a wake word all of them; with one, those that start within
+    ``follow_up_s`` after it is detected, or after an answer ends (microphone seconds)."""
+
+    def __init__(self, wake: WakeWord | None, follow_up_s: float):
+        self.wake, self.follow_up_s = wake, follow_up_s
+        self.until = math.inf if wake is None else -math.inf
+        self.phrases = tuple(m.phrase for m in wake.models) if wake is not None else ()
+        self.awake = wake is None
+        if wake is not None:
+            wake.reset()
+
+    def open(self, t: float) -> bool:
+        return t < self.until
+
+    def listen(self, block, t: float):
+        """Feed ``block`` (ending at stream second ``t``) to the wake word detector; its Detection, if any."""
+        if self.wake is None:
+            return None
+        found = self.wake.feed(block)
+        if not found:
+            return None
+        self.until, self.awake = t + self.follow_up_s, True
+        return found[0]
+
+    def answered(self, end: float) -> None:
+        """An answer ends at microphone second ``end``: a follow-up may start until ``follow_up_s`` later."""
+        self.until = max(self.until, end + self.follow_up_s)
+
+    def dozes(self, t: float, recording: bool) -> bool:
+        """Whether the assistant falls asleep at ``t`` (once per waking; not while a question is being recorded)."""
+        if not self.awake or self.open(t) or recording:
+            return False
+        self.awake = False
+        return True
+
+
+def without_phrase(text: str, phrases: list[str]) -> str:
+    """``text`` without the start of a wake phrase it begins with ("Jarvis, what time is it?" -> "What time is it?"
+    for "hey jarvis"): the question's audio starts a little before the detection, so its end may be heard."""
+    for phrase in phrases:
+        words = phrase.split()
+        for n in range(len(words), 0, -1):
+            pattern = r"^\W*" + r"\W+".join(re.escape(w) for w in words[-n:]) + r"\b\W*"
+            rest = re.sub(pattern, "", text, count=1, flags=re.IGNORECASE)
+            if rest != text:
+                return rest[:1].upper() + rest[1:] if rest else rest
+    return text

@@ -391,7 +391,7 @@ def _open_devices(args):
 
 
 def cmd_listen(args) -> int:
-    from edgemm.runtime.assistant import Assistant
+    from edgemm.runtime.assistant import FOLLOW_UP_S, Assistant
     from edgemm.runtime.speech.endpoint import EndpointOptions
 
     if args.list_devices:
@@ -411,6 +411,9 @@ def cmd_listen(args) -> int:
             speak=speaker is not None,
             camera_mode=args.camera_mode,
             endpoint=EndpointOptions(max_utterance_s=args.max_utterance),
+            wake_words=args.wake,
+            wake_model=args.wake_model,
+            follow_up_s=FOLLOW_UP_S if args.follow_up is None else args.follow_up,
         )
         if mic is None:
             print("no microphone: type questions instead (Ctrl-D quits)", file=sys.stderr)
@@ -446,13 +449,17 @@ def _typed_lines():
 def _show(events, verbose: bool) -> None:
     """Print the assistant's events: what is being heard (on one updating line, on a terminal), what was heard, the
     answer as it streams, per-turn latency with -v."""
-    from edgemm.runtime.assistant import AnswerText, Hearing, TimerDone, Transcript, TurnEnd
+    from edgemm.runtime.assistant import AnswerText, Asleep, Hearing, TimerDone, Transcript, TurnEnd, Woke
 
     live = sys.stdout.isatty()
     for event in events:
         if isinstance(event, Hearing):
             if live:
                 print(f"\r\033[Kyou: {event.text} ...", end="", flush=True)
+        elif isinstance(event, Woke):
+            print(f"({event.word}: listening)", file=sys.stderr, flush=True)
+        elif isinstance(event, Asleep):
+            print(f"(asleep: say {' or '.join(repr(p) for p in event.phrases)})", file=sys.stderr, flush=True)
         elif isinstance(event, TimerDone):
             print(f"assistant: {event.text}", flush=True)
         elif isinstance(event, Transcript):
@@ -485,6 +492,8 @@ def cmd_serve(args) -> int:
         vision=not args.no_vision,
         voice=not args.no_tts,
         max_queue=args.max_queue,
+        wake=not args.no_wake,
+        wake_model=args.wake_model,
     )
     config = ServerConfig(
         api_key=args.api_key or os.environ.get("EDGEMM_API_KEY") or None,
@@ -663,6 +672,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-utterance", type=_positive_seconds, default=15.0, help="seconds after which an utterance is cut"
     )
+    p.add_argument(
+        "--wake", action="append", metavar="WORD", help="answer only after this wake word, e.g. hey_jarvis (repeatable)"
+    )
+    p.add_argument("--wake-model", type=Path, default=None, help="wake bundle (default preset)")
+    p.add_argument(
+        "--follow-up",
+        type=_positive_seconds,
+        default=None,
+        help="with --wake: seconds after an answer in which a follow-up needs no wake word (default: 5)",
+    )
     p.add_argument("--model", type=Path, default=None, help="llm bundle (default preset)")
     p.add_argument("--speech-model", type=Path, default=None, help="speech bundle (default preset)")
     p.add_argument(
@@ -700,6 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-model", type=Path, default=None, help="vision or vlm bundle (default preset)")
     p.add_argument("--no-speech", action="store_true", help="no speech model: no transcription, no web assistant")
     p.add_argument("--no-vision", action="store_true", help="no image questions")
+    p.add_argument(
+        "--wake-model", type=Path, default=None, help="wake bundle for the page (default: the built default)"
+    )
+    p.add_argument("--no-wake", action="store_true", help="no wake words on the page")
     p.add_argument("--no-tts", action="store_true", help="no spoken answers, no /v1/audio/speech")
     p.add_argument("--max-queue", type=_positive_int, default=8, help="requests that may wait per model (then 429)")
     p.add_argument("--timeout", type=_positive_seconds, default=300.0, help="seconds one request may take")

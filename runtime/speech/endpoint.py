@@ -97,6 +97,14 @@ class Endpointer:
             log.info("utterance cut at %.0f s", self.o.max_utterance_s)
         return self._end(self.state.silent)
 
+    def restart(self, since: float) -> None:
+        """Keep only the audio from stream second ``since`` on in the utterance being recorded (what came before
+        was something else: the wake word); it goes on recording."""
+        if self.recording:
+            keep = max(0, min(len(self.blocks), int(np.ceil((self.t - since) * SAMPLE_RATE / CHUNK))))
+            self.blocks = self.blocks[len(self.blocks) - keep :]
+            self.start = self.t - keep * CHUNK / SAMPLE_RATE
+
     def cut(self) -> Utterance | None:
         """End the utterance being recorded now (at a pause the caller judged to end it)."""
         return self._end(self.state.silent) if self.recording else None
