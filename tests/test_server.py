@@ -311,6 +311,63 @@ def test_live_transcription_of_an_utterance_without_end_starts_over(server, clip
         assert reply == {"type": "final", "text": ""}  # nothing after the dropped utterance
 
 
+def _wake_socket(server, query: str = ""):
+    from websockets.sync.client import connect
+
+    return connect(server.url.replace("http", "ws", 1) + "/v1/assistant/wake" + query, open_timeout=30)
+
+
+def test_wake_words_over_a_websocket(server):
+    """GET lists the server's wake words; the socket, fed 44.1 kHz audio as a page sends it, reports "Hey Jarvis"
+    where it is said and nothing in the speech around it."""
+    import soxr
+
+    from edgemm.runtime import tts
+
+    if not (default_bundle("wake") / "manifest.json").exists():
+        pytest.skip("default wake bundle missing: run `make setup`")
+    words = json.loads(request(server.url, "/v1/assistant/wake")[2])["words"]
+    assert {"name": "hey_jarvis", "phrase": "hey jarvis"} in words and len(words) == 5
+    voice = tts.Synthesizer(varied=False)
+    said = [voice.synthesize(t) for t in ("What is two plus two?", "Hey Jarvis.", "What time is it?")]
+    audio = [soxr.resample(s.samples, s.sample_rate, 44100) for s in said]
+    gap = np.zeros(44100, np.float32)
+    pcm = (np.concatenate([gap, audio[0], gap, audio[1], gap, audio[2], gap]) * 32767).astype("<i2")
+    phrase_end = (len(gap) * 2 + len(audio[0]) + len(audio[1])) / 44100
+    with _wake_socket(server, "?rate=44100&words=hey_jarvis") as socket:
+        for start in range(0, pcm.size, 2048):
+            socket.send(pcm[start : start + 2048].tobytes())
+        reply = json.loads(socket.recv(timeout=30))
+        assert reply["type"] == "detection" and reply["name"] == "hey_jarvis", reply
+        assert phrase_end - 1.0 < reply["seconds"] < phrase_end + 0.5, (reply, phrase_end)
+        with pytest.raises(TimeoutError):  # only one
+            socket.recv(timeout=3)
+
+
+@pytest.mark.parametrize(
+    "query, message, error",
+    [
+        ("?words=hey_computer", None, "no wake word 'hey_computer'"),
+        ("?rate=1", None, "rate must be a sample rate"),
+        ("", "hello", "send audio as binary 16-bit PCM"),
+        ("", b"\x00\x01\x02", "send audio as binary 16-bit PCM"),
+    ],
+)
+def test_wake_socket_refuses_what_it_cannot_use(server, query, message, error):
+    from websockets.exceptions import ConnectionClosed
+
+    if not (default_bundle("wake") / "manifest.json").exists():
+        pytest.skip("default wake bundle missing: run `make setup`")
+    with _wake_socket(server, query) as socket:
+        if message is not None:
+            socket.send(message)
+        reply = json.loads(socket.recv(timeout=30))
+        assert reply["type"] == "error" and error in reply["message"], reply
+        with pytest.raises(ConnectionClosed):
+            socket.recv(timeout=30)
+    assert health(server.url)["status"] == "ok"
+
+
 def test_live_transcription_client_that_leaves_mid_word(server, clips):
     """A client that drops the connection in the middle of an utterance (no close frame) leaves nothing behind:
     the speech worker is free again and the next client is served."""

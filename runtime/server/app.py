@@ -56,6 +56,7 @@ from edgemm.runtime.server.guard import MB, Access, Guard
 from edgemm.runtime.server.live import live_transcription
 from edgemm.runtime.server.models import ServerModels
 from edgemm.runtime.server.openai import APIError, bad
+from edgemm.runtime.server.wake import wake_detection, wake_words
 from edgemm.runtime.server.workers import Busy, Channel, Closed
 from edgemm.runtime.speech.decoding import DecodingOptions
 from edgemm.runtime.speech.transcribe import TEMPERATURES, TranscribeOptions
@@ -589,6 +590,9 @@ class Server:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    async def wake_words(self, request: Request) -> Response:
+        return await wake_words(self)
+
     async def assistant_timers(self, request: Request) -> Response:
         """The timers and alarms of a web assistant conversation that have gone off: JSON ``{"session"}`` ->
         ``{"announcements": [{"text", "wav"}]}`` (``wav``: the announcement spoken, or null). The page polls it;
@@ -688,6 +692,7 @@ def create_app(models: ServerModels, config: ServerConfig | None = None, host: s
         ("/v1/audio/speech", server.speech, ["POST"]),
         ("/v1/assistant", server.assistant, ["POST"]),
         ("/v1/assistant/timers", server.assistant_timers, ["POST"]),
+        ("/v1/assistant/wake", server.wake_words, ["GET"]),
     ]
 
     @contextlib.asynccontextmanager
@@ -699,9 +704,12 @@ def create_app(models: ServerModels, config: ServerConfig | None = None, host: s
     async def live(websocket):
         await live_transcription(server, websocket)
 
+    async def wake(websocket):
+        await wake_detection(server, websocket)
+
     app = Starlette(
         routes=[Route(path, _answering_errors(endpoint), methods=methods) for path, endpoint, methods in routes]
-        + [WebSocketRoute("/v1/audio/live", live)],
+        + [WebSocketRoute("/v1/audio/live", live), WebSocketRoute("/v1/assistant/wake", wake)],
         exception_handlers={HTTPException: _on_http_exception},
         lifespan=lifespan,
     )

@@ -42,13 +42,13 @@ async def live_transcription(server, websocket: WebSocket) -> None:
         transcriber = server.models.transcriber
         if transcriber is None:
             raise LiveError("this server has no speech model")
-        session = _Session(server, transcriber, _rate(websocket.query_params.get("rate", "16000")))
+        session = _Session(server, transcriber, rate_param(websocket.query_params.get("rate", "16000")))
         while True:
             try:
                 message = await asyncio.wait_for(websocket.receive(), server.config.idle_timeout)
             except TimeoutError:
                 idle = server.config.idle_timeout
-                await _send_error(websocket, f"no audio for {idle:g} s: the live transcription is closed")
+                await send_error(websocket, f"no audio for {idle:g} s: the live transcription is closed")
                 await websocket.close(1000)
                 return
             if message["type"] == "websocket.disconnect":
@@ -56,7 +56,7 @@ async def live_transcription(server, websocket: WebSocket) -> None:
             for reply in await session.handle(message):
                 await websocket.send_json(reply)
     except LiveError as e:
-        await _send_error(websocket, str(e))
+        await send_error(websocket, str(e))
         await websocket.close(1003 if session is not None else 1008)
     except (WebSocketDisconnect, RuntimeError):  # the client left while we answered
         return
@@ -65,14 +65,14 @@ async def live_transcription(server, websocket: WebSocket) -> None:
             session.close()
 
 
-async def _send_error(websocket: WebSocket, message: str) -> None:
+async def send_error(websocket: WebSocket, message: str) -> None:
     try:
         await websocket.send_json({"type": "error", "message": message})
     except (WebSocketDisconnect, RuntimeError):
         pass
 
 
-def _rate(value: str) -> int:
+def rate_param(value: str) -> int:
     try:
         rate = int(value)
     except ValueError:

@@ -90,6 +90,7 @@ class ServerModels:
     transcriber: Transcriber | None = None
     images: object | None = None  # ImageQuestion
     synthesizer: object | None = None  # tts.Synthesizer
+    wake: object | None = None  # a wake bundle (each listener runs its own detector on it)
     max_queue: int = 8
     why_no_voice: str = "install the tts extra and a Piper voice"  # what /v1/audio/speech says without a synthesizer
     workers: dict = field(default_factory=dict)
@@ -118,12 +119,15 @@ class ServerModels:
         voice: bool = True,
         max_queue: int = 8,
         voice_model: str | Path | None = None,
+        wake: bool = True,
+        wake_model: str | Path | None = None,
     ) -> ServerModels:
         """The default bundles (or those named). The language model is required; a speech, vision or voice part
         that is turned off is not loaded, and its routes answer 404 (a missing default bundle is an error: the
         message says how to build it). ``voice_model``: a voice bundle or Piper ``.onnx`` voice instead of the
-        default voice."""
+        default voice. Wake words come from ``wake_model``, else from the default wake bundle when it is built."""
         from edgemm.runtime import tts
+        from edgemm.runtime.speech.wake import optional_bundle
         from edgemm.runtime.vision import ImageQuestion
 
         lm = LanguageModel.load(model, threads=threads, context=context)
@@ -134,7 +138,8 @@ class ServerModels:
         else:
             synthesizer = tts.optional_synthesizer(threads, without="/v1/audio/speech is off") if voice else None
         why = cls.why_no_voice if voice else "speech output was turned off by --no-tts"
-        return cls(lm, transcriber, images, synthesizer, max_queue=max_queue, why_no_voice=why)
+        wake_bundle = optional_bundle(wake_model, off=not wake)
+        return cls(lm, transcriber, images, synthesizer, wake_bundle, max_queue=max_queue, why_no_voice=why)
 
     def names(self) -> dict[str, str]:
         """Model id -> what it does, for /v1/models."""

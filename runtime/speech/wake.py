@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemm.runtime.bundle import Bundle, open_bundle
+from edgemm.runtime.bundle import MANIFEST, Bundle, default_bundle, open_bundle
 from edgemm.runtime.errors import BundleError, OptionsError
 from edgemm.runtime.sessions import create_session
 
@@ -194,3 +194,11 @@ class WakeWord:
             out[i] = list(self.chunk_scores(samples[i * CHUNK : (i + 1) * CHUNK]).values())
         self.reset()
         return out
+
+
+def optional_bundle(path: str | Path | None, off: bool = False) -> Bundle | None:
+    """The wake bundle ``path`` names, else the default one when it is built (None when ``off``, or when none is
+    built and none was named): servers offer wake words when they can."""
+    if off or (path is None and not (default_bundle("wake") / MANIFEST).exists()):
+        return None
+    return open_bundle(path, "wake")

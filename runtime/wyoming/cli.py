@@ -10,14 +10,19 @@ from edgemm.runtime.errors import EdgemmError
 
 def cmd_wyoming(args) -> int:
     try:
-        from edgemm.runtime.wyoming.service import WyomingOptions, serve
+        from edgemm.runtime.wyoming.service import MAX_CLIENTS, WyomingOptions, serve
     except ImportError as e:
         raise EdgemmError(
             f"edgemm wyoming needs the wyoming extra ({e.name} is missing): pip install 'edgemm[wyoming]'"
         ) from None
     from edgemm.runtime.server.models import ServerModels
 
-    options = WyomingOptions(uri=args.uri, transcript_streaming=not args.no_streaming, timeout=args.timeout)
+    options = WyomingOptions(
+        uri=args.uri,
+        transcript_streaming=not args.no_streaming,
+        timeout=args.timeout,
+        max_clients=MAX_CLIENTS if args.max_clients is None else args.max_clients,
+    )
     models = ServerModels.load(
         args.model,
         args.speech_model,
@@ -27,9 +32,10 @@ def cmd_wyoming(args) -> int:
         voice=not args.no_tts,
         max_queue=args.max_queue,
         voice_model=args.voice,
+        wake=not args.no_wake,
+        wake_model=args.wake_model,
     )
-
-    wake = _wake_bundle(args.wake_model, args.no_wake)
+    wake = models.wake
     names = [*models.names(), *([wake.path.name] if wake is not None else [])]
 
     def ready(uri: str) -> None:
@@ -37,18 +43,6 @@ def cmd_wyoming(args) -> int:
 
     serve(models, options, ready=ready, wake=wake)
     return 0
-
-
-def _wake_bundle(path, off: bool):
-    """The wake bundle ``--wake-model`` names, else the default one when it is built (None with ``--no-wake``, or
-    when none is built and none was named)."""
-    from edgemm.runtime.bundle import MANIFEST, default_bundle, open_bundle
-
-    if off:
-        return None
-    if path is None and not (default_bundle("wake") / MANIFEST).exists():
-        return None
-    return open_bundle(path, "wake")
 
 
 def register(sub, parents: list, fmt) -> None:
@@ -76,6 +70,9 @@ def register(sub, parents: list, fmt) -> None:
     p.add_argument("--no-streaming", action="store_true", help="no transcript-start/-chunk/-stop events")
     p.add_argument("--max-queue", type=_positive_int, default=32, help="requests that may wait per model (then busy)")
     p.add_argument("--timeout", type=_positive_seconds, default=120.0, help="seconds one request may take")
+    p.add_argument(
+        "--max-clients", type=_positive_int, default=None, help="connections at once, then busy (default: 64)"
+    )
     p.add_argument("--context", type=_context, default=None, help=CONTEXT_HELP)
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
     p.set_defaults(func=cmd_wyoming)
