@@ -186,3 +186,46 @@ def test_a_timer_set_on_the_page_rings_on_the_page(server):
         _wait(lambda: driver.execute_script("return window.edgemm.stats.audioStarted") >= 2, 10, "its voice")
     finally:
         driver.quit()
+
+
+def test_wake_word_on_the_page(server, media, tmp_path):
+    """The page offers the server's wake words; with hey jarvis chosen, speech before it is not answered, the
+    question after it is, and the turn is the question alone."""
+    import soundfile as sf
+    import soxr
+
+    from edgemm.runtime import tts
+
+    if not (default_bundle("wake") / "manifest.json").exists():
+        pytest.skip("default wake bundle missing: run `make setup`")
+    voice = tts.Synthesizer(varied=False)
+
+    def spoken(text):
+        speech = voice.synthesize(text)
+        return soxr.resample(speech.samples, speech.sample_rate, RATE)
+
+    parts = [np.zeros(RATE, np.float32), spoken("What is two plus two?"), np.zeros(int(RATE * 1.5), np.float32)]
+    parts += [spoken("Hey Jarvis."), np.zeros(RATE // 2, np.float32), spoken("What is the capital of France?")]
+    sf.write(tmp_path / "wake.wav", np.concatenate([*parts, np.zeros(RATE * 12, np.float32)]), RATE, "PCM_16")
+    driver = _browser(
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={tmp_path / 'wake.wav'}%noloop",
+        f"--use-file-for-fake-video-capture={media / 'chelsea.y4m'}",
+    )
+    try:
+        driver.get(server.url + "/")
+        _wait(lambda: driver.find_element(By.ID, "wake-row").is_displayed(), 20, "the wake-word choice")
+        words = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#wake option")]
+        assert words == ["", "ok_nabu", "hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy"]
+        driver.find_element(By.CSS_SELECTOR, "#wake option[value=hey_jarvis]").click()
+        driver.find_element(By.ID, "start").click()
+        turns = _wait(lambda: [t for t in _turns(driver) if t["latency"]], 90, "the answer to the question")
+        time.sleep(3)  # nothing else is answered
+        turns, stats = _turns(driver), driver.execute_script("return window.edgemm.stats")
+        print(turns, stats)
+        assert len(turns) == 1 and "capital of france" in turns[0]["you"].lower(), turns
+        assert "jarvis" not in turns[0]["you"].lower() and "Paris" in turns[0]["answer"]
+        assert stats["wakes"] == 1 and stats["ignored"] >= 1, stats
+    finally:
+        driver.quit()
