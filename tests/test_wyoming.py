@@ -253,6 +253,28 @@ def test_32_clients_at_once(server, clips):
     _serving(server)
 
 
+def test_connections_over_the_cap_are_told_busy(clips):
+    """With --max-clients 2, a third connection gets a busy error event and is closed; the two keep working, and
+    once one leaves a new one is served."""
+    from wyoming.client import AsyncTcpClient
+
+    async def scenario(port):
+        async with AsyncTcpClient("127.0.0.1", port) as one, AsyncTcpClient("127.0.0.1", port) as two:
+            for client in (one, two):
+                await client.write_event(Describe().event())
+                assert (await asyncio.wait_for(client.read_event(), 30)).type == "info"
+            third = await exchange(port, [Describe().event()], ("info",))
+            assert third.types == ["error"] and third.events[0].data["code"] == "busy", third.types
+            assert "2 connections at once" in third.events[0].data["text"]
+            await two.write_event(Describe().event())
+            assert (await asyncio.wait_for(two.read_event(), 30)).type == "info"
+        await asyncio.sleep(0.5)  # both closed
+        return await exchange(port, [Describe().event()], ("info",))
+
+    with WyomingProcess("--max-clients", "2", "--no-tts", "--no-wake") as capped:
+        assert run(scenario(capped.port)).types == ["info"]
+
+
 def test_unknown_language_is_refused(server, clips):
     events = audio_events(load_audio(clips[1].path), language="fr")
     reply = run(exchange(server.port, events, ()))

@@ -38,7 +38,7 @@ from edgemm.runtime.speech.stream import continued
 from edgemm.runtime.speech.transcribe import TranscribeOptions
 from edgemm.runtime.tts import NothingToSay, SentenceSplitter
 from edgemm.runtime.wyoming.audio import Listening, PcmFormat, Utterance, pcm_chunks
-from edgemm.runtime.wyoming.service import ProtocolError, WyomingOptions, read_event
+from edgemm.runtime.wyoming.service import Clients, ProtocolError, WyomingOptions, read_event
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,9 @@ def _first_line(error: BaseException) -> str:
 
 
 class EventHandler(AsyncEventHandler):
-    def __init__(self, models, options: WyomingOptions, info: Event, wake, *args, **kwargs):
+    def __init__(self, models, options: WyomingOptions, info: Event, wake, clients: Clients, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.models, self.options, self.info = models, options, info
+        self.models, self.options, self.info, self.clients = models, options, info, clients
         self.wake = wake  # the wake bundle (None: no wake words)
         self.detector = None  # this connection's WakeWord, once it asked to ``detect``
         self.listening: Listening | None = None  # audio being listened to for the wake word
@@ -93,6 +93,10 @@ class EventHandler(AsyncEventHandler):
     async def run(self) -> None:
         """The wyoming handler's loop, with events read by :func:`read_event` (bounded sizes)."""
         self._is_running = True
+        if self.clients.open >= self.options.max_clients:
+            await self._turn_away(f"this server serves {self.options.max_clients} connections at once: try again later")
+            return
+        self.clients.open += 1
         try:
             while self._is_running:
                 try:
@@ -105,7 +109,25 @@ class EventHandler(AsyncEventHandler):
         except ConnectionError:  # the client left while we answered
             pass
         finally:
+            self.clients.open -= 1
             await self.disconnect()
+            self.writer.close()
+
+    async def _turn_away(self, text: str) -> None:
+        """A busy error event, then the connection closed once the client has read it (what it sent meanwhile is
+        read and dropped for up to 2 s: closing with unread data would reset the connection, losing the event)."""
+
+        async def drain():
+            while await self.reader.read(1 << 16):
+                pass
+
+        try:
+            await self.write_event(Error(text=text, code="busy").event())
+            self.writer.write_eof()
+            await asyncio.wait_for(drain(), 2.0)
+        except (OSError, TimeoutError):  # ConnectionError included
+            pass
+        finally:
             self.writer.close()
 
     async def disconnect(self) -> None:

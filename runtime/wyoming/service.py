@@ -34,6 +34,14 @@ ATTRIBUTION = Attribution(name="edgemm", url="https://huggingface.co/edgemm")
 MAX_EVENT_BYTES = 4 << 20  # one event's data or payload: 4 MiB (Home Assistant sends 2 KiB chunks)
 MAX_HEADER_BYTES = 1 << 16  # one event's JSON line (asyncio's own limit for a line)
 BODY_TIMEOUT_S = 30.0  # seconds an event's data and payload may take to arrive after its header
+MAX_CLIENTS = 64  # connections at once (satellites keep theirs open); one more is told "busy" and closed
+
+
+@dataclass
+class Clients:
+    """The connections open now (one event loop counts them: no lock)."""
+
+    open: int = 0
 
 
 class ProtocolError(EdgemmError):
@@ -46,6 +54,7 @@ class WyomingOptions:
     transcript_streaming: bool = True  # send transcript-start/-chunk/-stop around each transcript (and say so)
     timeout: float = 120.0  # seconds one request may take on the models (queueing included), then an error event
     max_event_bytes: int = MAX_EVENT_BYTES  # an event's data or payload over this closes the connection
+    max_clients: int = MAX_CLIENTS  # connections served at once
 
     def __post_init__(self):
         scheme = urlparse(self.uri).scheme
@@ -54,6 +63,8 @@ class WyomingOptions:
         if scheme == "tcp" and not (_port(self.uri) and urlparse(self.uri).hostname):
             raise OptionsError(f"--uri must name a host and a port from 1 to 65535: tcp://HOST:PORT, not {self.uri!r}")
         check_float(self.timeout, "timeout", 0.0, low_open=True)
+        if not 1 <= self.max_clients <= 4096:
+            raise OptionsError(f"--max-clients must be from 1 to 4096, not {self.max_clients}")
 
 
 def _port(uri: str) -> int | None:
@@ -179,7 +190,7 @@ async def _serve(models, options: WyomingOptions, ready, wake) -> None:
 
     info = describe(models, options, wake).event()
     server = AsyncServer.from_uri(options.uri)
-    factory = partial(EventHandler, models, options, info, wake)
+    factory = partial(EventHandler, models, options, info, wake, Clients())
     try:
         await server.start(factory)
         if ready is not None:
