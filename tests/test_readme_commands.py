@@ -354,6 +354,11 @@ EXPECTED: dict[str, Expectation] = {
     "edgemm listen --mic talk.wav --camera photos/ --speaker answers.wav": Succeeds(
         stdout=("you: " + QUESTION, CAT), stderr=("listening",), wav="answers.wav"
     ),
+    # Without a microphone typed questions need no wake word; the wake bundle still loads (tests/test_listen_wake.py
+    # runs it on a recording).
+    "edgemm listen --wake hey_jarvis": Succeeds(
+        stdin=FRANCE, devices_absent=True, stdout=(PARIS,), stderr=("no microphone: type questions instead",)
+    ),
     "edgemm listen --list-devices": Succeeds(check=_devices_listed),
     "edgemm --profile pi doctor": Succeeds(
         stdout=(r"profile: pi \(set\)", "smollm2-135m-instruct-int4: ok", "files verified", "0 problems")
