@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -366,6 +367,36 @@ def test_wake_socket_refuses_what_it_cannot_use(server, query, message, error):
         with pytest.raises(ConnectionClosed):
             socket.recv(timeout=30)
     assert health(server.url)["status"] == "ok"
+
+
+def test_wake_sockets_over_the_cap_are_told_busy(server):
+    """MAX_LISTENERS sockets listen at once; one more gets an error and is closed, and once one leaves a new one is
+    served."""
+    import contextlib
+
+    from websockets.exceptions import ConnectionClosed
+
+    from edgemm.runtime.server.wake import MAX_LISTENERS
+
+    if not (default_bundle("wake") / "manifest.json").exists():
+        pytest.skip("default wake bundle missing: run `make setup`")
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(_wake_socket(server)) for _ in range(MAX_LISTENERS)]
+        for socket in sockets:  # each has its detector: audio in, nothing heard
+            socket.send(np.zeros(1280, "<i2").tobytes())
+        with pytest.raises(TimeoutError):
+            sockets[-1].recv(timeout=2)
+        with _wake_socket(server) as extra:
+            reply = json.loads(extra.recv(timeout=30))
+            assert reply["type"] == "error" and f"on {MAX_LISTENERS} sockets at once" in reply["message"], reply
+            with pytest.raises(ConnectionClosed):
+                extra.recv(timeout=30)
+        sockets[0].close()
+        time.sleep(0.5)
+        with _wake_socket(server) as again:
+            again.send(np.zeros(1280, "<i2").tobytes())
+            with pytest.raises(TimeoutError):  # served: no error
+                again.recv(timeout=2)
 
 
 def test_live_transcription_client_that_leaves_mid_word(server, clips):

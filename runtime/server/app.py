@@ -215,6 +215,7 @@ class Server:
         self.started = time.time()
         self.html = resources.files("edgemm.runtime.server").joinpath("web/index.html").read_text(encoding="utf-8")
         self.csp = page_policy(self.html)
+        self.wake_listeners = 0  # open /v1/assistant/wake sockets (each runs its own detector)
 
     # -- waiting for workers --
 

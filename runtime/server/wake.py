@@ -4,7 +4,8 @@
 the microphone's audio all the time, as 16-bit little-endian mono PCM binary messages at the ``rate`` query parameter
 (8000-96000, default 16000), for the words in ``words`` (comma-separated, default all), and answers
 ``{"type": "detection", "name", "seconds"}`` for each word heard (``seconds``: where, in the audio sent so far).
-Each connection runs its own detector (its buffers are its own), in a thread: a step takes a few milliseconds.
+Each connection runs its own detector (its buffers are its own), in a thread: a step takes a few milliseconds;
+MAX_LISTENERS at once, one more gets an error and is closed (1013).
 Errors as on ``/v1/audio/live``: a message it cannot use closes the connection (1003), a minute without audio too
 (1000), after an ``{"type": "error", "message"}``.
 """
@@ -22,6 +23,8 @@ from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.server.live import MAX_MESSAGE_BYTES, LiveError, rate_param, send_error
 from edgemm.runtime.speech.wake import SAMPLE_RATE, WakeWord, word_models
 
+MAX_LISTENERS = 16  # sockets at once (a detector each: its graphs' sessions, ~10 MB); one more is told busy
+
 
 async def wake_words(server) -> JSONResponse:
     wake = server.models.wake
@@ -32,6 +35,11 @@ async def wake_words(server) -> JSONResponse:
 async def wake_detection(server, websocket: WebSocket) -> None:
     """One client's wake-word detection (see the module)."""
     await websocket.accept()
+    if server.wake_listeners >= MAX_LISTENERS:
+        await send_error(websocket, f"this server listens for wake words on {MAX_LISTENERS} sockets at once")
+        await websocket.close(1013)
+        return
+    server.wake_listeners += 1
     try:
         if server.models.wake is None:
             raise LiveError("this server has no wake words (build them: edgemm export wake)")
@@ -63,3 +71,5 @@ async def wake_detection(server, websocket: WebSocket) -> None:
         await websocket.close(1003)
     except (WebSocketDisconnect, RuntimeError):  # the client left while we answered
         return
+    finally:
+        server.wake_listeners -= 1
