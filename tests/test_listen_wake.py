@@ -90,3 +90,20 @@ def test_unknown_wake_word_is_one_line(tmp_path):
         "edgemm: error: no wake word 'hey_computer' in openwakeword-en; it has: "
         "ok_nabu, hey_jarvis, alexa, hey_mycroft, hey_rhasspy"
     ]
+
+
+@pytest.mark.parametrize(
+    "heard, question",
+    [
+        ("Jarvis, what time is it?", "What time is it?"),
+        ("Hey Jarvis. What time is it?", "What time is it?"),
+        ("What time is it?", "What time is it?"),
+        ("Hey, what is up?", "Hey, what is up?"),  # "hey" alone is not the end of the phrase
+        ("Jarvisland is far.", "Jarvisland is far."),
+        ("Jarvis.", ""),
+    ],
+)
+def test_what_was_heard_of_the_wake_phrase_is_taken_off(heard, question):
+    from edgemm.runtime.assistant import without_phrase
+
+    assert without_phrase(heard, ["hey jarvis"]) == question
