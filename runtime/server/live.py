@@ -43,16 +43,7 @@ async def live_transcription(server, websocket: WebSocket) -> None:
         if transcriber is None:
             raise LiveError("this server has no speech model")
         session = _Session(server, transcriber, rate_param(websocket.query_params.get("rate", "16000")))
-        while True:
-            try:
-                message = await asyncio.wait_for(websocket.receive(), server.config.idle_timeout)
-            except TimeoutError:
-                idle = server.config.idle_timeout
-                await send_error(websocket, f"no audio for {idle:g} s: the live transcription is closed")
-                await websocket.close(1000)
-                return
-            if message["type"] == "websocket.disconnect":
-                return
+        while (message := await next_message(server, websocket, "the live transcription")) is not None:
             for reply in await session.handle(message):
                 await websocket.send_json(reply)
     except LiveError as e:
@@ -63,6 +54,18 @@ async def live_transcription(server, websocket: WebSocket) -> None:
     finally:
         if session is not None:
             session.close()
+
+
+async def next_message(server, websocket: WebSocket, what: str) -> dict | None:
+    """The client's next message; None when it has left, or sent nothing for the server's idle timeout (it is then
+    told that ``what`` is closed, and the socket closes with 1000)."""
+    try:
+        message = await asyncio.wait_for(websocket.receive(), server.config.idle_timeout)
+    except TimeoutError:
+        await send_error(websocket, f"no audio for {server.config.idle_timeout:g} s: {what} is closed")
+        await websocket.close(1000)
+        return None
+    return None if message["type"] == "websocket.disconnect" else message
 
 
 async def send_error(websocket: WebSocket, message: str) -> None:

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from edgemm.runtime.errors import EdgemmError
-from edgemm.runtime.server.live import MAX_MESSAGE_BYTES, LiveError, rate_param, send_error
+from edgemm.runtime.server.live import MAX_MESSAGE_BYTES, LiveError, next_message, rate_param, send_error
 from edgemm.runtime.speech.wake import SAMPLE_RATE, WakeWord, word_models
 
 MAX_LISTENERS = 16  # sockets at once (a detector each: its graphs' sessions, ~10 MB); one more is told busy
@@ -50,16 +50,7 @@ async def wake_detection(server, websocket: WebSocket) -> None:
         except EdgemmError as e:  # an unknown word
             raise LiveError(str(e)) from None
         resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
-        while True:
-            try:
-                message = await asyncio.wait_for(websocket.receive(), server.config.idle_timeout)
-            except TimeoutError:
-                idle = server.config.idle_timeout
-                await send_error(websocket, f"no audio for {idle:g} s: the wake-word detection is closed")
-                await websocket.close(1000)
-                return
-            if message["type"] == "websocket.disconnect":
-                return
+        while (message := await next_message(server, websocket, "the wake-word detection")) is not None:
             data = message.get("bytes")
             if data is None or len(data) % 2 or len(data) > MAX_MESSAGE_BYTES:
                 raise LiveError(f"send audio as binary 16-bit PCM messages of at most {MAX_MESSAGE_BYTES} bytes")
