@@ -240,10 +240,26 @@ def test_streamed_transcription_sends_deltas_then_the_same_text(client, clips):
     assert len(deltas) >= 3
 
 
-def _live(server, query: str = "", **kwargs):
+def _socket(server, path: str, query: str = "", **kwargs):
     from websockets.sync.client import connect
 
-    return connect(server.url.replace("http", "ws", 1) + "/v1/audio/live" + query, open_timeout=30, **kwargs)
+    return connect(server.url.replace("http", "ws", 1) + path + query, open_timeout=30, **kwargs)
+
+
+def _live(server, query: str = "", **kwargs):
+    return _socket(server, "/v1/audio/live", query, **kwargs)
+
+
+def _refused(socket, message, error: str) -> None:
+    """``message`` (if any) sent on ``socket`` gets an error naming ``error``, then the socket closes."""
+    from websockets.exceptions import ConnectionClosed
+
+    if message is not None:
+        socket.send(message)
+    reply = json.loads(socket.recv(timeout=30))
+    assert reply["type"] == "error" and error in reply["message"], reply
+    with pytest.raises(ConnectionClosed):
+        socket.recv(timeout=30)
 
 
 def test_live_transcription_over_a_websocket(server, clips):
@@ -283,15 +299,8 @@ def test_live_transcription_over_a_websocket(server, clips):
     ],
 )
 def test_live_transcription_refuses_what_it_cannot_use(server, query, message, error):
-    from websockets.exceptions import ConnectionClosed
-
     with _live(server, query) as socket:
-        if message is not None:
-            socket.send(message)
-        reply = json.loads(socket.recv(timeout=30))
-        assert reply["type"] == "error" and error in reply["message"], reply
-        with pytest.raises(ConnectionClosed):
-            socket.recv(timeout=30)
+        _refused(socket, message, error)
     assert health(server.url)["status"] == "ok"
 
 
@@ -313,20 +322,22 @@ def test_live_transcription_of_an_utterance_without_end_starts_over(server, clip
 
 
 def _wake_socket(server, query: str = ""):
-    from websockets.sync.client import connect
-
-    return connect(server.url.replace("http", "ws", 1) + "/v1/assistant/wake" + query, open_timeout=30)
+    return _socket(server, "/v1/assistant/wake", query)
 
 
-def test_wake_words_over_a_websocket(server):
+@pytest.fixture()
+def wake_bundle():
+    if not (default_bundle("wake") / "manifest.json").exists():
+        pytest.skip("default wake bundle missing: run `make setup`")
+
+
+def test_wake_words_over_a_websocket(server, wake_bundle):
     """GET lists the server's wake words; the socket, fed 44.1 kHz audio as a page sends it, reports "Hey Jarvis"
     where it is said and nothing in the speech around it."""
     import soxr
 
     from edgemm.runtime import tts
 
-    if not (default_bundle("wake") / "manifest.json").exists():
-        pytest.skip("default wake bundle missing: run `make setup`")
     words = json.loads(request(server.url, "/v1/assistant/wake")[2])["words"]
     assert {"name": "hey_jarvis", "phrase": "hey jarvis"} in words and len(words) == 5
     voice = tts.Synthesizer(varied=False)
@@ -354,32 +365,19 @@ def test_wake_words_over_a_websocket(server):
         ("", b"\x00\x01\x02", "send audio as binary 16-bit PCM"),
     ],
 )
-def test_wake_socket_refuses_what_it_cannot_use(server, query, message, error):
-    from websockets.exceptions import ConnectionClosed
-
-    if not (default_bundle("wake") / "manifest.json").exists():
-        pytest.skip("default wake bundle missing: run `make setup`")
+def test_wake_socket_refuses_what_it_cannot_use(server, wake_bundle, query, message, error):
     with _wake_socket(server, query) as socket:
-        if message is not None:
-            socket.send(message)
-        reply = json.loads(socket.recv(timeout=30))
-        assert reply["type"] == "error" and error in reply["message"], reply
-        with pytest.raises(ConnectionClosed):
-            socket.recv(timeout=30)
+        _refused(socket, message, error)
     assert health(server.url)["status"] == "ok"
 
 
-def test_wake_sockets_over_the_cap_are_told_busy(server):
+def test_wake_sockets_over_the_cap_are_told_busy(server, wake_bundle):
     """MAX_LISTENERS sockets listen at once; one more gets an error and is closed, and once one leaves a new one is
     served."""
     import contextlib
 
-    from websockets.exceptions import ConnectionClosed
-
     from edgemm.runtime.server.wake import MAX_LISTENERS
 
-    if not (default_bundle("wake") / "manifest.json").exists():
-        pytest.skip("default wake bundle missing: run `make setup`")
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(_wake_socket(server)) for _ in range(MAX_LISTENERS)]
         for socket in sockets:  # each has its detector: audio in, nothing heard
@@ -387,10 +385,7 @@ def test_wake_sockets_over_the_cap_are_told_busy(server):
         with pytest.raises(TimeoutError):
             sockets[-1].recv(timeout=2)
         with _wake_socket(server) as extra:
-            reply = json.loads(extra.recv(timeout=30))
-            assert reply["type"] == "error" and f"on {MAX_LISTENERS} sockets at once" in reply["message"], reply
-            with pytest.raises(ConnectionClosed):
-                extra.recv(timeout=30)
+            _refused(extra, None, f"on {MAX_LISTENERS} sockets at once")
         sockets[0].close()
         time.sleep(0.5)
         with _wake_socket(server) as again:
