@@ -35,13 +35,12 @@ def cmd_wyoming(args) -> int:
         wake=not args.no_wake,
         wake_model=args.wake_model,
     )
-    wake = models.wake
-    names = [*models.names(), *([wake.path.name] if wake is not None else [])]
+    names = [*models.names(), *([models.wake.path.name] if models.wake is not None else [])]
 
     def ready(uri: str) -> None:
         print(f"edgemm wyoming: {uri} (models: {', '.join(names)})", file=sys.stderr, flush=True)
 
-    serve(models, options, ready=ready, wake=wake)
+    serve(models, options, ready=ready)
     return 0
 
 

@@ -72,10 +72,9 @@ def _first_line(error: BaseException) -> str:
 
 
 class EventHandler(AsyncEventHandler):
-    def __init__(self, models, options: WyomingOptions, info: Event, wake, clients: Clients, *args, **kwargs):
+    def __init__(self, models, options: WyomingOptions, info: Event, clients: Clients, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.models, self.options, self.info, self.clients = models, options, info, clients
-        self.wake = wake  # the wake bundle (None: no wake words)
         self.detector = None  # this connection's WakeWord, once it asked to ``detect``
         self.listening: Listening | None = None  # audio being listened to for the wake word
         self.session = uuid.uuid4().hex  # this connection's assistant conversation
@@ -296,12 +295,12 @@ class EventHandler(AsyncEventHandler):
 
     async def _detect(self, request: Detect) -> bool:
         """Listen to the audio that follows for ``request.names`` (None: every word of the wake bundle)."""
-        if self.wake is None:
+        if self.models.wake is None:
             raise RequestError("this server has no wake words (build them: edgemm export wake)", "not_loaded")
         from edgemm.runtime.speech.wake import WakeWord
 
         words = list(request.names) if request.names else None
-        self.detector = await asyncio.to_thread(WakeWord, self.wake, words)
+        self.detector = await asyncio.to_thread(WakeWord, self.models.wake, words)
         self.listening = None
         return True
 

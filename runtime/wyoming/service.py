@@ -87,17 +87,17 @@ def _language(espeak_voice: str) -> str:
     return f"{family}_{region.upper()}" if region else family
 
 
-def describe(models, options: WyomingOptions, wake=None) -> Info:
+def describe(models, options: WyomingOptions) -> Info:
     """What this server holds, for ``describe``: speech to text, the voice, the assistant (``handle``) and the wake
-    words of ``wake`` (a wake bundle, or None)."""
+    words of ``models.wake`` (a wake bundle, or None)."""
     common = dict(attribution=ATTRIBUTION, installed=True, version=_version())
     info = Info()
-    if wake is not None:
+    if models.wake is not None:
         from edgemm.runtime.speech.wake import word_models
 
         words = [
             WakeModel(name=m.word, description=m.phrase, phrase=m.phrase, languages=["en"], **common)
-            for m in word_models(wake)
+            for m in word_models(models.wake)
         ]
         info.wake = [WakeProgram(name="edgemm", description="edgemm wake words (openWakeWord)", models=words, **common)]
     if models.transcriber is not None:
@@ -177,20 +177,20 @@ async def read_event(reader: asyncio.StreamReader, limit: int = MAX_EVENT_BYTES)
     return Event(type=header["type"], data=data, payload=payload)
 
 
-def serve(models, options: WyomingOptions, ready=None, wake=None) -> None:
-    """Serve Wyoming clients at ``options.uri`` until interrupted; ``ready(uri)`` once it listens. ``wake``: the wake
-    bundle whose words ``detect`` listens for (None: no wake words)."""
-    asyncio.run(_serve(models, options, ready, wake))
+def serve(models, options: WyomingOptions, ready=None) -> None:
+    """Serve Wyoming clients at ``options.uri`` until interrupted; ``ready(uri)`` once it listens. ``detect`` listens
+    for the words of ``models.wake`` (None: no wake words)."""
+    asyncio.run(_serve(models, options, ready))
 
 
-async def _serve(models, options: WyomingOptions, ready, wake) -> None:
+async def _serve(models, options: WyomingOptions, ready) -> None:
     from functools import partial
 
     from edgemm.runtime.wyoming.handler import EventHandler
 
-    info = describe(models, options, wake).event()
+    info = describe(models, options).event()
     server = AsyncServer.from_uri(options.uri)
-    factory = partial(EventHandler, models, options, info, wake, Clients())
+    factory = partial(EventHandler, models, options, info, Clients())
     try:
         await server.start(factory)
         if ready is not None:
