@@ -14,12 +14,12 @@ from edgemm.runtime.errors import AudioError
 from edgemm.runtime.limits import SAMPLE_RATES
 from edgemm.runtime.speech.audio import load_audio
 from edgemm.runtime.speech.stream import MAX_STREAM_S
+from edgemm.runtime.speech.wake import SAMPLE_RATE as WAKE_RATE
 
 # Bytes a sample -> its numpy type: 8-bit PCM is unsigned (centred on 128), as in WAV and the protocol's own converter.
 WIDTHS = {1: np.dtype(np.uint8), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
 MAX_CHANNELS = 16  # the channels edgemm's audio input mixes down (runtime/speech/audio.py)
 MAX_UTTERANCE_S = MAX_STREAM_S  # one utterance: one Whisper window, as the HTTP live endpoint allows
-WAKE_RATE = 16000  # the wake-word models' sample rate
 CHUNK_SAMPLES = 1024  # samples per audio-chunk sent back (what wyoming-piper sends: 46 ms at 22,050 Hz)
 
 
