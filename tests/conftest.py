@@ -182,9 +182,18 @@ def tiny_llms(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def vision_bundle() -> Path:
-    path = default_bundle("vision")
+    return _default_or_skip("vision")
+
+
+@pytest.fixture(scope="session")
+def wake_bundle() -> Path:
+    return _default_or_skip("wake")
+
+
+def _default_or_skip(kind: str) -> Path:
+    path = default_bundle(kind)
     if not (path / "manifest.json").exists():
-        pytest.skip(f"default vision bundle missing at {path}: run `make setup`")
+        pytest.skip(f"default {kind} bundle missing at {path}: run `make setup`")
     return path
 
 

@@ -79,9 +79,7 @@ def test_wake_in_one_breath_and_a_follow_up(say, tmp_path):
     assert "6" in assistant.turns[1].answer or "six" in assistant.turns[1].answer.lower()
 
 
-def test_unknown_wake_word_is_one_line(tmp_path):
-    if not (default_bundle("wake") / MANIFEST).exists():
-        pytest.skip("default wake bundle missing: run `make setup`")
+def test_unknown_wake_word_is_one_line(wake_bundle, tmp_path):
     sf.write(tmp_path / "mic.wav", _silence(1), RATE)
     cmd = [sys.executable, "-m", "edgemm.runtime.cli", "listen", "--mic", str(tmp_path / "mic.wav"), "--no-tts"]
     out = subprocess.run([*cmd, "--wake", "hey_computer"], capture_output=True, text=True, timeout=120)

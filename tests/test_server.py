@@ -325,12 +325,6 @@ def _wake_socket(server, query: str = ""):
     return _socket(server, "/v1/assistant/wake", query)
 
 
-@pytest.fixture()
-def wake_bundle():
-    if not (default_bundle("wake") / "manifest.json").exists():
-        pytest.skip("default wake bundle missing: run `make setup`")
-
-
 def test_wake_words_over_a_websocket(server, wake_bundle):
     """GET lists the server's wake words; the socket, fed 44.1 kHz audio as a page sends it, reports "Hey Jarvis"
     where it is said and nothing in the speech around it."""

@@ -188,7 +188,7 @@ def test_a_timer_set_on_the_page_rings_on_the_page(server):
         driver.quit()
 
 
-def test_wake_word_on_the_page(server, media, tmp_path):
+def test_wake_word_on_the_page(server, media, wake_bundle, tmp_path):
     """The page offers the server's wake words; with hey jarvis chosen, speech before it is not answered, the
     question after it is, and the turn is the question alone."""
     import soundfile as sf
@@ -196,8 +196,6 @@ def test_wake_word_on_the_page(server, media, tmp_path):
 
     from edgemm.runtime import tts
 
-    if not (default_bundle("wake") / "manifest.json").exists():
-        pytest.skip("default wake bundle missing: run `make setup`")
     voice = tts.Synthesizer(varied=False)
 
     def spoken(text):
