@@ -357,6 +357,7 @@ def test_wake_words_over_a_websocket(server, wake_bundle):
         ("?rate=1", None, "rate must be a sample rate"),
         ("", "hello", "send audio as binary 16-bit PCM"),
         ("", b"\x00\x01\x02", "send audio as binary 16-bit PCM"),
+        ("", b"\x00" * ((1 << 20) + 2), "of at most 1048576 bytes"),
     ],
 )
 def test_wake_socket_refuses_what_it_cannot_use(server, wake_bundle, query, message, error):
@@ -366,9 +367,10 @@ def test_wake_socket_refuses_what_it_cannot_use(server, wake_bundle, query, mess
 
 
 def test_wake_sockets_over_the_cap_are_told_busy(server, wake_bundle):
-    """MAX_LISTENERS sockets listen at once; one more gets an error and is closed, and once one leaves a new one is
-    served."""
+    """MAX_LISTENERS sockets listen at once; one more gets an error and is closed, and once one leaves (without a
+    close frame) a new one is served."""
     import contextlib
+    import socket as sockets_module
 
     from edgemm.runtime.server.wake import MAX_LISTENERS
 
@@ -380,7 +382,7 @@ def test_wake_sockets_over_the_cap_are_told_busy(server, wake_bundle):
             sockets[-1].recv(timeout=2)
         with _wake_socket(server) as extra:
             _refused(extra, None, f"on {MAX_LISTENERS} sockets at once")
-        sockets[0].close()
+        sockets[0].socket.shutdown(sockets_module.SHUT_RDWR)  # gone without a close frame: its place is freed too
         time.sleep(0.5)
         with _wake_socket(server) as again:
             again.send(np.zeros(1280, "<i2").tobytes())

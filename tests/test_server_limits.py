@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from edgemm.bench.serve import ServerProcess, health, request
-from edgemm.runtime.bundle import models_dir
+from edgemm.runtime.bundle import default_bundle, models_dir
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -146,3 +146,10 @@ def test_a_live_transcription_that_stalls_is_closed_and_frees_everything():
                 pass
         assert reply["text"].strip()
         assert health(process.url)["workers"]["speech"]["pending"] == 0
+        if (default_bundle("wake") / "manifest.json").exists():  # the wake-word socket: the same idle limit
+            with connect(process.url.replace("http", "ws", 1) + "/v1/assistant/wake", open_timeout=30) as wake:
+                wake.send(pcm[:16000].tobytes())
+                reply = json.loads(wake.recv(timeout=30))
+                assert reply["message"] == "no audio for 2 s: the wake-word detection is closed", reply
+                with pytest.raises(ConnectionClosedOK):
+                    wake.recv(timeout=30)

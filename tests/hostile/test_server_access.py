@@ -198,7 +198,7 @@ def test_the_page_policy_allows_its_own_script_and_style_only():
     assert page_policy(html.replace("go()", "evil()")) != policy
 
 
-def _open_socket(access: Access, **headers) -> tuple[list, list]:
+def _open_socket(access: Access, path: str = "/v1/audio/live", **headers) -> tuple[list, list]:
     """A WebSocket handshake through the Guard: (what it sent back, whether the app ran)."""
     ran, sent = [], []
 
@@ -208,7 +208,7 @@ def _open_socket(access: Access, **headers) -> tuple[list, list]:
     headers = {"Host": "127.0.0.1:8000", **headers}
     scope = {
         "type": "websocket",
-        "path": "/v1/audio/live",
+        "path": path,
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
     }
 
@@ -227,8 +227,9 @@ def test_websockets_are_guarded_like_requests_and_by_origin():
     page's Origin are all checked before the route runs."""
     access = Access(api_key="sk-test")
     key = {"Authorization": "Bearer sk-test"}
-    for headers in ({**key, "Host": "evil.example"}, {}, {**key, "Origin": "https://evil.example"}):
-        sent, ran = _open_socket(access, **headers)
-        assert not ran and [m["type"] for m in sent] == ["websocket.close"] and sent[0]["code"] == 1008, headers
-    assert _open_socket(access, **key, Origin="http://127.0.0.1:8000")[1] == ["/v1/audio/live"]
-    assert _open_socket(access, **key)[1] == ["/v1/audio/live"]  # a program: no Origin
+    for path in ("/v1/audio/live", "/v1/assistant/wake"):
+        for headers in ({**key, "Host": "evil.example"}, {}, {**key, "Origin": "https://evil.example"}):
+            sent, ran = _open_socket(access, path, **headers)
+            assert not ran and [m["type"] for m in sent] == ["websocket.close"] and sent[0]["code"] == 1008, headers
+        assert _open_socket(access, path, **key, Origin="http://127.0.0.1:8000")[1] == [path]
+        assert _open_socket(access, path, **key)[1] == [path]  # a program: no Origin
