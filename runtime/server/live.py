@@ -112,6 +112,7 @@ class _Session:
             raise LiveError('send audio as binary 16-bit PCM messages and {"type": "end"} at the end of an utterance')
         stream = self.stream
         self._new()
+        self.rest_until = 0.0  # the next utterance's first partial comes as soon as it is due
         if kind == "reset":
             return []
         final = await self._decode(stream.finish)
