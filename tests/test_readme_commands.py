@@ -573,6 +573,20 @@ def _child(pid: int) -> int:
     return int(found[0]) if found else pid
 
 
+def _interrupt(proc: subprocess.Popen, chunks: list[bytes]) -> None:
+    """Ctrl-C, and Ctrl-C again if CPython lost the first one: a KeyboardInterrupt raised inside a weakref callback
+    (e.g. the import system's module locks) is printed as "Exception ignored" and the program runs on."""
+    child = _child(proc.pid)
+    os.kill(child, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        output = b"".join(chunks).decode(errors="replace")
+        if "Exception ignored" in output and "KeyboardInterrupt" in output:
+            os.kill(child, signal.SIGINT)
+            return
+        time.sleep(0.5)
+
+
 class Runner:
     """Runs each README command once (as its expectation says), in the work folder; keeps the results."""
 
@@ -649,7 +663,7 @@ class Runner:
             except Exception as e:  # reported by verify, after the server is stopped
                 live_error = f"{type(e).__name__}: {e}"
         if running:
-            os.kill(_child(proc.pid), signal.SIGINT)
+            _interrupt(proc, chunks)
         proc.wait(timeout=120)
         reader.join(timeout=10)
         output = b"".join(chunks).decode(errors="replace")
