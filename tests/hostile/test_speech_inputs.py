@@ -80,10 +80,11 @@ def test_sentence_splitter_emits_bounded_pieces():
 
 @pytest.mark.parametrize("text", ["...", "\u2014", "?", "   ", ""])
 def test_nothing_to_say_is_an_input_error(voice, text):
-    """Text the voice has no sound for gave an empty (and, as FLAC, invalid) recording."""
-    with pytest.raises(tts.NothingToSay, match="nothing to say") as error:
-        voice.synthesize(text)
-    assert isinstance(error.value, InputError)
+    """Text the voice has no sound for gave an empty (and, as FLAC, invalid) recording; streamed, as whole."""
+    for say in (voice.synthesize, lambda text: list(voice.stream(text))):
+        with pytest.raises(tts.NothingToSay, match="nothing to say") as error:
+            say(text)
+        assert isinstance(error.value, InputError)
 
 
 def test_say_with_nothing_to_say_is_one_sentence(voice, tmp_path):
