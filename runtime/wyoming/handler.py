@@ -4,8 +4,8 @@ Speech to text: ``transcribe`` (optional), ``audio-start``, ``audio-chunk``s, ``
 ``transcript-start``, ``transcript-chunk``s (the words that later partials keep, appended) and ``transcript-stop``
 around it when the service streams transcripts; then the connection closes, as wyoming-faster-whisper's does.
 Speech: ``synthesize`` -> ``audio-start``, ``audio-chunk``s, ``audio-stop``; or ``synthesize-start``,
-``synthesize-chunk``s, ``synthesize-stop`` -> each sentence's audio as soon as it is complete, then
-``synthesize-stopped``. The assistant (``handle``): a ``transcript`` -> ``handled`` with its answer. Wake words: ``detect`` (optional
+``synthesize-chunk``s, ``synthesize-stop`` -> each sentence's audio, then ``synthesize-stopped``. Audio is sent as the
+voice makes it (``Synthesizer.stream``: a sentence's first ~0.74 s, then ~1.5 s at a time), not after the sentence. The assistant (``handle``): a ``transcript`` -> ``handled`` with its answer. Wake words: ``detect`` (optional
 names), then audio -> a ``detection`` for each wake word heard, ``not-detected`` at ``audio-stop`` when none was; the
 connection stays open for more.
 Inference runs on the models' worker threads (one job at a time per model, for all clients). What a request cannot
@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
+from contextlib import aclosing
 
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -184,13 +185,21 @@ class EventHandler(AsyncEventHandler):
         return True
 
     async def _run(self, worker: str, fn, *args):
-        """``fn(*args)`` on a model's worker, within the service's timeout; a client that leaves meanwhile cancels
-        it (a queued job never starts, a running one stops at its next cancellation check)."""
+        """``fn(*args)`` on a model's worker (see :meth:`_items`)."""
+        async with aclosing(self._items(worker, lambda: [fn(*args)])) as results:
+            async for result in results:
+                return result
+
+    async def _items(self, worker: str, items, *args):
+        """The items of the iterable ``items(*args)``, made on a model's worker and given out as each is made,
+        within the service's timeout; a client that leaves meanwhile cancels it (a queued job never starts, a
+        running one stops at its next item or cancellation check)."""
         if worker not in self.models.workers:
             raise RequestError(f"this server has no {worker} model", "not_loaded")
 
         def job(channel: Channel):
-            channel.put(fn(*args))
+            for item in items(*args):
+                channel.put(item)
 
         self.channel = Channel()
         deadline = time.monotonic() + self.options.timeout
@@ -198,7 +207,9 @@ class EventHandler(AsyncEventHandler):
             self.models.workers[worker].submit(self.channel.run, job)
             while True:
                 try:
-                    return await self.channel.next(timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
+                    yield await self.channel.next(timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
+                except StopAsyncIteration:
+                    return
                 except TimeoutError:
                     if time.monotonic() >= deadline:
                         took = f"the {worker} model took longer than {self.options.timeout:g} s"
@@ -336,18 +347,21 @@ class EventHandler(AsyncEventHandler):
         return True
 
     async def _speak(self, sentence: str, start: bool) -> int:
-        """One sentence's audio (with audio-start first when ``start``); the samples sent."""
-        synthesizer = self.models.synthesizer
+        """One sentence's audio, each chunk sent as the voice makes it (with audio-start first when ``start``); the
+        samples sent."""
+        spoken = 0
         try:
-            speech = await self._run("voice", synthesizer.synthesize, sentence)
+            async with aclosing(self._items("voice", self.models.synthesizer.stream, sentence)) as speeches:
+                async for speech in speeches:
+                    rate = speech.sample_rate
+                    if start and not spoken:
+                        await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+                    for pcm in pcm_chunks(speech.samples):
+                        await self.write_event(AudioChunk(rate=rate, width=2, channels=1, audio=pcm).event())
+                    spoken += len(speech.samples)
         except NothingToSay:  # a piece of only punctuation: the next one is spoken
-            return 0
-        rate = speech.sample_rate
-        if start:
-            await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
-        for pcm in pcm_chunks(speech.samples):
-            await self.write_event(AudioChunk(rate=rate, width=2, channels=1, audio=pcm).event())
-        return len(speech.samples)
+            pass
+        return spoken
 
     def _synthesize_start(self, request: SynthesizeStart) -> bool:
         self._voice(request)
