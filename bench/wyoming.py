@@ -221,16 +221,25 @@ def _peers(python: Path, ct2_model: str, threads: int) -> dict[str, list[str]]:
     return {"wyoming-faster-whisper": whisper, "wyoming-piper": piper}
 
 
+def fp32_voice() -> Path:
+    """The peer's voice in fp32: the ``piper-joe-fp32`` bundle when it is built (two graphs: its audio streams), else
+    the packaged file itself (one graph: each sentence comes whole)."""
+    from edgemm.runtime.bundle import models_dir
+    from edgemm.runtime.tts import packaged_voice
+
+    bundle = models_dir() / "piper-joe-fp32"
+    return bundle if (bundle / "manifest.json").exists() else packaged_voice()
+
+
 def run_bench_wyoming(args) -> int:
     """Transcription latency (audio-stop to transcript) and WER on the real clips, and time to first audio of five
-    sentences: ``edgemm wyoming`` (its int8 voice bundle, and the peer's fp32 voice file) beside its peers, all
-    started at once, warmed up, then asked in turn."""
+    sentences: ``edgemm wyoming`` (its int8 voice bundle, and the peer's voice in fp32: :func:`fp32_voice`) beside
+    its peers, all started at once, warmed up, then asked in turn."""
     import json
     from contextlib import ExitStack
 
     from edgemm.bench.asr import _ct2_folder, aligned
     from edgemm.bench.clips import dev_clips
-    from edgemm.runtime.tts import packaged_voice
 
     clips = dev_clips()
     if not clips:
@@ -242,7 +251,7 @@ def run_bench_wyoming(args) -> int:
     with ExitStack() as stack:
         servers = {
             "edgemm wyoming": stack.enter_context(WyomingProcess(*ours)),
-            "edgemm wyoming, fp32 voice": stack.enter_context(WyomingProcess(*ours, "--voice", str(packaged_voice()))),
+            "edgemm wyoming, fp32 voice": stack.enter_context(WyomingProcess(*ours, "--voice", str(fp32_voice()))),
             **{name: stack.enter_context(WyomingProcess(command=command)) for name, command in peers.items()},
         }
         port = {name: server.port for name, server in servers.items()}
