@@ -157,6 +157,11 @@ SENTENCES = [
 ]
 
 
+# Between two requests: the last server's onnxruntime threads may still spin-wait for work for a while after its
+# answer (wyoming-piper's sessions spin, edgemm's do not), taking cores from the next server's request.
+SETTLE_S = 0.3
+
+
 def _median(values: list[float]) -> float | None:
     return round(float(np.median(values)), 3) if values else None
 
@@ -175,6 +180,7 @@ async def _asr_runs(ports: dict[str, int], clips, runs: int) -> dict:
     for run in range(runs):
         for samples in audio:
             for name in list(ports)[:: -1 if run % 2 else 1]:
+                await asyncio.sleep(SETTLE_S)
                 text, reply = await transcribe(ports[name], samples)
                 latencies[name].append(reply.at("transcript"))
                 texts[name] += [text] if run == 0 else []
@@ -191,6 +197,7 @@ async def _tts_runs(ports: dict[str, int], runs: int) -> dict:
     for run in range(runs):
         for sentence in SENTENCES:
             for name in list(ports)[:: -1 if run % 2 else 1]:
+                await asyncio.sleep(SETTLE_S)
                 _, _, reply = await synthesize(ports[name], sentence)
                 first[name].append(reply.at("audio-chunk"))
                 total[name].append(reply.at("audio-stop"))
