@@ -1,7 +1,7 @@
 """Microphones and speakers: real ones through sounddevice (PortAudio), and file-backed ones for tests and demos.
 
 Every microphone yields float32 mono 16 kHz blocks of exactly ``BLOCK`` samples from ``blocks()``; every speaker
-takes ``play(samples, sample_rate)`` and has ``wait()``, ``stop()`` (barge-in), ``busy`` and ``close()``. The
+takes ``play(samples, sample_rate, more=False)`` and has ``wait()``, ``stop()`` (barge-in), ``busy`` and ``close()``. The
 assistant cannot tell a file from a device, so the whole loop runs without hardware.
 
 sounddevice is an optional extra (``pip install 'edgemm[device]'``) and needs the PortAudio library; it is imported
@@ -280,6 +280,33 @@ def _mono(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray
     return load_audio(np.asarray(samples), sample_rate=sample_rate, target_rate=target_rate)
 
 
+class _Resampler:
+    """A speaker's resampling to its own rate. The pieces of one sound played with ``more=True`` (a sentence whose
+    audio comes chunk by chunk) are resampled as one signal: resampled alone, each piece's edges would click. Of such
+    a piece the resampler's last few milliseconds are held until the next one; a piece without ``more`` (even an
+    empty one) ends the sound and gives them out."""
+
+    def __init__(self, target_rate: int | None):
+        self.target_rate = target_rate
+        self.stream: tuple[int, soxr.ResampleStream] | None = None  # (its input rate, the stream) within a sound
+
+    def __call__(self, samples: np.ndarray, sample_rate: int, more: bool) -> np.ndarray:
+        rate = int(sample_rate)
+        self.target_rate = self.target_rate or rate
+        mono = _mono(samples, rate, rate) if np.asarray(samples).size else np.zeros(0, np.float32)
+        if rate == self.target_rate and self.stream is None:
+            return mono
+        if self.stream is None or self.stream[0] != rate:
+            self.stream = (rate, soxr.ResampleStream(rate, self.target_rate, 1, dtype="float32"))
+        out = self.stream[1].resample_chunk(mono, last=not more)
+        if not more:
+            self.stream = None
+        return out
+
+    def reset(self) -> None:
+        self.stream = None
+
+
 class WavSpeaker(_Device):
     """A speaker that records everything played, in order, into one audio file (WAV PCM 16 unless the suffix says
     .flac/.ogg/.mp3) at the rate of the first chunk; later chunks at other rates are resampled.
@@ -301,15 +328,18 @@ class WavSpeaker(_Device):
         self._chunks: list[np.ndarray] = []
         self._frames = 0
         self._closed = False
+        self._resample = _Resampler(None)  # to the first chunk's rate
 
-    def play(self, samples: np.ndarray, sample_rate: int) -> None:
+    def play(self, samples: np.ndarray, sample_rate: int, more: bool = False) -> None:
+        """``more``: the next play continues this sound (see :class:`_Resampler`)."""
         if self._closed:
             raise DeviceError(f"speaker {self.path} is closed")
-        if np.asarray(samples).size == 0:
+        if np.asarray(samples).size == 0 and self._resample.stream is None:
             return
-        if self.sample_rate is None:
-            self.sample_rate = int(sample_rate)
-        chunk = _mono(samples, sample_rate, self.sample_rate)
+        self.sample_rate = self.sample_rate or int(sample_rate)
+        chunk = self._resample(samples, sample_rate, more)
+        if not chunk.size:
+            return
         self.played.append((self._frames / self.sample_rate, chunk.size / self.sample_rate))
         self._chunks.append(chunk)
         self._frames += chunk.size
@@ -319,6 +349,7 @@ class WavSpeaker(_Device):
 
     def stop(self) -> None:
         """Barge-in: the current chunk is already written whole; note where it happened."""
+        self._resample.reset()
         self.stops.append(self._frames / (self.sample_rate or SAMPLE_RATE))
 
     def close(self) -> None:
@@ -361,6 +392,7 @@ class Speaker(_Device):
         self._idle = threading.Event()
         self._idle.set()
         self._closed = False
+        self._resample = _Resampler(self.sample_rate)
         try:
             self._stream = sd.OutputStream(
                 device=self.index,
@@ -390,12 +422,15 @@ class Speaker(_Device):
                 self._idle.set()
         outdata[filled:] = 0
 
-    def play(self, samples: np.ndarray, sample_rate: int) -> None:
+    def play(self, samples: np.ndarray, sample_rate: int, more: bool = False) -> None:
+        """``more``: the next play continues this sound (see :class:`_Resampler`)."""
         if self._closed:
             raise DeviceError(f"speaker {self.index} {self.name!r} is closed")
-        if np.asarray(samples).size == 0:
+        if np.asarray(samples).size == 0 and self._resample.stream is None:
             return
-        chunk = _mono(samples, sample_rate, self.sample_rate)
+        chunk = self._resample(samples, sample_rate, more)
+        if not chunk.size:
+            return
         with self._lock:
             self._pending.append(chunk)
             self._idle.clear()
@@ -410,6 +445,7 @@ class Speaker(_Device):
         time.sleep(getattr(self._stream, "latency", 0.0) or 0.0)  # the device's own buffer
 
     def stop(self) -> None:
+        self._resample.reset()
         with self._lock:
             was_busy = bool(self._pending)
             self._pending.clear()

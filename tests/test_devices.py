@@ -243,6 +243,34 @@ def test_speaker_plays_in_order_and_stops(fake_sd):
     speaker.close()
 
 
+def test_a_sound_played_in_pieces_is_resampled_as_one(fake_sd, tmp_path):
+    """A sentence's chunks played with more=True come out as the whole sentence resampled at once would, without
+    the clicks of pieces resampled alone; the piece without more (here empty) gives out the held-back tail."""
+    import soxr
+
+    sound = tone(0.9, 22050, freq=440)
+    whole = soxr.resample(sound, 22050, 48000)
+    pieces = np.split(sound, [5000, 12000])
+    for speaker in (open_speaker(None), WavSpeaker(tmp_path / "out.wav")):
+        if isinstance(speaker, WavSpeaker):
+            speaker.play(np.zeros(480, np.float32), 48000)  # the file's rate: 48 kHz
+        for piece in pieces:
+            speaker.play(piece, 22050, more=True)
+        speaker.play(np.zeros(0, np.float32), 22050)
+        speaker.wait()
+        speaker.close()
+        if isinstance(speaker, WavSpeaker):
+            out = sf.read(tmp_path / "out.wav", dtype="float32")[0][480:]
+        else:
+            out = np.concatenate(fake_sd.played)[:, 0]
+            out = out[np.flatnonzero(np.abs(out) > 1e-3)[0] :][: whole.size]
+        assert abs(out.size - whole.size) <= 2
+        n = min(out.size, whole.size)
+        assert np.abs(out[:n] - whole[:n]).max() < 2e-3  # 16-bit files round to 3e-5
+        alone = np.concatenate([soxr.resample(piece, 22050, 48000) for piece in pieces])
+        assert np.abs(alone[: whole.size] - whole[: alone.size]).max() > 10 * np.abs(out[:n] - whole[:n]).max()
+
+
 # ---------------------------------------------------------------------------------------------------- cameras
 
 
