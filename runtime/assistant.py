@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.limits import release_memory
 from edgemm.runtime.llm import Chat, ContextError, GenerationOptions, LanguageModel, PromptError, system_prompt
@@ -475,18 +477,27 @@ class Assistant:
         if self.synthesizer is None or turn.mute:
             return 0.0
         turn.latency.setdefault("first_speech", time.perf_counter() - t0)
+        chunks, rate = [], self.synthesizer.sample_rate
         try:
-            speech = self.synthesizer.synthesize(sentence)
-            if speaker is not None:
-                speaker.wait()
-                speaker.play(speech.samples, speech.sample_rate)
+            for chunk in self.synthesizer.stream(sentence):  # the speaker starts on the first chunk
+                if speaker is not None:
+                    if not chunks:
+                        speaker.wait()
+                    speaker.play(chunk.samples, rate, more=True)
+                chunks.append(chunk.samples)
+                turn.latency.setdefault("first_audio", time.perf_counter() - t0)
         except NothingToSay:  # a piece of only punctuation ("..."): the next one is spoken
             return 0.0
         except Exception as e:  # the answer stays in text; the next turn tries to speak again
             log.warning("cannot speak the answer: %s", _first_line(e))
             turn.mute = True
+            chunks = chunks if speaker is not None else []  # what was played is heard
+        finally:
+            if chunks and speaker is not None:
+                speaker.play(np.zeros(0, np.float32), rate)  # the sentence ends
+        if not chunks:
             return 0.0
-        turn.latency.setdefault("first_audio", time.perf_counter() - t0)
+        speech = Speech(np.concatenate(chunks), rate)
         yield AnswerAudio(speech)
         return speech.seconds
 

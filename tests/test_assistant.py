@@ -192,7 +192,9 @@ def test_failing_parts_end_only_their_turn(parts, caplog):
             raise OSError("the camera went away")
 
     class BrokenVoice:
-        def synthesize(self, text):
+        sample_rate = 22050
+
+        def stream(self, text):
             raise RuntimeError("voice model failed")
 
     class BreakingChat:

@@ -135,12 +135,14 @@ def test_assistant_speaks_its_answers_in_bounded_pieces(voice):
     assert isinstance(events[-1], TurnEnd) and not events[-1].turn.mute
 
     class Recorder:
+        sample_rate = voice.sample_rate
+
         def __init__(self):
             self.texts = []
 
-        def synthesize(self, text):
+        def stream(self, text):
             self.texts.append(text)
-            return tts.Speech(np.zeros(100, np.float32), voice.sample_rate)
+            yield tts.Speech(np.zeros(100, np.float32), voice.sample_rate)
 
     answer = _words(5 * tts.MAX_PIECE_CHARS)
     assistant.synthesizer = recorder = Recorder()
