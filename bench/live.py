@@ -23,7 +23,7 @@ def speech(minutes: float) -> list[np.ndarray]:
     """Utterances for ``minutes``: the development clips in turn, each with a 0.7 s pause after it, at 48 kHz."""
     import soxr
 
-    from edgemm.bench.clips import dev_clips
+    from edgemm.export.evaluation.clips import dev_clips
     from edgemm.runtime.speech.audio import load_audio
 
     pause = np.zeros(int(0.7 * RATE), np.float32)

@@ -369,7 +369,7 @@ def _chat_body(text: str) -> dict:
 
 
 def run_bench_serve(args) -> int:
-    from edgemm.bench.clips import dev_clips
+    from edgemm.export.evaluation.clips import dev_clips
 
     clips = dev_clips()
     if not clips:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from edgemm.bench.endpointing import voiced_start
-from edgemm.bench.wer import wer
+from edgemm.export.evaluation.wer import wer
 
 
 def _timed(fn, *args, **kwargs):
@@ -71,7 +71,7 @@ def stream_clip(transcriber, samples: np.ndarray, options) -> dict:
 
 
 def run_bench_stream(args) -> int:
-    from edgemm.bench.clips import dev_clips, extra_clips
+    from edgemm.export.evaluation.clips import dev_clips, extra_clips
     from edgemm.runtime.speech import Transcriber
     from edgemm.runtime.speech.audio import load_audio
     from edgemm.runtime.speech.endpoint import EndpointOptions

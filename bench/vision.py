@@ -1,36 +1,8 @@
 """``edgemm bench vision``: from a photo in memory to the first answer token, for our two image-question paths.
 
-The engines:
-
-- offline default: the default ``vision`` bundle (ImageNet MobileNetV2 int8) and, when rapidocr is installed, PP-OCR
-  describe the photo; the default ``llm`` bundle (SmolLM2-135M int4) answers the grounded question, as
-  ``edgemm ask --image`` does;
-- SmolVLM-256M shape: a native vision-language model with the real shapes of HuggingFaceTB/SmolVLM-256M-Instruct
-  (SigLIP tower on one 512 px tile -> 64 image tokens, SmolLM2-135M-sized decoder) and random weights, exported
-  int4 (MatMulNBits decoder, int8 dynamic vision graph). It is built on first use by ``tools/smolvlm_shape.py`` into
-  ``$EDGEMM_MODELS/bench/smolvlm-256m-shape-int4`` (needs the export extra; without it the engine is skipped) and
-  reused after. ``--model`` measures another ``vlm`` bundle instead.
-
-Both get the same input: scikit-image's chelsea photo (a cat), centre square cropped and resized to 512x512 (one
-SmolVLM tile), as a decoded 8-bit RGB array, with the question "What animal is this?". Each engine runs in its own
-subprocess (``edgemm.bench.worker``'s protocol; memory never mixes) and reports:
-
-- load: seconds to load the models (with the bundles' sha256 checks, as ``edgemm ask`` does);
-- first token: seconds from the array to the first sampled answer token, through the public API (offline:
-  ``SceneDescriber.facts``, ``grounded_question``, ``chat.ask``; VLM: ``VisionLanguageModel.ask``) with greedy
-  decoding; median of ``runs`` runs after one warm-up run. Its split comes from timers on the models' own calls in
-  the same runs: classification, OCR and the LLM prefill (offline), the vision graph and the prefill (VLM); the VLM's
-  image preprocessing (resize, normalize) is timed by a separate call of the same function, and "other" is the
-  rest (conversions, chat template, tokenizer, embedding, sampling). Each run starts after 0.1 s idle, as a photo
-  arrives on an idle device: right after the previous run's decode, the decoder's spin-waiting threads would take
-  ~20 ms of cores from the vision graph;
-- decode: tokens/s over 64 fixed tokens (an English sentence, tokenized by the engine's own tokenizer) fed one at a
-  time after the prompt, teacher-forced (so no EOS stops it and both engines decode the same number of tokens), each
-  step's logits fetched and its argmax taken, as ``edgemm bench llm`` does; median of the same runs;
-- peak RSS: the worker's peak resident memory (``VmHWM``) after everything.
-
-The target (the issue's): the SmolVLM-256M shape on 2 threads answers its first token within 0.42 s, OpenVINO's
-published CPU figure for SmolVLM2-256M.
+The engines: the offline default (``vision`` bundle and OCR describe the photo, the ``llm`` bundle answers) and a
+SmolVLM-256M-shaped ``vlm`` bundle built on first use by ``edgemm.bench.smolvlm_shape``, each in its own worker
+subprocess. What is measured and how: docs/BENCHMARKS.md, "Vision".
 """
 
 from __future__ import annotations
@@ -64,7 +36,7 @@ IDLE_S = 0.1  # before each run: the LLM decoder's spinning threads go quiet
 TARGET_FIRST_TOKEN_S, TARGET_THREADS = 0.42, 2
 TARGET_SOURCE = "OpenVINO's published SmolVLM2-256M CPU figure"
 SHAPE_FOLDER = "bench/smolvlm-256m-shape-int4"  # under $EDGEMM_MODELS
-SHAPE_TOOL = Path(__file__).resolve().parents[1] / "tools" / "smolvlm_shape.py"  # in a source checkout
+SHAPE_TOOL = "edgemm.bench.smolvlm_shape"  # run in its own process: it imports torch and transformers
 
 
 # ---- worker side: one engine, one process ------------------------------------------------------------------
@@ -271,11 +243,9 @@ def shape_bundle() -> tuple[Path | None, str | None]:
     missing = [m for m in ("torch", "transformers", "onnx") if not installed(m)]
     if missing:
         return None, f"building it needs the export extra ({', '.join(missing)} missing): pip install 'edgemm[export]'"
-    if not SHAPE_TOOL.is_file():
-        return None, f"building it needs {SHAPE_TOOL.name} from the source checkout (not found at {SHAPE_TOOL})"
     log.info("building the SmolVLM-256M-shaped bundle (random weights, once) into %s ...", bundle)
     with tempfile.TemporaryDirectory(prefix="smolvlm-shape-") as tmp:
-        cmd = [sys.executable, str(SHAPE_TOOL), str(Path(tmp) / "hf"), "--bundle", str(bundle)]
+        cmd = [sys.executable, "-m", SHAPE_TOOL, str(Path(tmp) / "hf"), "--bundle", str(bundle)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode or not (bundle / MANIFEST).is_file():
         last = (proc.stdout.strip().splitlines() or ["no output"])[-1]

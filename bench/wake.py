@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from edgemm.bench.nonspeech import coloured_noise, rms
+from edgemm.export.evaluation.nonspeech import coloured_noise, rms
 from edgemm.runtime.speech.wake import CHUNK, SAMPLE_RATE, WakeWord
 
 THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
@@ -95,8 +95,8 @@ def positive_peaks(detector: WakeWord, voices: dict) -> dict:
 
 
 def real_speech() -> list[np.ndarray]:
-    from edgemm.bench.clips import dev_clips, extra_clips
     from edgemm.export.distill.data import read_audio, recordings
+    from edgemm.export.evaluation.clips import dev_clips, extra_clips
     from edgemm.runtime.speech.audio import load_audio
 
     clips = [load_audio(c.path) for c in dev_clips()]

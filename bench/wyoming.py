@@ -169,7 +169,7 @@ def _median(values: list[float]) -> float | None:
 async def _asr_runs(ports: dict[str, int], clips, runs: int) -> dict:
     """Each clip sent to each server in turn (the order reversed every other run), so a machine's load weighs on all
     of them alike: median latency from audio-stop to transcript, and WER of the first run."""
-    from edgemm.bench.wer import wer
+    from edgemm.export.evaluation.wer import wer
     from edgemm.runtime.speech.audio import load_audio
 
     audio = [load_audio(c.path) for c in clips]
@@ -246,7 +246,7 @@ def run_bench_wyoming(args) -> int:
     from contextlib import ExitStack
 
     from edgemm.bench.asr import _ct2_folder, aligned
-    from edgemm.bench.clips import dev_clips
+    from edgemm.export.evaluation.clips import dev_clips
 
     clips = dev_clips()
     if not clips:

@@ -23,9 +23,9 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from edgemm.bench.clips import dev_clips
 from edgemm.export.driver import Component, ExportJob, Step, build
 from edgemm.export.errors import ExportError
+from edgemm.export.evaluation.clips import dev_clips
 from edgemm.export.quantize import RECIPE, quantize_int8
 from edgemm.export.whisper_onnx import EncoderWithCrossKV, encode_frames, export_whisper
 from edgemm.export.whisper_source import WhisperCheckpoint, load_whisper
@@ -173,7 +173,7 @@ def check_short_parity(ck: WhisperCheckpoint, folder: Path, tokens: dict, n_mels
 
 def measure_wer(bundles: dict[str, Bundle]) -> dict:
     """WER of each bundle on the real development clips (same clips, same decoding)."""
-    from edgemm.bench.wer import wer
+    from edgemm.export.evaluation.wer import wer
     from edgemm.runtime.speech.transcribe import Transcriber
 
     clips = dev_clips()

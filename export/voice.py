@@ -206,7 +206,7 @@ def check_chunks(job: ExportJob) -> str:
 
 def round_trip(job: ExportJob) -> str:
     """WER of the default speech bundle on what each voice says, and the bundle's length against fp32's."""
-    from edgemm.bench.wer import wer
+    from edgemm.export.evaluation.wer import wer
     from edgemm.runtime.bundle import default_bundle
     from edgemm.runtime.errors import EdgemmError
     from edgemm.runtime.speech.transcribe import Transcriber

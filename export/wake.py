@@ -153,7 +153,7 @@ class TfliteReference:
 def parity_recordings() -> list[tuple[str, np.ndarray]]:
     """Audio for the parity check, 16 kHz float: the dev clips' real speech (bench/clips.py), where every score
     stays low, and each wake phrase said by the packaged Piper voice between 1 s silences, where it goes high."""
-    from edgemm.bench.clips import dev_clips
+    from edgemm.export.evaluation.clips import dev_clips
     from edgemm.runtime.speech.audio import load_audio
     from edgemm.runtime.tts import Synthesizer
 

@@ -674,7 +674,7 @@ def build_bundles(llm: Path, out: Path) -> None:
 if __name__ == "__main__":
     from skimage import data as skdata
 
-    from edgemm.bench.clips import dev_clips
+    from edgemm.export.evaluation.clips import dev_clips
     from edgemm.runtime import tts
 
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "build/bad-inputs")

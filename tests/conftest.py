@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgemm.bench.clips import dev_clips
+from edgemm.export.evaluation.clips import dev_clips
 from edgemm.runtime.bundle import default_bundle
 
 
@@ -140,7 +140,7 @@ def tiny_llm_folder(root: Path, family: str) -> Path:
     torch = pytest.importorskip("torch")
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from edgemm.export.tiny import tiny_tokenizer
+    from edgemm.bench.tiny import tiny_tokenizer
 
     fast = tiny_tokenizer()
     common = dict(

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from edgemm.bench.wer import wer
+from edgemm.export.evaluation.wer import wer
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import default_bundle
 

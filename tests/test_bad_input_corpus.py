@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgemm.bench.wer import wer
+from edgemm.export.evaluation.wer import wer
 from edgemm.runtime import errors, limits, tts
 from edgemm.runtime.bundle import default_bundle
 from edgemm.runtime.speech import audio

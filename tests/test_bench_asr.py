@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from edgemm.bench import asr, clips
+from edgemm.bench import asr
+from edgemm.export.evaluation import clips
 
 
 def _row(latency: float, rss: float, wer: float, noise: int = 0) -> dict:

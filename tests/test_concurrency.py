@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemm.bench.clips import dev_clips
+from edgemm.export.evaluation.clips import dev_clips
 from edgemm.runtime.bundle import default_bundle
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgemm.bench.clips import dev_clips
 from edgemm.export.distill import data
+from edgemm.export.evaluation.clips import dev_clips
 from edgemm.runtime import tts
 
 EXAMPLES = 12

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from edgemm.bench.clips import dev_clips
-from edgemm.bench.wer import wer
+from edgemm.export.evaluation.clips import dev_clips
+from edgemm.export.evaluation.wer import wer
 from edgemm.runtime.bundle import MANIFEST, models_dir
 from edgemm.runtime.hub import default_names, preset_repo
 

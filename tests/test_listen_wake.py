@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edgemm.bench.clips import beckett
+from edgemm.export.evaluation.clips import beckett
 from edgemm.runtime.bundle import MANIFEST, default_bundle
 from edgemm.runtime.speech.audio import load_audio
 

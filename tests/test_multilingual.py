@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from edgemm.bench.wer import wer
+from edgemm.export.evaluation.wer import wer
 from edgemm.runtime.errors import OptionsError
 from edgemm.runtime.speech.decoding import DecodingOptions
 from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber

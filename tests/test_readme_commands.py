@@ -42,7 +42,7 @@ import pytest
 import soundfile as sf
 from PIL import Image, ImageDraw, ImageFont
 
-from edgemm.bench.clips import POCKETSPHINX
+from edgemm.export.evaluation.clips import POCKETSPHINX
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import default_bundle, open_bundle
 from edgemm.runtime.hub import default_names, preset_repo
@@ -468,7 +468,7 @@ def _tiny_gguf(path: Path) -> None:
     import gguf
     from gguf import GGMLQuantizationType as Q
 
-    from edgemm.export.tiny import CHATML, tiny_tokenizer
+    from edgemm.bench.tiny import CHATML, tiny_tokenizer
 
     spec = json.loads(tiny_tokenizer().backend_tokenizer.to_str())
     vocab = spec["model"]["vocab"]

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from edgemm.bench.serve import MAX_QUEUE, ServerProcess, disconnect, health, load, multipart, request
-from edgemm.bench.wer import wer
+from edgemm.export.evaluation.wer import wer
 from edgemm.runtime.bundle import default_bundle
 from edgemm.runtime.server.guard import MEDIA_TYPES
 

@@ -120,7 +120,7 @@ def test_a_live_transcription_that_stalls_is_closed_and_frees_everything():
     from websockets.exceptions import ConnectionClosedOK
     from websockets.sync.client import connect
 
-    from edgemm.bench.clips import dev_clips
+    from edgemm.export.evaluation.clips import dev_clips
     from edgemm.runtime.speech.audio import load_audio
 
     clips = dev_clips()

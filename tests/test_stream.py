@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgemm.bench.wer import wer
+from edgemm.export.evaluation.wer import wer
 from edgemm.runtime.errors import AudioError, OptionsError
 from edgemm.runtime.speech import TranscriptionStream
 from edgemm.runtime.speech.transcribe import Transcription

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgemm.bench.wer import wer
+from edgemm.export.evaluation.wer import wer
 from edgemm.runtime.speech.decoding import DecodingOptions, log_softmax
 from edgemm.runtime.speech.transcribe import TranscribeOptions, Transcriber, compression_ratio
 from tests.conftest import teacher_forced_logits

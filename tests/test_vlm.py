@@ -30,7 +30,7 @@ def tiny_llava(tmp_path_factory):
         LlavaProcessor,
     )
 
-    from edgemm.export.tiny import tiny_tokenizer
+    from edgemm.bench.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(extra_specials=("<image>",))
     image_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -144,7 +144,7 @@ def tiny_idefics3(tmp_path_factory):
         LlamaConfig,
     )
 
-    from edgemm.export.tiny import tiny_tokenizer
+    from edgemm.bench.tiny import tiny_tokenizer
 
     grid = [f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2)]
     tokenizer = tiny_tokenizer(("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *grid))

@@ -94,7 +94,7 @@ def test_a_stream_of_a_single_graph_voice_gives_whole_sentences_and_refuses_noth
 
 def test_int8_voice_is_understood_like_fp32(voice, transcriber):
     """Both voices, noise off, transcribed by the default speech bundle: the same words."""
-    from edgemm.bench.wer import normalize
+    from edgemm.export.evaluation.wer import normalize
 
     text = "The train to London leaves from platform four."
     for synthesizer in (tts.Synthesizer(voice, varied=False), tts.Synthesizer(tts.packaged_voice(), varied=False)):

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 
-from edgemm.bench.wer import normalize, wer
 from edgemm.bench.wyoming import (
     WyomingProcess,
     audio_events,
@@ -21,6 +20,7 @@ from edgemm.bench.wyoming import (
     synthesize,
     transcribe,
 )
+from edgemm.export.evaluation.wer import normalize, wer
 from edgemm.runtime.bundle import default_bundle
 from edgemm.runtime.speech.audio import load_audio
 

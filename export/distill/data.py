@@ -6,7 +6,7 @@ The teacher labels the audio, so the corpus only needs sounds that resemble what
   ("What is the capital of France?", "Set a timer for 5 minutes.", arithmetic, questions about a picture, ...);
 - ``fortunes``: sentences of the Debian ``fortunes-min`` package (BSD licence; ``literature`` and ``fortunes``);
 - ``recording``: real recordings that are installed but are not evaluation clips (pocketsphinx-testdata's ``*.raw``);
-- ``nonspeech``: silence, white/pink/brown noise and mains hum (``edgemm.bench.nonspeech``), whose text is "" (they
+- ``nonspeech``: silence, white/pink/brown noise and mains hum (``edgemm.export.evaluation.nonspeech``), whose text is "" (they
   must transcribe to nothing).
 
 Sentences are spoken by the project's Piper voice (several speaking rates) and by espeak-ng voices and variants
@@ -24,7 +24,7 @@ bytes), while libFLAC's output depends only on the samples; it is lossless for 1
 of raw PCM, and any audio tool reads it. An example is ``frames`` samples from ``offset`` in its shard, so an
 example's int16 samples and their sha256 (its fingerprint) are exactly the same before writing and after reading.
 
-Evaluation clips (``edgemm.bench.clips.dev_clips()``) are held out: ``held_out_check`` compares every example's
+Evaluation clips (``edgemm.export.evaluation.clips.dev_clips()``) are held out: ``held_out_check`` compares every example's
 fingerprint, origin and normalised text with theirs, and ``build_corpus`` runs it before it finishes.
 """
 
@@ -51,8 +51,8 @@ import soundfile as sf
 import soxr
 from scipy import signal
 
-from edgemm.bench.nonspeech import coloured_noise, nonspeech, rms
 from edgemm.export.errors import ExportError
+from edgemm.export.evaluation.nonspeech import coloured_noise, nonspeech, rms
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def finish(audio: np.ndarray, done: list[str]) -> np.ndarray:
 
 def _dev():
     """Evaluation clips: (resolved paths, normalised transcripts, fingerprints -> clip path)."""
-    from edgemm.bench.clips import dev_clips
+    from edgemm.export.evaluation.clips import dev_clips
 
     clips = dev_clips()
     paths = {str(Path(c.path).resolve()) for c in clips}

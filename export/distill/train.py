@@ -533,7 +533,7 @@ def distill_speech(
     ``corpus``: examples with ``.audio`` (float32 16 kHz samples) and a unique ``.id`` (``.voice`` and ``.source``
     are recorded when present). ``steps``: total optimizer steps (a resumed run continues up to it).
     ``eval_clips``: held-out clips with ``.path`` (or ``.audio``) and ``.text``; default
-    :func:`edgemm.bench.clips.dev_clips`; an empty list evaluates the mean training loss instead of WER.
+    :func:`edgemm.export.evaluation.clips.dev_clips`; an empty list evaluates the mean training loss instead of WER.
     ``student_init``: start the student from another Whisper source (same vocabulary and mel bins) instead of a copy
     of the teacher. ``targets_dir``: where teacher targets are cached (default ``out/teacher/``; runs with the same
     teacher can share it: a target made with other settings is recomputed, see :meth:`TeacherCache.settings`). ``options``: any other :class:`DistillConfig` field (temperature, weights, topk, margin_frames, patience, ...).
@@ -608,11 +608,11 @@ def distill_speech(
         step, history = load_checkpoint(checkpoint, student, optimizer)
         log.info("resumed from %s at step %d", checkpoint, step)
     if eval_clips is None:
-        from edgemm.bench.clips import dev_clips
+        from edgemm.export.evaluation.clips import dev_clips
 
         eval_clips = dev_clips()
     if eval_clips and history["wer_teacher"] is None:
-        from edgemm.bench.wer import wer
+        from edgemm.export.evaluation.wer import wer
 
         refs = [c.text for c in eval_clips]
         history["wer_teacher"] = wer(refs, transcribe_clips(ck.model, greedy, eval_clips, config, device, True))
@@ -695,7 +695,7 @@ def _evaluate(student, greedy, clips, config, device, step, history) -> None:
     since = [r["loss"] for r in history["train"] if r["step"] > (history["eval"][-1]["step"] if history["eval"] else 0)]
     entry = {"step": step, "train_loss": float(np.mean(since)) if since else None, "wer_student": None}
     if clips:
-        from edgemm.bench.wer import wer
+        from edgemm.export.evaluation.wer import wer
 
         student.eval()
         entry["wer_student"] = wer(

@@ -209,7 +209,7 @@ def test_cached_tokens_never_reveal_another_clients_prompt(server):
 
 def _long_wav(seconds: int) -> bytes:
     """Real speech repeated to ``seconds``, 8 kHz 16-bit (under the 25 MB upload limit for 20 minutes)."""
-    from edgemm.bench.clips import dev_clips
+    from edgemm.export.evaluation.clips import dev_clips
 
     clips = dev_clips()
     if not clips:

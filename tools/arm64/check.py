@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgemm.bench.clips import dev_clips
-from edgemm.bench.wer import normalize, wer
+from edgemm.export.evaluation.clips import dev_clips
+from edgemm.export.evaluation.wer import normalize, wer
 
 ASK_TEXT = "What is the capital of France?"
 ASK_IMAGE = "What animal is in this picture?"

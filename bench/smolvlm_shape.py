@@ -1,13 +1,13 @@
 """A random model with the real shapes of HuggingFaceTB/SmolVLM-256M-Instruct, for speed and memory measurements.
 
-Usage: ``python tools/smolvlm_shape.py OUT_DIR [--bundle BUNDLE_DIR]`` (needs the export extra: torch, transformers).
+Usage: ``python -m edgemm.bench.smolvlm_shape OUT_DIR [--bundle BUNDLE_DIR]`` (needs the export extra: torch, transformers).
 
 OUT_DIR becomes a transformers folder: an Idefics3 with SmolVLM-256M's sizes (SigLIP vision tower: hidden 768,
 MLP 3072, 12 layers, 12 heads, 512 px tiles of 16 px patches; pixel-shuffle connector, scale factor 4, so 64 image
 tokens per tile; Llama text model: hidden 576, MLP 1536, 30 layers, 9 heads, 3 KV heads, vocabulary 49280, RoPE
 theta 100000, 8192 positions, tied embeddings), random weights (transformers' own initialization, seed 0), and an
 Idefics3Processor whose images are resized to 512 px on the longest edge, so one image is exactly one tile. The
-chat template is SmolVLM's; the tokenizer is a tiny byte-level BPE (``edgemm.export.tiny``) with SmolVLM's special
+chat template is SmolVLM's; the tokenizer is a tiny byte-level BPE (``edgemm.bench.tiny``) with SmolVLM's special
 tokens: only the model's vocabulary size is real, so prompts tokenize into more, shorter pieces than SmolVLM's own.
 
 With ``--bundle``, the folder is then exported as ``edgemm export vlm`` does with int4 (MatMulNBits int4 decoder,
@@ -21,9 +21,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-
-if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
 
 SOURCE = "HuggingFaceTB/SmolVLM-256M-Instruct"
 TILE = 512
@@ -73,7 +70,7 @@ def build(out: Path, seed: int = 0) -> Path:
         LlamaConfig,
     )
 
-    from edgemm.export.tiny import tiny_tokenizer
+    from edgemm.bench.tiny import tiny_tokenizer
 
     corpus = ("The quick brown fox jumps over the lazy dog.", "What animal is this? A cat.", "User Assistant")
     tokenizer = tiny_tokenizer(SPECIALS, eos_token="<end_of_utterance>", chat_template=TEMPLATE, corpus=corpus)
@@ -104,7 +101,7 @@ def build(out: Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="smolvlm_shape.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m edgemm.bench.smolvlm_shape", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="transformers folder to write")
     p.add_argument("--bundle", type=Path, default=None, help="also export an int4 vlm bundle into this folder")
     p.add_argument("--seed", type=int, default=0)
