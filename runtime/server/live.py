@@ -143,7 +143,7 @@ class _Session:
             channel.put(fn())
 
         try:
-            self.channel = self.server._start("speech", job)
+            self.channel = self.server.start("speech", job)
             return await self.channel.next(timeout=self.server.config.timeout)
         except TimeoutError:
             raise LiveError(f"transcribing took longer than {self.server.config.timeout:g} s") from None

@@ -95,7 +95,7 @@ def test_say_with_nothing_to_say_is_one_sentence(voice, tmp_path):
 
 def test_server_answers_400_for_nothing_to_say():
     pytest.importorskip("starlette")
-    from edgemm.runtime.server.app import api_error
+    from edgemm.runtime.server.http import api_error
 
     error = api_error(tts.NothingToSay("there is nothing to say in the text"))
     assert (error.status, error.param, error.code) == (400, "input", "nothing_to_say")
