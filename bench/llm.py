@@ -1,38 +1,8 @@
 """``edgemm bench llm``: our LLM runtime against onnxruntime-genai and llama.cpp, same checkpoint, same threads.
 
-The engines: ours (an ``llm`` bundle: MatMulNBits int4 decoder on onnxruntime), onnxruntime-genai with the int4
-model its own builder made from the same GGUF, and llama.cpp (llama-cpp-python) running the GGUF itself.
-``make bench-peers`` sets both peers up in ``.venv-peers``. A peer that is not there is reported in one line.
-
-The same token ids go to every engine: the first 128 tokens of a real English text (the GPL-3 of Debian's
-base-files, from its preamble on), tokenized by our bundle's tokenizer, as the prompt, and the 128 tokens after
-them as the decoded sequence. Each engine runs in its own subprocess (``edgemm.bench.worker``'s protocol; memory
-never mixes): ours here, the peers in their own venv, without edgemm, by the standalone ``peers_worker.py``, whose
-``measure`` times all three the same way. Each reports:
-
-- load: seconds to load the model (ours includes the bundle's sha256 check, as ``edgemm ask`` does);
-- TTFT: seconds from an empty KV cache to the logits after the 128-token prompt (one prefill call); each engine
-  reuses the cache memory it allocated (ours ``truncate(0)``, onnxruntime-genai ``rewind_to(0)``, llama.cpp
-  ``reset()``); median of ``runs`` runs after one warm-up run;
-- decode: tokens/s over the 128 following tokens fed one at a time, teacher-forced (so no EOS stops it; the
-  context grows to 256), each step's logits fetched and its argmax taken, as a greedy generator would;
-  onnxruntime-genai ``append_tokens([t])`` + ``get_logits()`` (as fast as its own greedy
-  ``generate_next_token()``), llama.cpp ``eval([t])`` + its logits buffer (flash attention on, as llama.cpp's
-  own tools default to); median of ``runs`` runs (the same runs as TTFT);
-- peak RSS: the worker's peak resident memory (``VmHWM``) after everything;
-- perplexity: exp of the mean negative log-likelihood of the 128 forced tokens, each scored by the logits before
-  it (from the warm-up run, so the timed runs do only what they time): every engine's fidelity on the same text, so
-  recipes are compared at equal fidelity;
-- next-token accuracy: how often the argmax after the prompt and after each forced token is the text's next
-  token (129 predictions, 128 with a target), and how often it equals ours: a check that all compute the same
-  model (their int4 weights differ: ours keeps Q4_1's blocks, onnxruntime-genai re-quantizes, llama.cpp reads
-  them as they are).
-
-Decoding one token reads every weight once, so memory bandwidth bounds its speed. The report gives each engine's
-weight bytes per decoded token (ours: the decoder's initializers less the rotary tables; onnxruntime-genai: its
-model's initializers less the cos/sin caches; llama.cpp: every GGUF tensor, as this checkpoint's Q8_0 token
-embedding is also its output matrix), the machine's read bandwidth (``np.maximum.reduce`` over a 512 MiB float32
-array, best of 3, on 1 thread and on ``threads`` threads over chunks), and bound = bandwidth / bytes.
+The same token ids go to every engine, each in its own worker subprocess: ours here, the peers in ``.venv-peers``
+(``make bench-peers``) through ``peers_worker.py``, whose ``measure`` times all three the same way. What is
+measured and how: docs/BENCHMARKS.md, "LLM".
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ shadow installed packages. It speaks ``edgemm.bench.worker``'s protocol: the job
 "forced": [ids], "probes": [texts]}``); one JSON line on stdout, the result or ``{"error": "one line"}``.
 
 ``measure`` (with ``onnx_weight_bytes``) is the one measurement loop of the LLM bench: ``edgemm.bench.llm``
-imports it for our engine, so the three engines are timed by the same code. ``edgemm.bench.llm``'s docstring
-says what is measured.
+imports it for our engine, so the three engines are timed by the same code. What is measured: docs/BENCHMARKS.md,
+"LLM".
 """
 
 from __future__ import annotations

@@ -1,31 +1,8 @@
 """The offline training corpus for distilling a Whisper student (``edgemm distill data``).
 
-The teacher labels the audio, so the corpus only needs sounds that resemble what the assistant will hear:
-
-- ``template``: spoken questions and commands of the assistant's own domain, generated from templates
-  ("What is the capital of France?", "Set a timer for 5 minutes.", arithmetic, questions about a picture, ...);
-- ``fortunes``: sentences of the Debian ``fortunes-min`` package (BSD licence; ``literature`` and ``fortunes``);
-- ``recording``: real recordings that are installed but are not evaluation clips (pocketsphinx-testdata's ``*.raw``);
-- ``nonspeech``: silence, white/pink/brown noise and mains hum (``edgemm.export.evaluation.nonspeech``), whose text is "" (they
-  must transcribe to nothing).
-
-Sentences are spoken by the project's Piper voice (several speaking rates) and by espeak-ng voices and variants
-(``apt-get install espeak-ng``) when installed. Each example is then augmented with its own seeded random
-generator: speed (resampling, which shifts the pitch too), simple reverberation, noise at several SNRs, a telephone
-band and gain.
-
-On disk (``build_corpus``)::
-
-    out/shard-00000.flac   # the examples of one shard, one after the other: 16 kHz mono 16-bit FLAC
-    out/manifest.json      # every shard (file, sha256, bytes, frames) and every example's record
-
-FLAC rather than ``.npz``: numpy writes a zip timestamp into every ``.npz`` (the same seed would not give the same
-bytes), while libFLAC's output depends only on the samples; it is lossless for 16-bit samples, about half the size
-of raw PCM, and any audio tool reads it. An example is ``frames`` samples from ``offset`` in its shard, so an
-example's int16 samples and their sha256 (its fingerprint) are exactly the same before writing and after reading.
-
-Evaluation clips (``edgemm.export.evaluation.clips.dev_clips()``) are held out: ``held_out_check`` compares every example's
-fingerprint, origin and normalised text with theirs, and ``build_corpus`` runs it before it finishes.
+``build_corpus`` writes seeded, augmented speech and non-speech examples as FLAC shards with a manifest, and
+``held_out_check`` makes sure no evaluation clip is among them. What the corpus holds and why: docs/EXPORT.md,
+"The training corpus".
 """
 
 from __future__ import annotations

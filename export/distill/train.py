@@ -1,38 +1,8 @@
 """Distil a Whisper student whose encoder runs on the audio's own length (not on a padded 30 s window).
 
-The recipe (:func:`distill_speech`):
-
-- **Teacher**: any Whisper source :func:`~edgemm.export.whisper_source.load_whisper` reads, run as Whisper was
-  trained: on the full 3000-frame (30 s) log-mel window.
-- **Student**: a deep copy of the teacher, optionally with fewer decoder layers (:func:`shrink_decoder`, the
-  distil-whisper recipe: keep maximally spaced teacher layers). Each example is cut where the runtime would start
-  its window (the speech onset its VAD finds: :func:`runtime_window`), then padded to the smallest of a few encoder
-  lengths (``lengths``, in mel frames) that covers it plus the runtime's margin, and the student's encoder runs on
-  just those frames (:func:`~edgemm.export.whisper_onnx.encode_frames` slices the positional embeddings). Teacher
-  and student see the same audio, so the student is trained on exactly the windows it will be given.
-- **Targets** (computed once per example id with the teacher, cached on disk under ``out/teacher/``):
-
-  * the pseudo-label: the teacher's greedy transcript *with timestamps* (the runtime decodes with timestamps by
-    default, so the student learns the exact token stream it will be asked to produce: segment timestamps, text,
-    end-of-text), after the English-transcribe start sequence and with Whisper's timestamp rules applied
-    (the runtime's own :class:`~edgemm.runtime.speech.decoding.LogitFilters`);
-  * the teacher's encoder states on the first T / 2 positions (those that see the audio) for an MSE loss;
-  * the teacher's next-token distribution along the pseudo-label at temperature ``temperature``, kept as its top-k
-    (``topk``) log-probabilities plus the mass of all other tokens, for a KL loss over those k + 1 outcomes (exactly
-    zero when the student matches the teacher, never above the full-vocabulary KL; the cache holds k + 1 instead of
-    51864 floats per token).
-
-- **Loss** = ``ce`` x cross-entropy on the pseudo-label + ``kd`` x T^2 x KL(teacher top-k || student)
-  + ``enc`` x MSE(student encoder, teacher encoder) (weights in ``weights``).
-- **Non-speech** (examples whose text is known to be ""): no cross-entropy on the teacher's guessed words, only the
-  KL terms (see :func:`is_speech`).
-- **Training**: AdamW with a linear warm-up then a 1 / sqrt(step) decay (:func:`learning_rate`), seeded (torch,
-  numpy, python), batches drawn from one length bucket at a time, resumable
-  checkpoints in ``out/checkpoint/``, evaluation every ``eval_every`` steps on held-out real clips (student WER with
-  its short encoder vs the teacher's WER on 30 s windows), early stopping with ``patience``, ``out/curve.png`` and
-  ``out/log.json`` rewritten at each evaluation. The student is saved as a transformers folder in ``out/student/``.
-
-:func:`export_student` turns that folder into an int8 bundle with the export path.
+``distill_speech`` trains it on the teacher's pseudo-labels, token distributions and encoder states, on the windows
+the runtime will give it; ``export_student`` turns it into an int8 bundle. The recipe: docs/EXPORT.md,
+"Distilling the speech student".
 """
 
 from __future__ import annotations
