@@ -240,16 +240,19 @@ class Assistant:
         """The default bundles (or the ones named). ``vision``: load the image path (only useful with a camera);
         ``speak``: load the voice (the tts extra; without it answers are text only, with one logged line);
         ``wake_words``: answer only after one of these (from ``wake_model``, default the default wake bundle)."""
-        from edgemm.runtime import tts
-        from edgemm.runtime.vision import ImageQuestion
+        from edgemm.runtime.parts import Parts
 
         wake = WakeWord.load(wake_model, wake_words) if wake_words else None  # a wrong word fails before the rest
-        synthesizer = tts.optional_synthesizer(threads, without="text only") if speak else None
-        lm = LanguageModel.load(model, threads=threads, context=context)
-        images = ImageQuestion.load(vision_model=vision_model, threads=threads, lm=lm) if vision else None
-        transcriber = Transcriber.load(speech_model, threads=threads)
+        parts = Parts.load(model, speech_model, vision_model, threads, context, vision=vision, voice=speak)
         return cls(
-            transcriber, lm, images, synthesizer, camera_mode, endpoint=endpoint, wake=wake, follow_up_s=follow_up_s
+            parts.transcriber,
+            parts.lm,
+            parts.images,
+            parts.synthesizer,
+            camera_mode,
+            endpoint=endpoint,
+            wake=wake,
+            follow_up_s=follow_up_s,
         )
 
     @contextmanager

@@ -126,20 +126,25 @@ class ServerModels:
         that is turned off is not loaded, and its routes answer 404 (a missing default bundle is an error: the
         message says how to build it). ``voice_model``: a voice bundle or Piper ``.onnx`` voice instead of the
         default voice. Wake words come from ``wake_model``, else from the default wake bundle when it is built."""
-        from edgemm.runtime import tts
+        from edgemm.runtime.parts import Parts
         from edgemm.runtime.speech.wake import optional_bundle
-        from edgemm.runtime.vision import ImageQuestion
 
-        lm = LanguageModel.load(model, threads=threads, context=context)
-        transcriber = Transcriber.load(speech_model, threads=threads) if speech else None
-        images = ImageQuestion.load(vision_model=vision_model, threads=threads, lm=lm) if vision else None
-        if voice and voice_model is not None:  # named: it must load
-            synthesizer = tts.Synthesizer(voice_model, threads=threads)
-        else:
-            synthesizer = tts.optional_synthesizer(threads, without="/v1/audio/speech is off") if voice else None
+        parts = Parts.load(
+            model,
+            speech_model,
+            vision_model,
+            threads,
+            context,
+            speech=speech,
+            vision=vision,
+            voice=voice,
+            voice_model=voice_model,
+            without_voice="/v1/audio/speech is off",
+        )
         why = cls.why_no_voice if voice else "speech output was turned off by --no-tts"
         wake_bundle = optional_bundle(wake_model, off=not wake)
-        return cls(lm, transcriber, images, synthesizer, wake_bundle, max_queue=max_queue, why_no_voice=why)
+        models = parts.lm, parts.transcriber, parts.images, parts.synthesizer, wake_bundle
+        return cls(*models, max_queue=max_queue, why_no_voice=why)
 
     def names(self) -> dict[str, str]:
         """Model id -> what it does, for /v1/models."""
