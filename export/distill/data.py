@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -17,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -234,12 +234,21 @@ class Espeak:
     def speak(self, text: str, rng: np.random.Generator) -> tuple[np.ndarray, str, list[str]]:
         voice = f"{rng.choice(self.LANGUAGES)}+{rng.choice(self.VARIANTS)}"
         speed, pitch = int(rng.integers(130, 200)), int(rng.integers(25, 75))
-        with tempfile.TemporaryDirectory() as tmp:
-            wav = Path(tmp) / "out.wav"
-            cmd = [self.program, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), "--stdin"]
-            subprocess.run(cmd, input=text.encode(), check=True, capture_output=True, timeout=60)
-            audio, rate = sf.read(wav, dtype="float32", always_2d=True)
+        cmd = [self.program, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", "--stdin"]
+        audio, rate = self._agreed(cmd, text)
         return resample(audio.mean(axis=1), rate, SAMPLE_RATE), f"espeak:{voice}", [f"wpm={speed}", f"pitch={pitch}"]
+
+    def _agreed(self, cmd: list[str], text: str, tries: int = 4) -> tuple[np.ndarray, int]:
+        """The WAV that two runs in a row agree on: a clip of espeak-ng's noise-excited variants (whisper) has
+        been seen to come out differently, rarely, and the corpus must be the same bytes for the same seed."""
+        last = None
+        for _ in range(tries):
+            wav = subprocess.run(cmd, input=text.encode(), check=True, capture_output=True, timeout=60).stdout
+            if wav == last:
+                audio, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+                return audio, rate
+            last = wav
+        raise RuntimeError(f"espeak-ng gave {tries} different renderings of {text!r} with {' '.join(cmd[1:-2])}")
 
 
 # ----------------------------------------------------------------------------------------------------- augmentation
