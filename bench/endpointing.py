@@ -181,7 +181,7 @@ def listen(assistant, case: Case) -> list[tuple[float, float]]:
         with FileMicrophone(path, tail_silence_s=0.0) as mic:
             turns = [e.turn for e in assistant.run(mic) if isinstance(e, TurnEnd)]
     assistant.chat.turns.clear()  # each case as the first question (the system prompt stays in the cache)
-    return [t.heard for t in turns if t.heard]
+    return [t.heard for t in turns if t.heard and not t.superseded]  # a question continued after a cut counts once
 
 
 def score(cases: list[Case], heard: list[list[tuple[float, float]]]) -> dict:

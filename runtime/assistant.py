@@ -18,7 +18,9 @@ with the finished :class:`Turn` and its latencies.
 
 Time is the microphone's: ``samples read / 16 kHz`` (timers too, while listening). A live microphone delivers it at wall-clock pace, a file as fast
 as it is read, so the same logic runs on hardware and in tests. Speech that starts while an answer is still being
-spoken (in microphone time) stops the speaker and starts a new turn: barge-in.
+spoken (in microphone time) stops the speaker and starts a new turn: barge-in. Speech that comes back after a
+judged pause sooner than an unjudged pause would have ended the question continues that question: its answer is
+taken back and the whole is answered as one (:attr:`Turn.superseded`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from edgemm.runtime.llm.tools import CallStream, ToolCall, parse_tools
 from edgemm.runtime.skills import Clock, SkillCall, SkillError, Skills, SystemClock, Timer
 from edgemm.runtime.speech import Transcriber
 from edgemm.runtime.speech.audio import load_audio
-from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions
+from edgemm.runtime.speech.endpoint import Endpointer, EndpointOptions, Utterance
 from edgemm.runtime.speech.stream import MAX_STREAM_S
 from edgemm.runtime.speech.vad import SAMPLE_RATE, VADStream
 from edgemm.runtime.speech.wake import WakeWord
@@ -100,6 +102,9 @@ class Turn:
     # first sentence or clause ready to speak), first_audio (its audio handed to the speaker).
     latency: dict = field(default_factory=dict)
     heard: tuple[float, float] | None = None  # microphone seconds where the utterance starts and is cut (run only)
+    # Speech came back after the judged pause that ended this question, sooner than an unjudged pause would have
+    # ended it: the question went on, and was answered again as a whole by the next turn (run only).
+    superseded: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,7 @@ class Assistant:
         self.speaking_until = 0.0
         self.clock.microphone = 0.0
         live = None  # the utterance being heard
+        cut, resumed = None, None  # the last question ended at a judged pause; the one the current speech continues
         if gate.phrases:
             yield Asleep(gate.phrases)
         try:
@@ -303,20 +309,30 @@ class Assistant:
                     endpointer.restart(woke.seconds - WAKE_MARGIN_S)
                     utterance = None
                     live = _Live(self, endpointer, camera) if endpointer.recording else None
+                    resumed = None
                 talking = endpointer.t < self.speaking_until or getattr(speaker, "busy", False)
                 if endpointer.started and talking:
                     self._barge_in(speaker)
                 if endpointer.started:
-                    live = _Live(self, endpointer, camera) if gate.open(endpointer.start) else None
+                    resumed, cut = self._continues(cut, endpointer), None
+                    before = None if resumed is None else resumed.audio_until(endpointer.start)
+                    live = _Live(self, endpointer, camera, before) if gate.open(endpointer.start) else None
+                judged = False
                 if live is not None and utterance is None and endpointer.recording:
                     utterance = yield from live.follow()
+                    judged = utterance is not None
+                if utterance is not None and resumed is not None:
+                    utterance, resumed = self._resume(resumed, utterance), None
                 if utterance is not None and not gate.open(utterance.start):
                     log.debug("not answered: %.1f-%.1f s came without the wake word", utterance.start, utterance.end)
                 elif utterance is not None:
                     heard = (utterance.start, utterance.end)
                     final = None if live is None else (lambda live=live, utterance=utterance: live.final(utterance))
                     live = None
+                    turns, remembered = len(self.turns), len(self.chat.turns)
                     spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera, heard, final)
+                    if judged and len(self.turns) > turns and self.turns[-1].skill is None:
+                        cut = _Cut(utterance, self.turns[-1], remembered, len(self.chat.turns))
                     # The answer plays from the end of the utterance on (in microphone time).
                     self.speaking_until = utterance.end + spoken
                     gate.answered(self.speaking_until)
@@ -358,6 +374,28 @@ class Assistant:
         except EdgemmError as e:  # too long for the context window, say: the answer will tell
             log.debug("cannot anticipate the answer: %s", _first_line(e))
             return None
+
+    def _continues(self, cut: _Cut | None, endpointer: Endpointer) -> _Cut | None:
+        """``cut`` when the speech starting now continues it: it began before an unjudged pause (``hold_silence_ms``
+        of silence) would have ended that question, so the judged pause was not its end."""
+        if cut is None:
+            return None
+        onset = endpointer.t - self.endpoint.start_ms / 1000  # the first block heard as speech
+        pause = onset - (cut.utterance.end - cut.utterance.silent_tail / SAMPLE_RATE)
+        return cut if pause < self.endpoint.hold_silence_ms / 1000 else None
+
+    def _resume(self, cut: _Cut, utterance: Utterance) -> Utterance:
+        """The question ``cut`` and its continuation ``utterance`` as one utterance; the answer to the first part is
+        taken back (it was stopped by the barge-in, and leaves the memory)."""
+        log.info("speech came back after a judged pause, before an unjudged one would have ended: the question goes on")
+        cut.turn.superseded = True
+        if cut.turn in self.turns:
+            self.turns.remove(cut.turn)
+        if cut.remembered + 1 == cut.remembered_after == len(self.chat.turns):  # its exchange is still the last one
+            self.chat.forget_last()
+        before = cut.audio_until(utterance.start)
+        return Utterance(np.concatenate([before, utterance.samples]), cut.utterance.start, utterance.end,
+                         utterance.silent_tail)  # fmt: skip
 
     def _barge_in(self, speaker) -> None:
         """Speech began while the answer was still due to be heard (in microphone time): the turn is marked
@@ -505,6 +543,21 @@ class Assistant:
         return speech.seconds
 
 
+@dataclass
+class _Cut:
+    """A question ended at a judged pause, and what its answer added: the turn, and the chat's turns before/after."""
+
+    utterance: Utterance
+    turn: Turn
+    remembered: int
+    remembered_after: int
+
+    def audio_until(self, start: float) -> np.ndarray:
+        """Its audio and the silence after it up to microphone second ``start`` (where its continuation starts)."""
+        gap = np.zeros(max(0, round((start - self.utterance.end) * SAMPLE_RATE)), np.float32)
+        return np.concatenate([self.utterance.samples, gap])
+
+
 class _Live:
     """One utterance while it is spoken: its transcription stream, a partial whenever ``partial_every_s`` of speech
     arrived, the microphone is not ahead of us (a file read faster than real time, or a backlog: then catching up
@@ -514,9 +567,9 @@ class _Live:
     probability that the message ends there: at ``complete`` or above the pause ends the utterance, else the
     endpointer waits ``hold_silence_ms`` of silence. Method and error rates: docs/BENCHMARKS.md ("Endpointing")."""
 
-    def __init__(self, assistant: Assistant, endpointer: Endpointer, camera):
+    def __init__(self, assistant: Assistant, endpointer: Endpointer, camera, before: np.ndarray | None = None):
         self.assistant, self.endpointer, self.o = assistant, endpointer, assistant.endpoint
-        max_s = min(MAX_STREAM_S, self.o.max_utterance_s + 1)
+        max_s = min(MAX_STREAM_S, self.o.max_utterance_s + 1 + (0 if before is None else before.size / SAMPLE_RATE))
         self.stream = assistant.transcriber.stream(every_s=self.o.partial_every_s, max_s=max_s)
         self.tools = assistant.tools if camera is not None else None  # as the answer will be asked
         self.fed = 0  # the endpointer's blocks given to the stream
@@ -524,6 +577,12 @@ class _Live:
         self.broken = False  # the stream failed: the utterance is transcribed whole at its end, as before
         self.started = (time.perf_counter(), endpointer.t)
         self.rest_until = 0.0  # no partial while the person speaks before this (perf_counter)
+        if before is not None:  # the question this speech continues: heard as one with it
+            try:
+                self.stream.feed(before, partial=False)
+            except EdgemmError as e:
+                log.warning("cannot transcribe while listening: %s", _first_line(e))
+                self.broken = True
 
     def _in_step(self) -> bool:
         """Whether the microphone delivers in real time and we keep up with it (no audio waiting)."""

@@ -266,6 +266,32 @@ def test_a_pause_inside_a_question_does_not_end_it(parts, tmp_path):
     assert 0 < cuts["judged"] <= 0.4 and cuts["plain"] >= cuts["judged"] + 0.3, cuts
 
 
+def test_speech_that_comes_back_continues_a_question_cut_too_soon(parts, tmp_path):
+    """A judge that ends the question at every pause cuts "What is the capital of" from "France?" (the way a misheard
+    first part is cut); the speech coming back 0.5 s later, sooner than an unjudged pause would have ended the
+    question, continues it: one question, answered as a whole, the first answer taken back. A question after a
+    longer pause is a question of its own."""
+    from dataclasses import replace
+
+    from edgemm.device.audio import FileMicrophone
+
+    audio, _ = _paused(parts, "What is the capital of", "France?", 0.5)
+    audio = np.concatenate([audio, parts["say"]("What is two plus three?"), _silence(1.5)])  # after 2 s: a new one
+    sf.write(tmp_path / "mic.wav", audio, RATE)
+    assistant = _assistant(parts)
+    assistant.endpoint = replace(assistant.endpoint, complete=0.0)  # every judged pause ends the question
+    with FileMicrophone(tmp_path / "mic.wav") as mic:
+        turns = _turns(assistant.run(mic))
+    taken_back, kept = [t for t in turns if t.superseded], [t for t in turns if not t.superseded]
+    assert len(taken_back) == 1 and "france" not in taken_back[0].transcript.lower(), turns
+    assert [t.transcript for t in assistant.turns] == [t.transcript for t in kept] and len(kept) == 2, turns
+    whole = kept[0].transcript.lower()
+    assert "capital of" in whole and "france" in whole and "paris" in kept[0].answer.lower(), kept[0]
+    assert kept[0].heard[0] == taken_back[0].heard[0], (kept[0].heard, taken_back[0].heard)
+    assert "5" in kept[1].answer or "five" in kept[1].answer.lower(), kept[1]
+    assert [q for q, _ in assistant.chat.turns] == [t.transcript for t in kept]  # the first part left the memory
+
+
 def test_partial_transcripts_while_speaking(parts, tmp_path):
     """From a microphone that delivers in real time, the words are heard while they are spoken (Hearing events,
     whose stable start only grows), and the transcript follows."""
