@@ -801,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, required=True, help="corpus folder to write (shards + manifest.json)")
     d.add_argument("--examples", type=_positive_int, default=2000, help="number of examples")
     d.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
+    d.add_argument("--fragments", action="store_true", help="one example in ten a sentence cut mid-word (experiment)")
     d.set_defaults(func=cmd_distill)
     d = distill.add_parser(
         "speech", parents=[verbose], help="a Whisper student whose encoder runs on the audio's length"

@@ -201,3 +201,15 @@ def test_piper_speaks_at_the_rate_it_records():
         assert done == [f"length_scale={rate}"]
         seconds[rate] = len(audio) / data.SAMPLE_RATE
     assert seconds[1.25] > 1.15 * seconds[0.85]  # about 1.25 here (pauses do not stretch); 1.0 if the rate is lost
+
+
+def test_fragments_are_sentences_cut_mid_word(tmp_path):
+    folder = data.build_corpus(tmp_path / "f", seed=3, examples=10, workers=1, progress=False, fragments=True)
+    fragments = [ex for ex in data.load_corpus(folder) if ex.source == "fragment"]
+    assert [ex.id for ex in fragments] == ["ex-000004"]  # one in ten, in place of a Piper sentence
+    (ex,) = fragments
+    speech = ex.seconds - 0.5  # then half a second of silence
+    assert ex.text is None and 0.3 - 0.01 <= speech <= 1.5 + 0.01, (ex.text, ex.seconds)
+    assert any(a.startswith("fragment(") for a in ex.augmentations) and ":" in ex.origin, ex
+    plain = data.build_corpus(tmp_path / "p", seed=3, examples=10, workers=1, progress=False)
+    assert {ex.source for ex in data.load_corpus(plain)} & {"fragment"} == set()  # the default mix has none

@@ -13,7 +13,7 @@ log = logging.getLogger("edgemm.distill")
 
 def run_distill(args) -> int:
     if args.target == "data":
-        build_corpus(args.out, seed=args.seed, examples=args.examples)
+        build_corpus(args.out, seed=args.seed, examples=args.examples, fragments=args.fragments)
         summary = read_manifest(args.out).get("summary", {})
         log.info("wrote %s: %s", args.out, summary)
         return 0

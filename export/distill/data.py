@@ -54,6 +54,10 @@ RECORDINGS: dict[str, str | None] = {
 # What each example is made of, in a fixed repeating order: the same ``examples`` always gives the same mix, and a
 # corpus of 10 examples already has every kind. Speech is spoken by Piper or espeak-ng (whichever is available).
 PLAN = ["piper", "espeak", "piper", "nonspeech", "piper", "espeak", "recording", "piper", "espeak", "nonspeech"]
+# With fragments (``--fragments``, an experiment: docs/BENCHMARKS.md), one Piper sentence in ten is cut mid-word, as
+# an endpointer leaves the rest of an utterance it cut at its longest.
+FRAGMENT_PLAN = [*PLAN[:4], "fragment", *PLAN[5:]]
+FRAGMENT_S = (0.3, 1.5)  # how much speech a fragment keeps
 
 
 class CorpusError(ExportError):
@@ -69,7 +73,7 @@ class Example:
     id: str
     audio: np.ndarray  # float32 mono at 16 kHz, -1..1
     text: str | None  # what is said; "" for non-speech; None when unknown (a real recording without transcript)
-    source: str  # template, fortunes, recording or nonspeech
+    source: str  # template, fortunes, recording, nonspeech or fragment
     voice: str  # piper:<voice>, espeak:<voice>+<variant>, real or none
     origin: str = ""  # which template, sentence file, recording or noise
     augmentations: list[str] = field(default_factory=list)
@@ -280,6 +284,16 @@ def telephone(audio: np.ndarray) -> np.ndarray:
     return resample(signal.sosfilt(sos, narrow), 8000, SAMPLE_RATE)
 
 
+def cut_fragment(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """From a random point of the speech (likely mid-word), 0.3-1.5 s of it, then 0.5 s of silence."""
+    seconds = round(float(rng.uniform(*FRAGMENT_S)), 2)
+    start = int(rng.integers(0, max(1, audio.size - round(seconds * SAMPLE_RATE))))
+    piece = audio[start : start + round(seconds * SAMPLE_RATE)]
+    return np.concatenate(
+        [piece, np.zeros(SAMPLE_RATE // 2, np.float32)]
+    ), f"fragment({start / SAMPLE_RATE:.2f}s+{seconds}s)"
+
+
 def augment(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
     """Speech through a random chain (each step with its own probability); returns the audio and what was done."""
     done = []
@@ -347,8 +361,8 @@ class Maker:
     """Makes example ``index`` of the corpus of ``seed``: its kind from PLAN, everything else from its own seeded
     generator, so that an example does not depend on the others (nor on which process makes it)."""
 
-    def __init__(self, seed: int, piper: bool = True, espeak: bool = True):
-        self.seed = seed
+    def __init__(self, seed: int, piper: bool = True, espeak: bool = True, fragments: bool = False):
+        self.seed, self.plan = seed, FRAGMENT_PLAN if fragments else PLAN
         self.voices: dict[str, Piper | Espeak] = {}
         if piper:
             try:
@@ -373,9 +387,13 @@ class Maker:
     def __call__(self, index: int) -> Example:
         ex_seed = example_seed(self.seed, index)
         rng = np.random.default_rng(ex_seed)
-        kind = PLAN[index % len(PLAN)]
+        kind = self.plan[index % len(self.plan)]
         if kind == "recording" and not self.real:
             kind = "piper"
+        if kind == "fragment":
+            kind, fragment = ("piper" if "piper" in self.voices else "espeak"), True
+        else:
+            fragment = False
         if kind in ("piper", "espeak") and kind not in self.voices:
             kind = next(iter(self.voices))
         ex_id = f"ex-{index:06d}"
@@ -395,6 +413,9 @@ class Maker:
             if normalise_text(text) not in self.dev_texts:
                 break
         audio, voice, spoken = self.voices[kind].speak(text, rng)
+        if fragment:  # what is said is the teacher's to tell
+            audio, cut = cut_fragment(audio, rng)
+            text, source, origin, spoken = None, "fragment", f"{origin}: {text}", [*spoken, cut]
         audio, done = augment(audio, rng)
         return Example(ex_id, finish(audio, done), text, source, voice, origin, spoken + done, ex_seed)
 
@@ -407,10 +428,10 @@ def example_seed(seed: int, index: int) -> int:
 _MAKER: Maker | None = None  # one per worker process
 
 
-def _start_worker(seed: int, piper: bool, espeak: bool) -> None:
+def _start_worker(seed: int, piper: bool, espeak: bool, fragments: bool) -> None:
     global _MAKER
     logging.getLogger(__name__).setLevel(logging.ERROR)  # the parent already warned about missing voices
-    _MAKER = Maker(seed, piper, espeak)
+    _MAKER = Maker(seed, piper, espeak, fragments)
 
 
 def _make(index: int) -> Example:
@@ -479,21 +500,25 @@ def build_corpus(
     piper: bool = True,
     espeak: bool = True,
     progress: bool = True,
+    fragments: bool = False,
 ) -> Path:
     """Writes a corpus of ``examples`` examples to ``out`` and checks that no evaluation clip is in it; returns
     ``out``. The same seed writes the same bytes, whatever ``workers`` (processes; default: one per core, at most 8;
-    each runs Piper on one thread). ``piper``/``espeak``: use that voice when it is installed."""
+    each runs Piper on one thread). ``piper``/``espeak``: use that voice when it is installed. ``fragments``: the
+    FRAGMENT_PLAN mix."""
     from tqdm import tqdm
 
     workers = max(1, min(workers or os.cpu_count() or 1, 8, examples))
     bar = functools.partial(tqdm, total=examples, desc="corpus", unit="example", disable=not progress)
     if workers == 1:
-        maker = Maker(seed, piper, espeak)
+        maker = Maker(seed, piper, espeak, fragments)
         write_corpus(out, bar(map(maker, range(examples))), seed=seed, shard_examples=shard_examples)
     else:
-        Maker(seed, piper, espeak)  # fails here, once, when there is no voice (and warns about missing sources)
+        Maker(
+            seed, piper, espeak, fragments
+        )  # fails here, once, when there is no voice (and warns about missing sources)
         context = multiprocessing.get_context("spawn")  # no fork of a process that holds onnxruntime sessions
-        with context.Pool(workers, initializer=_start_worker, initargs=(seed, piper, espeak)) as pool:
+        with context.Pool(workers, initializer=_start_worker, initargs=(seed, piper, espeak, fragments)) as pool:
             made = pool.imap(_make, range(examples), chunksize=4)  # in order
             write_corpus(out, bar(made), seed=seed, shard_examples=shard_examples)
     try:
