@@ -146,7 +146,9 @@ def measure(job: dict) -> dict:
             {"question": t.transcript, "answer": t.answer, "looked": t.looked, "heard": t.heard, **t.latency}
             | {"audio_at": at}
             for t, at in zip(turns, audio_at, strict=True)
+            if not t.superseded  # a question continued after a judged pause counts once, as its whole
         ],
+        "continued": sum(1 for t in turns if t.superseded),
         "speech_ends": speech_ends,
         "loaded_rss_mb": round(loaded_mb),
         "peak_rss_mb": round(peak_rss_mb()),
@@ -185,6 +187,7 @@ def run_bench_assistant(args) -> int:
     print(
         f"edgemm bench assistant: {len(turns)} turns, {threads} threads{llm}, {endpoint} endpointing, file-backed "
         "mic (in real time) / camera / speaker"
+        + (f"; {report['continued']} question(s) continued after a judged pause" if report.get("continued") else "")
     )
     for t in turns:
         where = "camera" if t["looked"] else "text"
