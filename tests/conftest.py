@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,12 @@ import pytest
 
 from edgemm.export.evaluation.clips import dev_clips
 from edgemm.runtime.bundle import default_bundle
+
+# Tests press Ctrl-C on the commands they run. A launcher that ignores it (a background job of a shell without job
+# control) would pass that on to every command: the tests' own process takes Ctrl-C back, so its children get the
+# default again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
