@@ -297,6 +297,7 @@ class Assistant:
         self.clock.microphone = 0.0
         live = None  # the utterance being heard
         cut, resumed = None, None  # the last question ended at a judged pause; the one the current speech continues
+        before = None  # the audio of ``resumed`` up to where the current speech starts
         if gate.phrases:
             yield Asleep(gate.phrases)
         try:
@@ -322,7 +323,7 @@ class Assistant:
                     utterance = yield from live.follow()
                     judged = utterance is not None
                 if utterance is not None and resumed is not None:
-                    utterance, resumed = self._resume(resumed, utterance), None
+                    utterance, resumed = self._resume(resumed, before, utterance), None
                 if utterance is not None and not gate.open(utterance.start):
                     log.debug("not answered: %.1f-%.1f s came without the wake word", utterance.start, utterance.end)
                 elif utterance is not None:
@@ -384,16 +385,16 @@ class Assistant:
         pause = onset - (cut.utterance.end - cut.utterance.silent_tail / SAMPLE_RATE)
         return cut if pause < self.endpoint.hold_silence_ms / 1000 else None
 
-    def _resume(self, cut: _Cut, utterance: Utterance) -> Utterance:
-        """The question ``cut`` and its continuation ``utterance`` as one utterance; the answer to the first part is
-        taken back (it was stopped by the barge-in, and leaves the memory)."""
+    def _resume(self, cut: _Cut, before: np.ndarray, utterance: Utterance) -> Utterance:
+        """The question ``cut`` (``before``: its audio up to ``utterance``'s start, as the live stream heard it) and
+        its continuation ``utterance`` as one utterance; the answer to the first part is taken back (it was stopped
+        by the barge-in, and leaves the memory)."""
         log.info("speech came back after a judged pause, before an unjudged one would have ended: the question goes on")
         cut.turn.superseded = True
         if cut.turn in self.turns:
             self.turns.remove(cut.turn)
         if cut.remembered + 1 == cut.remembered_after == len(self.chat.turns):  # its exchange is still the last one
             self.chat.forget_last()
-        before = cut.audio_until(utterance.start)
         return Utterance(np.concatenate([before, utterance.samples]), cut.utterance.start, utterance.end,
                          utterance.silent_tail)  # fmt: skip
 
