@@ -287,11 +287,10 @@ def telephone(audio: np.ndarray) -> np.ndarray:
 def cut_fragment(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """From a random point of the speech (likely mid-word), 0.3-1.5 s of it, then 0.5 s of silence."""
     seconds = round(float(rng.uniform(*FRAGMENT_S)), 2)
-    start = int(rng.integers(0, max(1, audio.size - round(seconds * SAMPLE_RATE))))
-    piece = audio[start : start + round(seconds * SAMPLE_RATE)]
-    return np.concatenate(
-        [piece, np.zeros(SAMPLE_RATE // 2, np.float32)]
-    ), f"fragment({start / SAMPLE_RATE:.2f}s+{seconds}s)"
+    size = round(seconds * SAMPLE_RATE)
+    start = int(rng.integers(0, max(1, audio.size - size)))
+    fragment = np.concatenate([audio[start : start + size], np.zeros(SAMPLE_RATE // 2, np.float32)])
+    return fragment, f"fragment({start / SAMPLE_RATE:.2f}s+{seconds}s)"
 
 
 def augment(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
@@ -390,10 +389,9 @@ class Maker:
         kind = self.plan[index % len(self.plan)]
         if kind == "recording" and not self.real:
             kind = "piper"
-        if kind == "fragment":
-            kind, fragment = ("piper" if "piper" in self.voices else "espeak"), True
-        else:
-            fragment = False
+        fragment = kind == "fragment"
+        if fragment:
+            kind = "piper" if "piper" in self.voices else "espeak"
         if kind in ("piper", "espeak") and kind not in self.voices:
             kind = next(iter(self.voices))
         ex_id = f"ex-{index:06d}"
@@ -514,9 +512,8 @@ def build_corpus(
         maker = Maker(seed, piper, espeak, fragments)
         write_corpus(out, bar(map(maker, range(examples))), seed=seed, shard_examples=shard_examples)
     else:
-        Maker(
-            seed, piper, espeak, fragments
-        )  # fails here, once, when there is no voice (and warns about missing sources)
+        # Fails here, once, when there is no voice (and warns about missing sources).
+        Maker(seed, piper, espeak, fragments)
         context = multiprocessing.get_context("spawn")  # no fork of a process that holds onnxruntime sessions
         with context.Pool(workers, initializer=_start_worker, initargs=(seed, piper, espeak, fragments)) as pool:
             made = pool.imap(_make, range(examples), chunksize=4)  # in order
