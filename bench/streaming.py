@@ -54,6 +54,7 @@ def stream_clip(transcriber, samples: np.ndarray, options) -> dict:
                     first = busy - onset
                     first_partials.append(first)
         if utterance is not None and stream is not None:
+            stream.keep(utterance.samples.size)  # a long utterance is cut in a pause before the audio fed
             rest = utterance.samples[stream.size :]
             if rest.size:
                 stream.feed(rest, partial=False)

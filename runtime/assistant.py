@@ -629,9 +629,14 @@ class _Live:
 
     def final(self, utterance) -> str | None:
         """The utterance's transcript, from the stream (None when it failed)."""
-        if self.broken or utterance.samples.size < self.stream.size:
+        if self.broken:
             return None
         try:
+            n = utterance.samples.size
+            if n < self.stream.size:  # a long utterance cut in a pause before the audio heard so far
+                if not np.array_equal(self.stream.audio()[:n], utterance.samples):
+                    return None
+                self.stream.keep(n)
             rest = utterance.samples[self.stream.size :]
             if rest.size:
                 self.stream.feed(rest, partial=False)

@@ -292,6 +292,27 @@ def test_speech_that_comes_back_continues_a_question_cut_too_soon(parts, tmp_pat
     assert [q for q, _ in assistant.chat.turns] == [t.transcript for t in kept]  # the first part left the memory
 
 
+def test_a_long_utterance_is_cut_in_a_pause_and_heard_once(parts, tmp_path):
+    """Speech past max_utterance_s with only short pauses (too short to end it): it is cut in a pause, not in a
+    word, and each word is heard once (the live stream had heard past the cut: its final drops that audio)."""
+    from dataclasses import replace
+
+    from edgemm.device.audio import FileMicrophone
+
+    sentences = ["The sky is blue today.", "The grass is green and wet.", "The sun is shining brightly."]
+    audio = [_silence(0.5)]
+    for sentence in sentences:
+        audio += [parts["say"](sentence), _silence(0.2)]
+    sf.write(tmp_path / "mic.wav", np.concatenate([*audio, _silence(1.5)]), RATE)
+    assistant = _assistant(parts)
+    assistant.endpoint = replace(assistant.endpoint, complete=None, max_utterance_s=4.0, cut_search_s=2.0)
+    with FileMicrophone(tmp_path / "mic.wav", realtime=True) as mic:
+        turns = _turns(assistant.run(mic))
+    heard = " ".join(t.transcript for t in turns)
+    assert len(turns) >= 2 and wer([" ".join(sentences)], [heard]) <= 0.15, [t.transcript for t in turns]
+    assert all(t.transcript.rstrip().endswith((".", "!", "?")) for t in turns), [t.transcript for t in turns]
+
+
 def test_partial_transcripts_while_speaking(parts, tmp_path):
     """From a microphone that delivers in real time, the words are heard while they are spoken (Hearing events,
     whose stable start only grows), and the transcript follows."""

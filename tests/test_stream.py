@@ -69,6 +69,17 @@ def test_the_last_partial_is_final_only_when_silence_followed_it():
     assert transcriber.calls[-1] == stream.size
 
 
+def test_a_stream_cut_back_decodes_only_what_it_keeps():
+    """An endpointer that cuts a long utterance in an earlier pause: the final hears only the audio up to the cut."""
+    transcriber = Scripted("One two", "One two three", "One two")
+    stream = TranscriptionStream(transcriber, every_s=0.5)
+    assert len(feed_seconds(stream, 1.1)) == 2
+    stream.keep(12000)  # the last partial heard 16384 samples: decoded again
+    assert stream.size == 12000 and stream.finish().text == "One two" and transcriber.calls[-1] == 12000
+    stream.keep(16000)  # keeping more than it has changes nothing
+    assert stream.size == 12000 and stream.finish().text == "One two" and len(transcriber.calls) == 3
+
+
 def test_bad_streams_get_one_line_errors():
     stream = TranscriptionStream(Scripted(), max_s=1.0)
     assert stream.finish().text == ""  # nothing fed: nothing heard, no decode

@@ -74,6 +74,38 @@ def test_endpointer_drops_blips_and_cuts_long_speech():
     assert [blocks for _, _, blocks in utterances] == [63, 63, 63]  # 2 s cuts; speech goes on and starts again
 
 
+def test_endpointer_cuts_long_speech_in_a_pause():
+    """Speech past max_utterance_s is cut in the middle of its longest pause of the last cut_search_s (between
+    words, not mid-word), and the audio after the cut opens the next utterance: nothing is lost or heard twice."""
+    probs = [0.0] * 10 + [0.9] * 300 + [0.0] * 30
+    probs[120:126] = [0.1] * 6  # a long pause 2.2 s before the 6 s limit: outside the search
+    probs[150:153] = [0.1] * 3  # inside it: the cut
+    probs[180] = 0.1  # a shorter one
+    probs[186] = 0.4  # quiet, not a pause
+    options = EndpointOptions(max_utterance_s=6.0, cut_search_s=2.0)
+    endpointer = Endpointer(lambda block: probs[int(block[0])], options)  # each block's samples are its index
+    utterances, onsets = [], []
+    for i in range(len(probs)):
+        utterance = endpointer.feed(np.full(CHUNK, i, np.float32))
+        if endpointer.started:
+            onsets.append(i)
+        if utterance is not None:
+            utterances.append((i, utterance))
+    (at, first), (_, second) = utterances
+    assert onsets == [12, 193] and at == 192  # 188 blocks (6 s) from the pre-roll's first, block 5
+    assert list(first.samples[::CHUNK]) == list(range(5, 152))  # cut in the pause, not at block 192
+    assert first.end == pytest.approx(152 * 0.032) and second.start == pytest.approx(152 * 0.032)
+    assert first.silent_tail == 2 * CHUNK
+    assert list(second.samples[::CHUNK]) == list(range(152, 330))  # then on to 20 silent blocks
+
+    # No pause in the search: after its quietest block (the latest of equals).
+    probs = [0.0] * 10 + [0.9] * 300 + [0.0] * 30
+    probs[150] = probs[160] = 0.4
+    endpointer = Endpointer(lambda block: probs[int(block[0])], options)
+    cuts = [u for i in range(len(probs)) if (u := endpointer.feed(np.full(CHUNK, i, np.float32))) is not None]
+    assert [int(u.samples[-1]) for u in cuts] == [160, 329] and cuts[0].silent_tail == 0
+
+
 def test_endpointer_cut_and_hold_at_a_pause():
     """A caller can end an utterance at a short pause (cut) or make the endpointer wait through a longer one (hold);
     either way the next utterance starts from the usual settings."""

@@ -121,6 +121,14 @@ class TranscriptionStream:
         text = " ".join(self.stable + words[kept:])
         return Partial(text, " ".join(self.stable), self.decoded / self.transcriber.sample_rate)
 
+    def keep(self, size: int) -> None:
+        """Drop the audio after its first ``size`` samples (an endpointer that cut a long utterance in a pause
+        before the audio fed so far); a hypothesis that heard more is decoded again by ``finish``."""
+        if size < self.size:
+            self.chunks, self.size = [self.audio()[:size]], size
+            if self.decoded > size:
+                self.last, self.decoded = None, 0
+
     def finish(self, silent_tail: int = 0):
         """The final Transcription: the last partial's when at most the last ``silent_tail`` samples (known to hold no
         speech) came after it, else a decode of all the audio."""
