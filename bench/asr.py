@@ -22,7 +22,8 @@ from edgemm.runtime.packages import installed
 log = logging.getLogger("edgemm.bench.asr")
 
 OURS, PEER = "edgemm int8", "faster-whisper int8"
-DEFAULT_STUDENT = "whisper-tiny.en-student-int8"  # what `make distill` builds in $EDGEMM_MODELS
+TEACHER = "whisper-tiny.en-int8"  # the "edgemm int8" row unless --model names another bundle
+DEFAULT_STUDENT = "whisper-tiny.en-student-int8"  # the default speech model, built by `make distill`
 TARGET_SECONDS = 5.0
 NO_CLIPS = (
     "no development clips found: install Debian's pocketsphinx-testdata (apt-get install pocketsphinx-testdata) "
@@ -184,7 +185,9 @@ def run_bench(args) -> int:
     extra = extra_clips() if args.extra_clips else []
     log.info("latency clip: %s (%.2f s)", clips[pick].path.name, durations[pick])
     say = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
-    jobs = {OURS: str(args.model) if args.model else None, **_students(args)}
+    from edgemm.runtime.bundle import models_dir
+
+    jobs = {OURS: str(args.model or models_dir() / TEACHER), **_students(args)}
     if not installed("faster_whisper"):
         print("faster-whisper is not installed: the peer is skipped (pip install 'edgemm[bench]')", file=say)
     else:

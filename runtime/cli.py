@@ -878,7 +878,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help="our bundle (default: the speech preset; llm: SmolLM2-135M int4, the default peers' model; "
+        help="our bundle (default: the speech preset; asr: whisper-tiny.en-int8, the teacher, whose weights the peer "
+        "runs; llm: SmolLM2-135M int4, the default peers' model; "
         "assistant, endpoint, skills: its llm; wake: the wake preset)",
     )
     p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")

@@ -63,8 +63,10 @@ def _serving(server) -> None:
 
 
 def test_describe_lists_what_is_loaded(server):
+    from edgemm.models import presets
+
     info = run(exchange(server.port, [Describe().event()], ("info",))).events[0].data
-    assert info["asr"][0]["models"][0]["name"] == "whisper-tiny.en-int8"
+    assert info["asr"][0]["models"][0]["name"] == presets()["speech"]["default"] == "whisper-tiny.en-student-int8"
     assert info["asr"][0]["models"][0]["languages"] == ["en"]
     assert info["asr"][0]["supports_transcript_streaming"] is True
     assert info["tts"][0]["voices"][0]["name"] == "piper-joe-int8"
