@@ -70,6 +70,15 @@ FOLLOW_UP_S = 5.0
 WAKE_MARGIN_S = 0.16
 
 
+def _capitalized(text: str) -> str:
+    """``text`` with a capital first letter. Whisper starts a sentence with one; the student sometimes does not (a
+    question heard from its first syllable), and the LLM reads "name a colour of the sky" as unfinished where "Name
+    a colour of the sky" is a request. Words that are capitals inside ("iPhone") are left as they are."""
+    if text[:1].islower() and not text[1:2].isupper():
+        return text[0].upper() + text[1:]
+    return text
+
+
 def _first_line(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0]
 
@@ -368,6 +377,7 @@ class Assistant:
         ``tools``: those the answer will be offered). None when there is nothing to judge."""
         if not words.strip():
             return None
+        words = _capitalized(words.strip())  # as the transcript will be
         if self.skills.match(words) is not None:  # a skill answers without the LLM
             return 1.0
         try:
@@ -423,6 +433,7 @@ class Assistant:
             transcript = transcript.strip()
             if self.wake is not None:  # what was heard of the wake phrase before the question
                 transcript = without_phrase(transcript, [m.phrase for m in self.wake.models])
+            transcript = _capitalized(transcript)
         except Exception as e:  # an utterance that cannot be transcribed is skipped, not fatal
             log.warning("cannot transcribe an utterance: %s", _first_line(e))
             return 0.0

@@ -313,6 +313,29 @@ def test_a_long_utterance_is_cut_in_a_pause_and_heard_once(parts, tmp_path):
     assert all(t.transcript.rstrip().endswith((".", "!", "?")) for t in turns), [t.transcript for t in turns]
 
 
+def test_a_transcript_without_its_capital_is_judged_and_answered_with_one(parts):
+    """The student transcriber sometimes starts a question in lower case; the LLM reads that as a fragment. The words
+    judged and the transcript answered get their capital (words capitalised inside are left alone)."""
+    from edgemm.runtime.assistant import Assistant, Transcript
+
+    class Lowercase:  # the real transcriber, whose words come as the student writes them
+        def __getattr__(self, name):
+            return getattr(parts["transcriber"], name)
+
+        def transcribe(self, samples, sample_rate=None, options=None):
+            return type("Transcription", (), {"text": " name a color of the sky."})()
+
+    assistant = Assistant(Lowercase(), parts["lm"], parts["images"], None)
+    judged = assistant.judge("name a color of the sky.")  # read again from the cache: within the int8 activations' 5%
+    assert judged > 0.1 and assistant.judge("Name a color of the sky.") == pytest.approx(judged, rel=0.05)
+    events = list(assistant.hear(_silence(1.0), RATE))
+    assert [e.text for e in events if isinstance(e, Transcript)] == ["Name a color of the sky."]
+    assert assistant.chat.turns[0][0] == "Name a color of the sky." and "blue" in assistant.chat.turns[0][1].lower()
+    from edgemm.runtime.assistant import _capitalized
+
+    assert (_capitalized("iPhone 15"), _capitalized("what?"), _capitalized("")) == ("iPhone 15", "What?", "")
+
+
 def test_partial_transcripts_while_speaking(parts, tmp_path):
     """From a microphone that delivers in real time, the words are heard while they are spoken (Hearing events,
     whose stable start only grows), and the transcript follows."""
