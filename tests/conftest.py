@@ -49,6 +49,18 @@ def transcriber(speech_bundle):
 
 
 @pytest.fixture(scope="session")
+def teacher_transcriber():
+    """Whisper tiny.en int8 on its 30 s windows: the default student's teacher, whose quantization tests measure."""
+    from edgemm.runtime.bundle import models_dir
+    from edgemm.runtime.speech.transcribe import Transcriber
+
+    path = models_dir() / "whisper-tiny.en-int8"
+    if not (path / "manifest.json").exists():
+        pytest.skip(f"speech bundle missing at {path}: run `make setup`")
+    return Transcriber.load(path)
+
+
+@pytest.fixture(scope="session")
 def fp32_bundle(tmp_path_factory) -> Path:
     """The same packaged tiny.en weights exported without quantization."""
     pytest.importorskip("torch")

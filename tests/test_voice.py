@@ -92,14 +92,14 @@ def test_a_stream_of_a_single_graph_voice_gives_whole_sentences_and_refuses_noth
         list(synthesizer.stream("..."))
 
 
-def test_int8_voice_is_understood_like_fp32(voice, transcriber):
-    """Both voices, noise off, transcribed by the default speech bundle: the same words."""
+def test_int8_voice_is_understood_like_fp32(voice, teacher_transcriber):
+    """Both voices, noise off, transcribed by Whisper tiny.en int8 (the teacher): the same words."""
     from edgemm.export.evaluation.wer import normalize
 
     text = "The train to London leaves from platform four."
     for synthesizer in (tts.Synthesizer(voice, varied=False), tts.Synthesizer(tts.packaged_voice(), varied=False)):
         speech = synthesizer.synthesize(text)
-        assert normalize(transcriber.transcribe(speech.samples, speech.sample_rate).text) == normalize(text)
+        assert normalize(teacher_transcriber.transcribe(speech.samples, speech.sample_rate).text) == normalize(text)
 
 
 def test_default_voice_is_the_bundle_when_built(voice, tmp_path, monkeypatch):
