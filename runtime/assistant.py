@@ -585,7 +585,9 @@ class _Live:
         self.stream = assistant.transcriber.stream(every_s=self.o.partial_every_s, max_s=max_s)
         self.tools = assistant.tools if camera is not None else None  # as the answer will be asked
         self.fed = 0  # the endpointer's blocks given to the stream
-        self.judged = False  # this pause
+        self.judged = False  # this pause's words were judged (early in it) ...
+        self.done: float | None = None  # ... this complete
+        self.decided = False  # ... and the pause was ended or held
         self.broken = False  # the stream failed: the utterance is transcribed whole at its end, as before
         self.started = (time.perf_counter(), endpointer.t)
         self.rest_until = 0.0  # no partial while the person speaks before this (perf_counter)
@@ -612,22 +614,27 @@ class _Live:
             for block in blocks:
                 self.stream.feed(block, partial=False)
             if self.endpointer.silent_ms == 0:  # speech goes on
-                self.judged = False
+                self.judged = self.decided = False
                 if self.stream.due and self._in_step() and time.perf_counter() >= self.rest_until:
                     t0 = time.perf_counter()
                     yield from self._partial()
                     now = time.perf_counter()
                     self.rest_until = now + (now - t0)  # as long again: a pause finds the decoder free half the time
                 return None
-            if self.judged or self.o.complete is None or self.endpointer.silent_ms < self.o.judge_silence_ms:
+            silent = self.endpointer.silent_ms
+            if self.decided or self.o.complete is None or silent < min(self.o.judge_early_ms, self.o.judge_silence_ms):
                 return None
-            self.judged = True
-            done = yield from self._partial(judge=True)
+            if not self.judged:  # early in the pause: the words are ready when it is long enough to decide
+                self.judged = True
+                self.done = yield from self._partial(judge=True)
+            if self.endpointer.silent_ms < self.o.judge_silence_ms:
+                return None
+            self.decided = True
         except Exception as e:  # a live transcript is a bonus: without it the turn goes on as before
             log.warning("cannot transcribe while listening: %s", _first_line(e))
             self.broken = True
             return None
-        if done is not None and done >= self.o.complete:
+        if self.done is not None and self.done >= self.o.complete:
             return self.endpointer.cut()
         self.endpointer.hold(self.o.hold_silence_ms)
         return None

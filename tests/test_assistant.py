@@ -266,6 +266,29 @@ def test_a_pause_inside_a_question_does_not_end_it(parts, tmp_path):
     assert 0 < cuts["judged"] <= 0.4 and cuts["plain"] >= cuts["judged"] + 0.3, cuts
 
 
+def test_a_pause_is_judged_early_and_decided_at_its_length(parts, tmp_path):
+    """The words of a pause are judged after judge_early_ms of it (their decode and prefill overlap the silence), and
+    the question is still ended only when the pause is judge_silence_ms long."""
+    from edgemm.device.audio import FileMicrophone
+
+    audio, _ = _paused(parts, "What is the capital of", "France?", 0.5)
+    sf.write(tmp_path / "mic.wav", audio, RATE)
+    assistant = _assistant(parts)
+    judge, judged = assistant.judge, []
+
+    def recording(words, tools=None):  # when (microphone seconds) which words were judged
+        judged.append((assistant.clock.microphone, words))
+        return judge(words, tools)
+
+    assistant.judge = recording
+    with FileMicrophone(tmp_path / "mic.wav") as mic:
+        (turn,) = _turns(assistant.run(mic))
+    at = next(t for t, words in judged if "france" in words.lower())
+    o = assistant.endpoint
+    assert o.judge_early_ms < o.judge_silence_ms
+    assert turn.heard[1] - at == pytest.approx((o.judge_silence_ms - o.judge_early_ms) / 1000, abs=0.001), judged
+
+
 def test_speech_that_comes_back_continues_a_question_cut_too_soon(parts, tmp_path):
     """A judge that ends the question at every pause cuts "What is the capital of" from "France?" (the way a misheard
     first part is cut); the speech coming back 0.5 s later, sooner than an unjudged pause would have ended the

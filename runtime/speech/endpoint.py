@@ -35,8 +35,10 @@ class EndpointOptions:
     min_utterance_ms: int = 300  # shorter ones (clicks, coughs) are dropped
     # For a caller that judges its words (the assistant): a pause this long is judged; judged complete (probability
     # >= ``complete``) it ends the utterance, else silence must last ``hold_silence_ms``. ``complete=None``: no
-    # judging. Partial transcripts every ``partial_every_s`` of speech.
+    # judging. The words are decoded and judged after ``judge_early_ms`` of the pause, so that the judgement is
+    # ready when the pause is long enough to decide. Partial transcripts every ``partial_every_s`` of speech.
     judge_silence_ms: int = 160
+    judge_early_ms: int = 64
     complete: float | None = 0.1
     hold_silence_ms: int = 960
     partial_every_s: float = 0.4
