@@ -21,6 +21,7 @@ SPEECH_BUNDLE := $(EDGEMM_MODELS)/whisper-tiny.en-int8/manifest.json
 VISION_BUNDLE := $(EDGEMM_MODELS)/mobilenetv2-imagenet-int8/manifest.json
 VOICE_BUNDLE := $(EDGEMM_MODELS)/piper-joe-int8/manifest.json
 WAKE_BUNDLE := $(EDGEMM_MODELS)/openwakeword-en/manifest.json
+STUDENT := $(EDGEMM_MODELS)/whisper-tiny.en-student-int8
 LLM_BUNDLES := $(EDGEMM_MODELS)/smollm2-135m-instruct-int4/manifest.json $(EDGEMM_MODELS)/smollm2-135m-instruct-int8/manifest.json \
 	$(EDGEMM_MODELS)/qwen2.5-coder-0.5b-instruct-gguf/manifest.json
 
@@ -89,7 +90,6 @@ clean-models:
 # on 2 cores, deterministic on one machine (docs/BENCHMARKS.md); DISTILL_EXAMPLES=2000 DISTILL_STEPS=2000
 # DISTILL_EVAL=100 is the longer recipe of issue 11 (40 minutes, the same WER).
 DISTILL := build/distill
-STUDENT := $(EDGEMM_MODELS)/whisper-tiny.en-student-int8
 DISTILL_EXAMPLES ?= 400
 DISTILL_STEPS ?= 300
 DISTILL_EVAL ?= 50
