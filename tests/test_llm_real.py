@@ -111,3 +111,29 @@ def test_anticipated_words_read_complete_or_not_and_prefill_the_answer(llm_bundl
     answer = chat.send("What is the capital of France?")
     assert "Paris" in answer.result()
     assert answer.stats.prefilled_tokens <= 8, answer.stats  # the question was already in the cache
+
+
+def test_a_prompt_read_ahead_starts_its_answer_at_once(llm_bundle):
+    """``read_ahead`` in steps of a few tokens, then of the whole prompt (the answer's header too): the answer
+    runs no prompt token and is the answer of a cold cache, token for token. Anything run on the cache after it
+    (another question judged) drops the kept logits, and the next answer runs its prompt again."""
+    from edgemm.runtime.llm import Chat, GenerationOptions
+
+    lm = LanguageModel.load(llm_bundle, threads=2)
+    options = GenerationOptions(max_new_tokens=12)
+    cold = Chat(lm, options=options).send("What is the capital of France?")
+    cold.result()
+    chat = Chat(lm, options=options)
+    steps = 1
+    while not chat.read_ahead("What is the capital of France?", max_tokens=8):
+        steps += 1
+    assert steps >= 3 and chat.cache.next_logits is None  # the user's message only: the header is not run
+    assert chat.read_ahead("What is the capital of France?", answer=True)
+    warm = chat.send("What is the capital of France?")
+    assert warm.result() == cold.text and warm.tokens == cold.tokens and "Paris" in warm.text
+    assert warm.stats.prefilled_tokens == 0, warm.stats
+    chat.forget_last()
+    assert chat.read_ahead("What is the capital of France?", answer=True)
+    chat.anticipate("What is two plus")  # the same cache, another prompt: the kept logits are gone
+    again = chat.send("What is the capital of France?")
+    assert again.result() == cold.text and again.stats.prefilled_tokens > 0, again.stats

@@ -554,12 +554,13 @@ class Chat:
         return best
 
     def prepare(self, tools: tuple[Tool, ...] | None = None) -> None:
-        """Do now what the first answer would otherwise wait for: compile ``tools``' call grammar (for a 150k-token
-        vocabulary about a second, once per model) and run the system prompt, with them, into a cache."""
+        """Do now what the next answer would otherwise wait for: compile ``tools``' call grammar (for a 150k-token
+        vocabulary about a second, once per model) and run the system prompt, with them, and the conversation so
+        far into a cache."""
         self._check_idle()
         if tools:
             Constraint(self.lm, call_grammar(tools))
-        ids = self.encode(self.messages([], None), tools)
+        ids = self.encode(self.messages(self.turns, None), tools)
         if len(ids) < 2 or len(ids) >= self.lm.context:  # nothing worth running, or too long: send() will say
             return
         cache = self._cache_for(ids)
@@ -584,6 +585,39 @@ class Chat:
         logits = self.lm.prefill_tokens(prompt[common:end], cache).astype(np.float64)
         p = np.exp(logits - logits.max())
         return float(p[sorted(self._sentence_ends() | {prompt[end]})].sum() / p.sum())
+
+    def read_ahead(
+        self,
+        text: str | bytes,
+        tools: tuple[Tool, ...] | None = None,
+        max_tokens: int | None = None,
+        answer: bool = False,
+    ) -> bool:
+        """Run the prompt of ``text`` as the user's message into a cache, at most ``max_tokens`` more of it per call:
+        ``send`` of a message that starts with ``text`` then runs only what follows. ``answer``: the whole prompt,
+        the answer's header too, so that ``send(text, tools=tools)`` samples its first token at once. Returns
+        whether all of it is in (also when there is nothing to run: a template that marks no end of the message,
+        a prompt too long)."""
+        self._check_idle()
+        try:
+            prompt = self._fit(clean_text(text), self.options, tools if tools else None)
+        except ContextError:  # send() will say
+            return True
+        if not answer:
+            ends = [i for i, t in enumerate(prompt) if t in self.lm.eos_ids]
+            if not ends or ends[-1] < 1:
+                return True
+            prompt = prompt[: ends[-1]]
+        cache = self._cache_for(prompt)
+        if cache.shared(prompt) >= len(prompt) and (not answer or cache.next_logits is not None):
+            return True
+        common = cache.keep_prefix(prompt)
+        todo = prompt[common:] if max_tokens is None else prompt[common : common + max(1, max_tokens)]
+        logits = self.lm.prefill_tokens(todo, cache)
+        done = common + len(todo) >= len(prompt)
+        if answer and done:
+            cache.next_logits = logits
+        return done
 
     def _sentence_ends(self) -> set[int]:
         """The model's tokens that end a sentence (".", "?", "!", with or without a line break after them)."""

@@ -268,6 +268,10 @@ class Generation:
             logits = lm.forward(self.embeds, cache)
             cache.tokens.extend([-1] * len(self.prompt))  # positions hold image features: never matched for reuse
             return logits
+        if cache.next_logits is not None and cache.tokens == self.prompt:  # the prompt was run ahead of the answer
+            self.stats.prefilled_tokens = 0
+            logits, cache.next_logits = cache.next_logits, None
+            return logits
         common = cache.keep_prefix(self.prompt)  # run only what the cache does not hold yet
         self.stats.prefilled_tokens = len(self.prompt) - common
         return lm.prefill_tokens(self.prompt[common:], cache)

@@ -73,6 +73,9 @@ class KVCache:
         self.binding: ort.IOBinding | None = None
         self.bound_to: ort.InferenceSession | None = None  # the session ``binding`` belongs to
         self.logits: tuple[np.ndarray, ort.OrtValue] | None = None  # last-position logits [1, 1, V] and its OrtValue
+        # The logits after the last of ``tokens``, kept by a caller that ran a whole prompt ahead of its answer
+        # (:meth:`Chat.read_ahead`); any change to the cache drops them.
+        self.next_logits: np.ndarray | None = None
         self._claim = threading.Lock()
 
     @property
@@ -122,6 +125,8 @@ class KVCache:
 
     def truncate(self, length: int) -> None:
         """Forget positions from ``length`` on (their memory is simply overwritten later)."""
+        if length < len(self.tokens):
+            self.next_logits = None
         self.length = min(self.length, length)
         del self.tokens[self.length :]
 
@@ -179,6 +184,7 @@ class LanguageModel:
         if n == 0:
             raise EdgemmError("nothing to run: no input tokens")
         total = cache.length + n
+        cache.next_logits = None
         if total > self.context:
             raise ContextError(f"{total} tokens do not fit in the context window of {self.context}")
         io = self._binding(cache, total)
