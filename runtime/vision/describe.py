@@ -366,12 +366,18 @@ def grounded_question(question: str, facts: list[ImageFacts]) -> str:
     where none was read is told so, and how to answer: told only that no text was read, Qwen2.5-Coder-0.5B still
     answered "What does the sign say?" with 'The sign says "Motorcycle".'"""
     about_text = asks_about_text(question)
+    unread = about_text and not any(f.text for f in facts)
+    return (
+        f"{grounded_start(facts, about_text)} {question}\n"
+        f"Answer in one short sentence using only the description{UNREAD_ANSWER if unread else '.'}"
+    )
+
+
+def grounded_start(facts: list[ImageFacts], about_text: bool = False) -> str:
+    """The start of :func:`grounded_question`, up to the question: the same for every question (but one about
+    text), so the language model can read it before the question is known."""
     if len(facts) == 1:
         found = f"Photo description: {facts[0].describe(about_text)}"
     else:
         found = "\n".join(f"Photo {i + 1} description: {f.describe(about_text)}" for i, f in enumerate(facts))
-    unread = about_text and not any(f.text for f in facts)
-    return (
-        f"{found}\nQuestion about the {'photo' if len(facts) == 1 else 'photos'}: {question}\n"
-        f"Answer in one short sentence using only the description{UNREAD_ANSWER if unread else '.'}"
-    )
+    return f"{found}\nQuestion about the {'photo' if len(facts) == 1 else 'photos'}:"

@@ -21,7 +21,13 @@ from edgemm.runtime.limits import MAX_IMAGES
 from edgemm.runtime.llm import Chat, Generation, GenerationOptions, LanguageModel, ask, system_prompt
 from edgemm.runtime.llm.chat import clean_text
 from edgemm.runtime.profiles import active_profile
-from edgemm.runtime.vision.describe import ImageFacts, OnDemandDescriber, SceneDescriber, grounded_question
+from edgemm.runtime.vision.describe import (
+    ImageFacts,
+    OnDemandDescriber,
+    SceneDescriber,
+    grounded_question,
+    grounded_start,
+)
 from edgemm.runtime.vision.image import ImageError, load_images
 from edgemm.runtime.vision.vlm import VisionLanguageModel
 
@@ -85,6 +91,28 @@ class ImageQuestion:
     def model_name(self) -> str:
         return (self.vlm.lm if self.vlm is not None else self.lm).name
 
+    @property
+    def describes_ahead(self) -> bool:
+        """Whether describing a photo is cheap enough to do before the question is known: the offline route with
+        its photo models loaded (not the ``pi`` profile's on-demand ones, nor a VLM, which needs the question)."""
+        return isinstance(self.describer, SceneDescriber)
+
+    def facts_of(self, images: list) -> list[ImageFacts]:
+        """What the offline route's models see in each image (for ``ask(facts=...)``)."""
+        if self.describer is None:
+            raise ValueError("a vision-language model answers from the images themselves, not from their facts")
+        return self.describer.facts_of(images)
+
+    def read_ahead(
+        self, facts: list[ImageFacts], chat: Chat, question: str | None = None, max_tokens: int | None = None
+    ) -> bool:
+        """Run the offline route's prompt for ``facts`` into ``chat``'s cache, up to the question (``question``:
+        the whole prompt of that question, so that ``ask`` samples its first token at once), at most ``max_tokens``
+        more per call; returns whether all of it is in. ``ask`` with the same facts then runs only what follows."""
+        if question is None:
+            return chat.read_ahead(grounded_start(facts), max_tokens=max_tokens)
+        return chat.read_ahead(grounded_question(clean_text(question), facts), max_tokens=max_tokens, answer=True)
+
     def ask(
         self,
         question: str,
@@ -92,13 +120,16 @@ class ImageQuestion:
         options: GenerationOptions | None = None,
         system: str | None = None,
         chat: Chat | None = None,
+        facts: list[ImageFacts] | None = None,
     ) -> ImageAnswer:
         """Answer ``question`` about ``images`` (paths, bytes, PIL images or arrays) as a streaming Generation.
 
         ``system``: the system prompt (None: the route's default, i.e. brief factual answers for the offline path and
         the chat template's own for a VLM). ``chat``: on the offline path, the conversation the question and its
-        answer join (its own system prompt then applies). The images together may have MAX_REQUEST_PIXELS (counted
-        from their headers before any is decoded); each is reduced as soon as it is decoded.
+        answer join (its own system prompt then applies); ``facts``: on the offline path, ``images``' facts when
+        they were already described (``facts_of``), which are then not described again. The images together may
+        have MAX_REQUEST_PIXELS (counted from their headers before any is decoded); each is reduced as soon as it
+        is decoded.
         """
         if isinstance(images, (str, Path, bytes)) or not isinstance(images, (list, tuple)):
             raise ImageError(
@@ -109,7 +140,8 @@ class ImageQuestion:
         if self.vlm is not None:
             images = load_images(images, max_side=MAX_IMAGE_SIDE)  # the side no image is worked on past
             return ImageAnswer(self.vlm.ask(question, images, options, system=system), "vlm")
-        facts = self.describer.facts_of(images)
+        if facts is None or len(facts) != len(images):
+            facts = self.describer.facts_of(images)
         prompt = grounded_question(clean_text(question), facts)
         if chat is not None:
             generation = chat.send(prompt, options)
