@@ -2,7 +2,9 @@
 
 A turn: the endpointer (Silero VAD on 32 ms blocks) cuts an utterance, which is transcribed as it is spoken
 (partials while the microphone keeps pace; at each pause the words so far are judged by the LLM, whose probability
-of ending the user's message decides whether the pause ends the question: :class:`_Live`) -> a skill the
+of ending the user's message decides whether the pause ends the question: :class:`_Live`; a pause judged complete
+gets the answer's prompt run while it is waited out, and a camera's frame is described while the question is
+spoken: :class:`_LookAhead`) -> a skill the
 matcher recognises (the time, a timer, arithmetic...: runtime/skills) answers from real data without the LLM; a
 request to look (or camera mode) grabs a frame and answers the image question (a VLM or the offline description);
 anything else goes to the text LLM with the conversation's memory, which may call ``look`` as a tool (its call
@@ -25,6 +27,7 @@ taken back and the whole is answered as one (:attr:`Turn.superseded`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -62,6 +65,9 @@ LLM_TOOLS = ("look",)
 FIRST_WORDS = 6
 # Partials only while the microphone's audio and the wall clock stay within this of each other (nothing queued).
 LIVE_SLACK_S = 0.15
+# While a question is spoken the camera's frame is described and the LLM reads the description (when the photo
+# models stay loaded: :class:`_LookAhead`), this many tokens at a time: a step takes no longer than a partial.
+LOOK_AHEAD_TOKENS = 32
 # With a wake word: a question is answered when it starts within this many seconds of the wake word, and a follow-up
 # when it starts within this many seconds of the end of the answer.
 FOLLOW_UP_S = 5.0
@@ -220,6 +226,7 @@ class Assistant:
         self.speaking_until = 0.0  # microphone time when the current spoken answer ends
         self.turns: list[Turn] = []
         self._busy = threading.Lock()
+        self._described: tuple[bytes, list] | None = None  # the last camera frame described, and its facts
         self.clock = AssistantClock(clock or SystemClock())
         self.skills = Skills(self.clock, identity={"models": self._model_names()}, can_look=images is not None)
         offered = [t for t in self.skills.tools() if t["function"]["name"] in LLM_TOOLS]
@@ -338,14 +345,15 @@ class Assistant:
                 elif utterance is not None:
                     heard = (utterance.start, utterance.end)
                     final = None if live is None else (lambda live=live, utterance=utterance: live.final(utterance))
-                    live = None
+                    seen, live = None if live is None else live.seen, None
                     turns, remembered = len(self.turns), len(self.chat.turns)
-                    spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera, heard, final)
+                    spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera, heard, final, seen)
                     if judged and len(self.turns) > turns and self.turns[-1].skill is None:
                         cut = _Cut(utterance, self.turns[-1], remembered, len(self.chat.turns))
                     # The answer plays from the end of the utterance on (in microphone time).
                     self.speaking_until = utterance.end + spoken
                     gate.answered(self.speaking_until)
+                    self._read_memory(camera)
                 if gate.dozes(endpointer.t, endpointer.recording):
                     yield Asleep(gate.phrases)
                 if not endpointer.started:  # between utterances: timers that went off are announced
@@ -359,6 +367,14 @@ class Assistant:
             self.clock.microphone = None
         if speaker is not None:
             speaker.wait()
+
+    def _read_memory(self, camera) -> None:
+        """While the answer plays: the conversation so far is run into the cache where the next question is judged,
+        which would otherwise read it in the pause after that question."""
+        try:
+            self.chat.prepare(self.tools if camera is not None else None)
+        except EdgemmError as e:
+            log.debug("cannot read the conversation ahead: %s", _first_line(e))
 
     def timers_done(self, speaker=None) -> Iterator[TimerDone | AnswerAudio]:
         """Announce the timers and alarms that have gone off (spoken on ``speaker`` when there is a voice); returns
@@ -422,9 +438,10 @@ class Assistant:
         if self.turns:
             self.turns[-1].interrupted = True
 
-    def _hear(self, audio, sample_rate: int | None, speaker, camera, heard=None, final=None):
+    def _hear(self, audio, sample_rate: int | None, speaker, camera, heard=None, final=None, seen=None):
         """Transcribe and answer one utterance (``heard``: its microphone seconds; ``final()``: its transcript from
-        the live transcription, None when there is none); returns the seconds of speech of the answer (0 when none)."""
+        the live transcription, None when there is none; ``seen``: the camera's frame at its end, when it asked to
+        look); returns the seconds of speech of the answer (0 when none)."""
         t0 = time.perf_counter()
         try:
             transcript = final() if final is not None else None
@@ -443,25 +460,69 @@ class Assistant:
         turn = Turn(transcript, heard=heard)
         turn.latency["transcript"] = time.perf_counter() - t0
         yield Transcript(transcript)
-        return (yield from self._answer(turn, t0, speaker, camera))
+        return (yield from self._answer(turn, t0, speaker, camera, seen))
 
-    def _start(self, turn: Turn, camera):
+    def _start(self, turn: Turn, camera, seen: _Seen | None = None):
         """The answer to ``turn.transcript``: text pieces (a streaming Generation), or a whole sentence."""
         question = turn.transcript
         call = self.skills.match(question)
         if call is not None and call.name != "look":
             return self._skill(turn, call)
         if call is not None or self.camera_mode:
-            return self._look(turn, question, camera)
+            return self._look(turn, question, camera, seen)
         if camera is None or self.tools is None:
             return self.chat.send(question)
         return self._with_tools(turn, self.chat.send(question, tools=self.tools), camera)
 
-    def _look(self, turn: Turn, question: str, camera):
+    def _look(self, turn: Turn, question: str, camera, seen: _Seen | None = None):
+        """``seen``: the frame grabbed (and described) at the end of the question, else one is grabbed now."""
         if camera is None or self.images is None:
             return NO_CAMERA
         turn.looked = True
+        if seen is None and self.looks_ahead(camera):
+            frame = camera.grab()
+            seen = _Seen(frame, self.describe(frame))
+        if seen is not None:
+            return self.images.ask(question, [seen.frame], chat=self.chat, facts=seen.facts).generation
         return self.images.ask(question, [camera.grab()], chat=self.chat).generation
+
+    def looks_ahead(self, camera) -> bool:
+        """Whether the camera's frame is described while a question is spoken (:class:`_LookAhead`)."""
+        return camera is not None and self.images is not None and self.images.describes_ahead
+
+    def get_ready(self, words: str, camera, tools=None) -> _Seen | None:
+        """The pause after ``words`` will end the question: what its answer needs is done while the pause is waited
+        out. A question for the LLM: its whole prompt is run (``tools``: those the answer is offered); a request to
+        look: the camera's frame is grabbed and described and the answer's whole prompt run, and the frame and its
+        facts are returned for the answer. A skill needs nothing. Returns None when nothing was seen (the answer
+        then does all of it, and says what fails)."""
+        words = _capitalized(words.strip())
+        call = self.skills.match(words)
+        if call is not None and call.name != "look":
+            return None
+        try:
+            if call is not None or self.camera_mode:
+                return self._see(words, camera)
+            self.chat.read_ahead(words, tools, answer=True)
+        except Exception as e:
+            log.debug("cannot get the answer ready: %s", _first_line(e))
+        return None
+
+    def _see(self, question: str, camera) -> _Seen | None:
+        if not self.looks_ahead(camera):
+            return None
+        frame = camera.grab()
+        facts = self.describe(frame)
+        self.images.read_ahead(facts, self.chat, question)
+        return _Seen(frame, facts)
+
+    def describe(self, frame) -> list:
+        """The facts of the camera's ``frame`` (the offline route's): described once per distinct frame, so a still
+        scene (a file, a snapshot camera) is not described again for the answer."""
+        key = hashlib.blake2b(np.ascontiguousarray(np.asarray(frame)).tobytes(), digest_size=16).digest()
+        if self._described is None or self._described[0] != key:
+            self._described = key, self.images.facts_of([frame])
+        return self._described[1]
 
     def _with_tools(self, turn: Turn, generation, camera):
         """The answer's text pieces; a tool call in it is carried out once the model has finished writing it."""
@@ -501,12 +562,12 @@ class Assistant:
         self.chat.remember(turn.transcript, text)
         return text
 
-    def _answer(self, turn: Turn, t0: float, speaker, camera):
+    def _answer(self, turn: Turn, t0: float, speaker, camera, seen: _Seen | None = None):
         """Stream the answer to ``turn.transcript`` as text, speaking each sentence as it completes; returns the
         seconds of speech. A failing part (an unreadable camera frame, a model error) ends the turn with an apology,
         never the session."""
         try:
-            answer = self._start(turn, camera)
+            answer = self._start(turn, camera, seen)
         except (PromptError, ContextError) as e:
             answer = f"Sorry, I cannot answer that ({e})."
         except Exception as e:  # any failing component ends this turn only
@@ -570,6 +631,38 @@ class _Cut:
         return np.concatenate([self.utterance.samples, gap])
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """A camera frame grabbed at the end of a question, and what the photo models found in it."""
+
+    frame: object
+    facts: list
+
+
+class _LookAhead:
+    """The camera's frame described, and the description read by the LLM into the chat's cache, while a question is
+    spoken: step by step (the frame's facts, then LOOK_AHEAD_TOKENS of the prompt at a time), in the time partials
+    leave. A question about the scene then finds most of its prompt read; the answer still describes the frame
+    grabbed at the question's end, and only a changed description is read again."""
+
+    def __init__(self, assistant: Assistant, camera):
+        self.assistant, self.camera = assistant, camera
+        self.facts = None
+        self.done = False
+
+    def step(self) -> None:
+        try:
+            if self.facts is None:
+                self.facts = self.assistant.describe(self.camera.grab())
+            else:
+                self.done = self.assistant.images.read_ahead(
+                    self.facts, self.assistant.chat, max_tokens=LOOK_AHEAD_TOKENS
+                )
+        except Exception as e:  # the answer grabs its own frame, and says what fails
+            log.debug("cannot look ahead: %s", _first_line(e))
+            self.done = True
+
+
 class _Live:
     """One utterance while it is spoken: its transcription stream, a partial whenever ``partial_every_s`` of speech
     arrived, the microphone is not ahead of us (a file read faster than real time, or a backlog: then catching up
@@ -584,6 +677,9 @@ class _Live:
         max_s = min(MAX_STREAM_S, self.o.max_utterance_s + 1 + (0 if before is None else before.size / SAMPLE_RATE))
         self.stream = assistant.transcriber.stream(every_s=self.o.partial_every_s, max_s=max_s)
         self.tools = assistant.tools if camera is not None else None  # as the answer will be asked
+        self.camera = camera
+        self.look = _LookAhead(assistant, camera) if assistant.looks_ahead(camera) else None
+        self.seen: _Seen | None = None  # the frame at this pause, when its words (judged complete) ask to look
         self.fed = 0  # the endpointer's blocks given to the stream
         self.judged = False  # this pause's words were judged (early in it) ...
         self.done: float | None = None  # ... this complete
@@ -615,11 +711,16 @@ class _Live:
                 self.stream.feed(block, partial=False)
             if self.endpointer.silent_ms == 0:  # speech goes on
                 self.judged = self.decided = False
-                if self.stream.due and self._in_step() and time.perf_counter() >= self.rest_until:
+                self.seen = None
+                if not self._in_step():
+                    return None
+                if self.stream.due and time.perf_counter() >= self.rest_until:
                     t0 = time.perf_counter()
                     yield from self._partial()
                     now = time.perf_counter()
                     self.rest_until = now + (now - t0)  # as long again: a pause finds the decoder free half the time
+                elif self.look is not None and not self.look.done:  # steps short enough not to need a rest
+                    self.look.step()
                 return None
             silent = self.endpointer.silent_ms
             if self.decided or self.o.complete is None or silent < min(self.o.judge_early_ms, self.o.judge_silence_ms):
@@ -643,7 +744,10 @@ class _Live:
         partial = self.stream.partial()
         if partial.text:
             yield Hearing(partial.text, partial.stable)
-        return self.assistant.judge(partial.text if judge else partial.stable, self.tools)
+        done = self.assistant.judge(partial.text if judge else partial.stable, self.tools)
+        if judge and done is not None and self.o.complete is not None and done >= self.o.complete:
+            self.seen = self.assistant.get_ready(partial.text, self.camera, self.tools)
+        return done
 
     def final(self, utterance) -> str | None:
         """The utterance's transcript, from the stream (None when it failed)."""

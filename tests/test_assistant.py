@@ -378,3 +378,78 @@ def test_partial_transcripts_while_speaking(parts, tmp_path):
     assert hearing and wer([sentence], [transcript]) <= 0.2, (hearing, transcript)
     assert all(h.text.startswith(h.stable) for h in hearing)
     assert all(b.stable.startswith(a.stable) for a, b in zip(hearing, hearing[1:], strict=False)), hearing
+
+
+def _recorded(assistant, monkeypatch):
+    """The LLM's prompt runs and the photo descriptions during ``assistant``'s turns: (microphone second, tokens
+    run at once) and (microphone second, what was described)."""
+    runs, described = [], []
+    lm, images = assistant.chat.lm, assistant.images
+    prefill, facts_of = lm.prefill_tokens, images.facts_of
+
+    def recording_prefill(ids, cache, all_logits=False):
+        runs.append((assistant.clock.microphone, len(ids)))
+        return prefill(ids, cache, all_logits)
+
+    def recording_facts(frames):
+        facts = facts_of(frames)
+        described.append((assistant.clock.microphone, facts[0].describe()))
+        return facts
+
+    monkeypatch.setattr(lm, "prefill_tokens", recording_prefill)
+    monkeypatch.setattr(images, "facts_of", recording_facts)
+    return runs, described
+
+
+def test_a_scene_question_is_read_while_it_is_spoken(parts, tmp_path, monkeypatch):
+    """With the photo models loaded, the camera's frame is described and its description read by the LLM while the
+    question is spoken; in the pause that ends it the frame is grabbed again and the whole prompt run. After the cut
+    the answer runs no prompt token: one token at a time. A still frame is described once."""
+    from edgemm.device.audio import FileMicrophone
+    from edgemm.device.camera import FileCamera
+    from edgemm.runtime.assistant import Transcript, TurnEnd
+
+    question = "What do you see?"
+    sf.write(tmp_path / "mic.wav", np.concatenate([_silence(0.3), parts["say"](question), _silence(1.5)]), RATE)
+    Image.fromarray(skdata.chelsea()).save(tmp_path / "cam.png")
+    assistant = _assistant(parts)
+    runs, described = _recorded(assistant, monkeypatch)
+    answer_runs, turns = None, []
+    with FileMicrophone(tmp_path / "mic.wav", realtime=True) as mic:
+        for event in assistant.run(mic, None, FileCamera(tmp_path / "cam.png")):
+            if isinstance(event, Transcript):
+                answer_runs = len(runs)
+            elif isinstance(event, TurnEnd):
+                turns.append(event.turn)
+                answer_runs = runs[answer_runs:]
+    (turn,) = turns
+    assert turn.looked and "cat" in turn.answer.lower(), turn.answer
+    from edgemm.bench.assistant import voiced_end
+
+    spoken_end = 0.3 + voiced_end(parts["say"](question), RATE)
+    assert len(described) == 1 and described[0][0] < spoken_end, described  # while it was spoken, and only then
+    read = sum(n for t, n in runs if t < spoken_end)
+    assert read >= 40, runs  # the description (~60 tokens) was read before the question ended
+    assert answer_runs and all(n == 1 for _, n in answer_runs), answer_runs
+
+
+def test_a_scene_question_is_answered_from_the_frame_at_its_end(parts, tmp_path, monkeypatch):
+    """The frame described while the question is spoken is not the one answered from when the camera shows
+    something else at the question's end: the answer describes the later frame."""
+    from edgemm.device.audio import FileMicrophone
+    from edgemm.device.camera import FileCamera
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(skdata.chelsea()).save(frames / "1.png")  # the first grab, while the question is spoken
+    Image.fromarray(skdata.coffee()).save(frames / "2.png")  # the next one, at its end
+    sf.write(
+        tmp_path / "mic.wav", np.concatenate([_silence(0.3), parts["say"]("What do you see?"), _silence(1.5)]), RATE
+    )
+    assistant = _assistant(parts)
+    _, described = _recorded(assistant, monkeypatch)
+    with FileMicrophone(tmp_path / "mic.wav", realtime=True) as mic:
+        (turn,) = _turns(assistant.run(mic, None, FileCamera(frames)))
+    assert [("cat" in d, "cup" in d) for _, d in described] == [(True, False), (False, True)], described
+    assert turn.looked and "cup" in assistant.chat.turns[-1][0], assistant.chat.turns[-1]
+    assert any(w in turn.answer.lower() for w in ("cup", "coffee", "espresso")), turn.answer

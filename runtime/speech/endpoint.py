@@ -38,7 +38,7 @@ class EndpointOptions:
     # judging. The words are decoded and judged after ``judge_early_ms`` of the pause, so that the judgement is
     # ready when the pause is long enough to decide. Partial transcripts every ``partial_every_s`` of speech.
     judge_silence_ms: int = 160
-    judge_early_ms: int = 64
+    judge_early_ms: int = 32
     complete: float | None = 0.1
     hold_silence_ms: int = 960
     partial_every_s: float = 0.4
