@@ -13,11 +13,15 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgemm.bench.worker import package_versions, peak_rss_mb, run_worker, serve
 from edgemm.export.evaluation.nonspeech import bench_clips
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.packages import installed
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import AsrOptions
 
 log = logging.getLogger("edgemm.bench.asr")
 
@@ -177,7 +181,7 @@ def _students(args) -> dict[str, str]:
     return {f"student {Path(f).name}": str(f) for f in folders}
 
 
-def run_bench(args) -> int:
+def run_bench(args: AsrOptions) -> int:
     from edgemm.export.evaluation.clips import extra_clips
     from edgemm.export.evaluation.wer import wer
 

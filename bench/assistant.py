@@ -23,11 +23,15 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgemm.bench.worker import file_backed_mb, peak_rss_mb, run_worker, serve
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.packages import package_file
 from edgemm.runtime.profiles import active_profile
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import AssistantOptions
 
 QUESTIONS = [
     "What animal is in this picture?",
@@ -156,7 +160,7 @@ def measure(job: dict) -> dict:
     }
 
 
-def run_bench_assistant(args) -> int:
+def run_bench_assistant(args: AssistantOptions) -> int:
     runs, threads = max(args.runs, 2), args.threads
     endpoint = getattr(args, "endpoint", None) or "judged"
     speech = getattr(args, "speech_model", None)

@@ -17,6 +17,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import BundleOptions
 
 BLOCK = 1 << 20
 
@@ -46,7 +50,7 @@ def big_bundle(folder: Path, megabytes: int) -> Path:
     return folder
 
 
-def run_bench_bundle(args) -> int:
+def run_bench_bundle(args: BundleOptions) -> int:
     megabytes = args.megabytes
     edgemm = [sys.executable, "-m", "edgemm.runtime.cli"]
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:

@@ -18,11 +18,15 @@ import statistics
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgemm.bench.assistant import voiced_end
 from edgemm.runtime.errors import EdgemmError
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import ModelOptions
 
 # (before the pause, after it): complete only together.
 QUESTIONS = [
@@ -197,7 +201,7 @@ def score(cases: list[Case], heard: list[list[tuple[float, float]]]) -> dict:
     }
 
 
-def run_bench_endpoint(args) -> int:
+def run_bench_endpoint(args: ModelOptions) -> int:
     from edgemm.runtime.assistant import Assistant
     from edgemm.runtime.llm import GenerationOptions
 

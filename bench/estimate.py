@@ -24,8 +24,12 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import RunsOptions
 
 log = logging.getLogger("edgemm.bench.estimate")
 
@@ -726,7 +730,7 @@ def _table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_bench_estimate(args) -> int:
+def run_bench_estimate(args: RunsOptions) -> int:
     from edgemm.bench.llm import memory_bandwidth
     from edgemm.bench.worker import run_worker
     from edgemm.runtime.bundle import models_dir

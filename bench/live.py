@@ -12,8 +12,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import LiveOptions
 
 RATE = 48000
 MESSAGE = RATE // 10  # samples per message: 0.1 s
@@ -84,7 +88,7 @@ def stream(server, pieces: list[np.ndarray], speed: float) -> dict:
     }
 
 
-def run_bench_live(args) -> int:
+def run_bench_live(args: LiveOptions) -> int:
     from edgemm.bench.serve import ServerProcess
 
     minutes = args.minutes

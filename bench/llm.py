@@ -13,9 +13,13 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgemm.bench.peers_worker import LlamaCppEngine, OgenaiEngine, measure, onnx_weight_bytes
 from edgemm.bench.worker import package_versions, run_worker, serve
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import LlmOptions
 
 log = logging.getLogger("edgemm.bench.llm")
 
@@ -190,7 +194,7 @@ def _table(report: dict) -> str:
     return "\n".join([*head, *lines])
 
 
-def run_bench_llm(args) -> int:
+def run_bench_llm(args: LlmOptions) -> int:
     from tokenizers import Tokenizer
 
     from edgemm.runtime.bundle import models_dir, open_bundle

@@ -36,6 +36,7 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -44,6 +45,9 @@ from edgemm.bench.process import LoggedProcess
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.server.connections import raise_descriptor_limit
 from edgemm.runtime.server.models import CACHE_SLOTS
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import ModelOptions
 
 START_TIMEOUT_S = 180
 MAX_QUEUE = 12  # the server's queue per model in this bench: all 10 streaming clients of the disconnect test fit
@@ -368,7 +372,7 @@ def _chat_body(text: str) -> dict:
     return {"model": "any", "messages": [{"role": "user", "content": text}], "max_tokens": 24}
 
 
-def run_bench_serve(args) -> int:
+def run_bench_serve(args: ModelOptions) -> int:
     from edgemm.export.evaluation.clips import dev_clips
 
     clips = dev_clips()

@@ -16,6 +16,10 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import RunsOptions
 
 PHRASES = [
     "What time is it?", "what's the time", "What's the date today?", "What day is it today?",
@@ -132,7 +136,7 @@ def constrained_cost(lm, runs: int, tokens: int) -> dict:
     }
 
 
-def run_bench_skills(args) -> int:
+def run_bench_skills(args: RunsOptions) -> int:
     from edgemm.runtime.assistant import Assistant
     from edgemm.runtime.llm import LanguageModel
     from edgemm.runtime.speech import Transcriber

@@ -12,11 +12,15 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgemm.bench.endpointing import voiced_start
 from edgemm.export.evaluation.wer import wer
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import StreamOptions
 
 
 def _timed(fn, *args, **kwargs):
@@ -71,7 +75,7 @@ def stream_clip(transcriber, samples: np.ndarray, options) -> dict:
     }
 
 
-def run_bench_stream(args) -> int:
+def run_bench_stream(args: StreamOptions) -> int:
     from edgemm.export.evaluation.clips import dev_clips, extra_clips
     from edgemm.runtime.speech import Transcriber
     from edgemm.runtime.speech.audio import load_audio

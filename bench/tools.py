@@ -14,11 +14,15 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgemm.bench.serve import ServerProcess
 from edgemm.bench.toolcalls import CASES, TOOLS, right, valid
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.llm.chat import DEFAULT_SYSTEM
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import ToolsOptions
 
 CHOICES = ("required", "auto")
 
@@ -81,7 +85,7 @@ class LlamaServer:
         self.stop()
 
 
-def run_bench_tools(args) -> int:
+def run_bench_tools(args: ToolsOptions) -> int:
     try:
         import openai
     except ImportError:

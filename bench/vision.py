@@ -15,11 +15,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgemm.bench.asr import aligned
 from edgemm.bench.worker import package_versions, peak_rss_mb, run_worker, serve
 from edgemm.runtime.errors import EdgemmError
 from edgemm.runtime.packages import installed
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import VisionOptions
 
 log = logging.getLogger("edgemm.bench.vision")
 
@@ -298,7 +302,7 @@ def _table(report: dict) -> str:
     return "\n".join([head, *lines])
 
 
-def run_bench_vision(args) -> int:
+def run_bench_vision(args: VisionOptions) -> int:
     import numpy as np
 
     threads, runs = args.threads, args.runs

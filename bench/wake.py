@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 import re
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgemm.export.evaluation.nonspeech import coloured_noise, rms
 from edgemm.runtime.speech.wake import CHUNK, SAMPLE_RATE, WakeWord
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import WakeOptions
 
 THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
 SNRS_DB = (None, 20, 10, 5)  # None: no noise
@@ -181,7 +185,7 @@ def report(detector: WakeWord, peaks: dict, real: tuple, synthetic: tuple) -> di
     return out
 
 
-def run_bench_wake(args) -> int:
+def run_bench_wake(args: WakeOptions) -> int:
     start = time.perf_counter()
     detector = WakeWord.load(args.model)
     voices = speakers()

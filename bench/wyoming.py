@@ -10,11 +10,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgemm.bench.process import LoggedProcess
 from edgemm.runtime.errors import EdgemmError
+
+if TYPE_CHECKING:
+    from edgemm.bench.commands import WyomingOptions
 
 START_TIMEOUT_S = 180
 READ_TIMEOUT_S = 120.0
@@ -238,7 +242,7 @@ def fp32_voice() -> Path:
     return bundle if (bundle / "manifest.json").exists() else packaged_voice()
 
 
-def run_bench_wyoming(args) -> int:
+def run_bench_wyoming(args: WyomingOptions) -> int:
     """Transcription latency (audio-stop to transcript) and WER on the real clips, and time to first audio of five
     sentences: ``edgemm wyoming`` (its int8 voice bundle, and the peer's voice in fp32: :func:`fp32_voice`) beside
     its peers, all started at once, warmed up, then asked in turn."""

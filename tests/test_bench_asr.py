@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 from edgemm.bench import asr
+from edgemm.bench.commands import AsrOptions
 from edgemm.export.evaluation import clips
 
 
@@ -32,13 +31,13 @@ def test_table_compares_each_student_with_the_teacher():
 
 def test_students_default_to_the_built_distilled_bundle(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEMM_MODELS", str(tmp_path))
-    assert asr._students(argparse.Namespace(student=None)) == {}
+    assert asr._students(AsrOptions()) == {}
     built = tmp_path / asr.DEFAULT_STUDENT
     built.mkdir()
     (built / "manifest.json").write_text("{}")
-    assert asr._students(argparse.Namespace(student=None)) == {f"student {asr.DEFAULT_STUDENT}": str(built)}
+    assert asr._students(AsrOptions()) == {f"student {asr.DEFAULT_STUDENT}": str(built)}
     other = tmp_path / "mine"
-    assert asr._students(argparse.Namespace(student=[other])) == {"student mine": str(other)}
+    assert asr._students(AsrOptions(student=(other,))) == {"student mine": str(other)}
 
 
 def test_table_with_the_extra_clips_column():

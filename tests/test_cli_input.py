@@ -113,3 +113,29 @@ def test_bad_inputs_are_refused_before_any_model_loads(tmp_path, args, error):
     out = _cli(*(a.format(d=tmp_path) for a in args), env={**os.environ, "EDGEMM_MODELS": str(tmp_path / "models")})
     line = _one_line_error(out)
     assert error.format(d=tmp_path) in line and "bundle" not in line, line
+
+
+def test_each_bench_target_owns_its_flags_and_gets_typed_options():
+    """`edgemm bench TARGET` takes only its target's flags, and its module is called with that target's frozen
+    options (never the argparse Namespace)."""
+    from dataclasses import FrozenInstanceError, fields
+
+    from edgemm.bench.commands import TARGETS, LiveOptions, options_of
+
+    for name, target in TARGETS.items():
+        options = options_of(build_parser().parse_args(["bench", name]))
+        assert type(options) is target.options
+        assert options == target.options(), name  # the flags' defaults are the options' own
+    live = options_of(build_parser().parse_args(["bench", "live", "--minutes", "2", "--speed", "4", "--json"]))
+    assert live == LiveOptions(minutes=2.0, speed=4.0, json=True)
+    with pytest.raises(FrozenInstanceError):
+        live.minutes = 3.0
+    assert "minutes" not in {f.name for f in fields(TARGETS["asr"].options)}
+    assert "unrecognized arguments: --minutes" in _one_line_error(_cli("bench", "asr", "--minutes", "2"))
+
+
+def test_every_area_registers_its_own_commands():
+    """The runtime's CLI assembles the commands the other areas register (entry points), in the layers' order."""
+    names = list(build_parser()._subparsers._group_actions[0].choices)
+    assert names[-5:] == ["listen", "export", "distill", "bench", "eval"], names
+    assert {"transcribe", "ask", "chat", "say", "models", "doctor", "serve", "wyoming", "pull", "bundle"} <= set(names)
