@@ -16,8 +16,7 @@ import pytest
 
 from edgemm.runtime.archive import ARCHIVE_FORMAT, HEADER
 from edgemm.runtime.bundle import MANIFEST, file_entry, open_bundle, sha256_of
-
-from .conftest import edgemm
+from tests.harness import edgemm
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, file_entry
-from tests.hostile.conftest import edgemm
+from tests.harness import edgemm
 
 SECONDS = 30  # every case is refused long before this
 ADDRESS_SPACE = 3 << 30  # a run that reads /dev/zero whole fails here instead of taking the machine's memory

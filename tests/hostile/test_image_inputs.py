@@ -18,8 +18,7 @@ from edgemm.runtime import cancel
 from edgemm.runtime.limits import MAX_REQUEST_PIXELS
 from edgemm.runtime.vision.describe import WORK_SIDE, describe_in_stages
 from edgemm.runtime.vision.image import ImageError, load_image
-
-from .conftest import bounded
+from tests.harness import bounded
 
 SIDE = 8000  # 64 megapixels: MAX_IMAGE_PIXELS
 

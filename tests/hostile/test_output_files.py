@@ -12,7 +12,7 @@ import soundfile as sf
 
 from edgemm.runtime import tts
 from edgemm.runtime.bundle import models_dir
-from tests.hostile.conftest import edgemm
+from tests.harness import edgemm
 
 SECONDS = 60  # a short sentence spoken (or refused) with a cold start on a slow machine
 SMALL_FILE = 4096  # bytes: the most a process may write to one file in the full-disk cases (a WAV is ~26 KB)

@@ -12,7 +12,7 @@ import pytest
 
 from edgemm.bench.serve import ServerProcess, health
 from edgemm.runtime.bundle import models_dir
-from tests.test_server_browser import CHROMIUM, DRIVER, _browser, _wait
+from tests.server.test_server_browser import CHROMIUM, DRIVER, _browser, _wait
 
 pytestmark = pytest.mark.slow
 REBIND = "rebind.evil.example"

@@ -14,8 +14,7 @@ import pytest
 
 from edgemm.runtime import cancel, tts
 from edgemm.runtime.limits import MAX_SPEECH_CHARS, InputError
-
-from .conftest import bounded, edgemm
+from tests.harness import bounded, edgemm
 
 SPEECH_ROUTE_CHARS = 4096  # the longest input /v1/audio/speech takes
 

@@ -17,8 +17,7 @@ import soundfile as sf
 from edgemm.runtime import cancel
 from edgemm.runtime.speech.audio import load_audio
 from edgemm.runtime.speech.transcribe import TranscribeOptions
-
-from .conftest import bounded, edgemm
+from tests.harness import bounded, edgemm
 
 CANCEL_BOUND_S = 2.0  # a cancelled transcription of long audio stops within this
 LONG_AUDIO_S = 30 * 60
