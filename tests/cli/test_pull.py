@@ -18,7 +18,6 @@ from edgemm.runtime import hub
 from edgemm.runtime.bundle import MANIFEST, file_entry, open_bundle, sha256_of
 from edgemm.runtime.errors import BundleError
 from tests.harness import edgemm
-
 from tests.hub_double import HubDouble
 
 REPO = "edgemm/mobilenetv2-imagenet-int8"

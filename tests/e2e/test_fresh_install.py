@@ -24,7 +24,6 @@ from edgemm.export.evaluation.wer import wer
 from edgemm.runtime.bundle import MANIFEST, models_dir
 from edgemm.runtime.hub import default_names, preset_repo
 from tests.harness import edgemm
-
 from tests.hub_double import HubDouble
 
 skdata = pytest.importorskip("skimage.data")
@@ -123,3 +122,19 @@ def _serves(env: dict, cwd: Path) -> None:
     finally:
         os.killpg(server.pid, signal.SIGINT)
         server.wait(30)
+
+
+def test_a_base_install_runs_as_a_module_and_lists_every_area(venv, tmp_path):
+    """`python -m edgemm` is the `edgemm` command; the commands the other areas register are listed without their
+    extras (torch), and say in one line what to install."""
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEMM_", "VIRTUAL_ENV", "PYTHON"))}
+    helped = subprocess.run([python, "-m", "edgemm", "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    for command in ("transcribe", "listen", "export", "distill", "bench", "eval"):
+        assert command in helped.stdout, helped.stdout
+    export = [python, "-m", "edgemm", "export", "speech", "--out", str(tmp_path / "x")]
+    refused = subprocess.run(export, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    (line,) = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and line.startswith("edgemm: error: exporting needs the export extra ("), line
+    assert line.endswith("is missing): pip install 'edgemm[export]'"), line

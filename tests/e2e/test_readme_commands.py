@@ -47,7 +47,6 @@ from edgemm.runtime import tts
 from edgemm.runtime.bundle import default_bundle, open_bundle
 from edgemm.runtime.hub import default_names, preset_repo
 from edgemm.runtime.profiles import PROFILES
-
 from tests.hub_double import HubDouble
 
 skdata = pytest.importorskip("skimage.data")
