@@ -1,28 +1,12 @@
-"""The voice + camera assistant: endpointing, one turn per utterance, spoken answers, barge-in.
+"""The voice + camera assistant: one turn per utterance, spoken answers, barge-in.
 
-A turn: the endpointer (Silero VAD on 32 ms blocks) cuts an utterance, which is transcribed as it is spoken
-(partials while the microphone keeps pace; at each pause the words so far are judged by the LLM, whose probability
-of ending the user's message decides whether the pause ends the question: :class:`_Live`; a pause judged complete
-gets the answer's prompt run while it is waited out, and a camera's frame is described while the question is
-spoken: :class:`_LookAhead`) -> a skill the
-matcher recognises (the time, a timer, arithmetic...: runtime/skills) answers from real data without the LLM; a
-request to look (or camera mode) grabs a frame and answers the image question (a VLM or the offline description);
-anything else goes to the text LLM with the conversation's memory, which may call ``look`` as a tool (its call
-constrained to the tool's schema) -> the answer streams as text and is spoken sentence by sentence, the first
-clause (or FIRST_WORDS words) as soon as it is complete. Timers that go
-off are announced as they fire, between turns too (:class:`TimerDone`). With a wake word only what follows it is
-answered, and follow-ups for a few seconds after each answer (:class:`_Gate`).
-
-The assistant is built from models only; the devices are given to :meth:`Assistant.run` (a microphone, and optionally
-a speaker and a camera) or to :meth:`Assistant.respond` (a typed question). Both yield events as they happen:
-:class:`Hearing` (partial transcripts), :class:`Transcript`, :class:`AnswerText` pieces, :class:`AnswerAudio` for each spoken sentence, and :class:`TurnEnd`
-with the finished :class:`Turn` and its latencies.
-
-Time is the microphone's: ``samples read / 16 kHz`` (timers too, while listening). A live microphone delivers it at wall-clock pace, a file as fast
-as it is read, so the same logic runs on hardware and in tests. Speech that starts while an answer is still being
-spoken (in microphone time) stops the speaker and starts a new turn: barge-in. Speech that comes back after a
-judged pause sooner than an unjudged pause would have ended the question continues that question: its answer is
-taken back and the whole is answered as one (:attr:`Turn.superseded`).
+:meth:`Assistant.run` listens to a microphone (a speaker and a camera optional), :meth:`Assistant.respond` answers a
+typed question; both yield events as they happen (:class:`Hearing`, :class:`Transcript`, :class:`AnswerText`,
+:class:`AnswerAudio`, :class:`TurnEnd`, :class:`TimerDone`, :class:`Woke`, :class:`Asleep`). A turn is transcribed
+while it is spoken and ended where the LLM judges the words complete (:class:`_Live`); a skill, the camera or the
+LLM answers, and the first clause is spoken as soon as it is ready. Time is the microphone's (samples read / 16 kHz),
+so a file runs the same logic as hardware. The turn's path, the endpointing and the latencies are in
+docs/ASSISTANT.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The README's Python examples run as shown, on the default bundles, and say what they should."""
+"""The Python examples of the README and of docs/ASSISTANT.md run as shown, on the default bundles, and say what
+they should."""
 
 import re
 import subprocess
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+ASSISTANT_DOC = README.parent / "docs" / "ASSISTANT.md"
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,12 @@ def test_assistant_example(workdir):
     out = _run(BLOCKS[3], workdir)
     assert "you: what animal is in this picture" in out and "cat" in out and "paris" in out
     assert out.count("to first audio") == 2 and sf.info(workdir / "answer.wav").duration > 0.5
+
+
+def test_assistant_doc_example(workdir):
+    (block,) = re.findall(r"```python\n(.*?)```", ASSISTANT_DOC.read_text(), re.DOTALL)
+    out = _run(block, workdir)
+    assert "you: what animal is in this picture" in out and "cat" in out, out
 
 
 def test_openai_client_example(workdir):
