@@ -1,18 +1,6 @@
-"""``edgemm bench estimate``: ESTIMATED Raspberry Pi 4 / Pi 5 times for each stage of a spoken question, computed
-from the work each stage does (FLOPs, bytes read) and the boards' published numbers, calibrated on this machine.
-
-For each stage, measured here (median of ``runs``): its FLOPs, counted per precision from the shapes of one real run
-of its ONNX graphs (MatMul, Gemm, Conv, ConvTranspose, LSTM, MatMulInteger, QLinear*, MatMulNBits; an ``If`` counts
-the branch that run takes), or for the LLM from the decoder's MatMulNBits/MatMul weights plus an analytic attention
-term (4 * layers * heads * head_dim FLOPs per token per earlier position); and the bytes it must read: its weights,
-and for the decoders per token the KV cache (Whisper's cross-attention K/V too).
-
-The model: a stage's time is max(FLOPs / (c * peak compute), bytes / (m * bandwidth)). c and m, the fractions of
-this machine's peak (from its instruction sets) and of its read bandwidth (measured as ``bench llm`` does) the stage
-reaches, are measured here for the bound that binds (the other is the LLM prefill's c or the LLM decode's m) and
-ASSUMED the same on the boards, applied to their peak compute (cores * GHz * SIMD operations per cycle of the
-precision the kernels use there) and their achievable bandwidth. Glue outside the
-stages (tokenizers, sampling, Python) is measured as the rest of a real turn and scaled by the core clock only.
+"""``edgemm bench estimate``: ESTIMATED Raspberry Pi 4 / Pi 5 times for each stage of a spoken question, from the work
+each stage does (FLOPs and bytes read, counted from its ONNX graphs on one real run) and the boards' published
+numbers, calibrated on this machine. The model and its assumptions: docs/PI.md ("How the estimate is computed").
 """
 
 from __future__ import annotations

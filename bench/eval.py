@@ -1,23 +1,7 @@
-"""``edgemm eval``: a quality report per LLM bundle, from a fixed question set scored automatically.
-
-The questions (``eval_questions.json``, versioned) come in four categories: facts, arithmetic, short instructions
-and questions about real photos (scikit-image's sample data). Three more, grounded answers (bench/grounded.py), are
-asked of the assistant on each bundle: skills (against an injected clock), tool calls, and memory across turns. Each question lists its accepted answers and, for
-some, forbidden words (an invented dog) or a word limit (an instruction to answer in one word);
-``eval_questions.score`` decides, with no judgement by hand.
-
-Each bundle is evaluated in its own subprocess (``edgemm.bench.worker``'s protocol, as ``edgemm bench`` does), so
-its peak RSS is its own. The worker answers as the CLI does, greedily with a small token limit:
-
-- text questions through ``ask`` (``edgemm ask``'s entry point, its default system prompt);
-- photo questions through ``ImageQuestion`` on the offline route: the default vision bundle (and OCR, when installed)
-  describe the photo, the bundle under test answers from that description, as ``edgemm ask --image`` does.
-
-It reports, per bundle: the score per category and overall; TTFT, the median over the text questions of the
-generation's own ``first_token_s`` (prompt prefill + first sampled token; one unscored warm-up question first);
-photo TTFT, the median over the photo questions from the photo array to the first token (description included);
-decode tok/s over every answer's tokens after the first; the worker's peak RSS (``VmHWM``) after the text questions
-(the LLM alone) and at the end (with the vision bundle and OCR); the bundle's size on disk.
+"""``edgemm eval``: a quality report per LLM bundle, from a fixed question set scored automatically
+(``eval_questions.json`` and ``eval_questions.score``; grounded answers of the assistant: bench/grounded.py). Each
+bundle runs in its own worker process (``edgemm.bench.worker``), answering as the CLI does. What is measured and how:
+docs/EVAL.md.
 """
 
 from __future__ import annotations

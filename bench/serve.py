@@ -1,20 +1,7 @@
-"""``edgemm bench serve``: a live ``edgemm serve`` under load.
-
-- **Load**: ``chats`` chat completions and ``transcriptions`` transcriptions sent at once, while ``/health`` is polled.
-  Every request must be answered (200) or cleanly refused (429 with ``Retry-After``; 503); none may hang. Reported:
-  answered / refused per kind, the slowest ``/health``, and the server's resident memory idle (after a warm-up
-  turn), at its peak, and after the load has drained.
-- **Disconnect**: ``clients`` streaming chats asking for long answers; each reads its first piece and hangs up.
-  Reported: the seconds from the last hang-up until the llm worker is idle again (the generations were cancelled,
-  not run to their end) and how many tokens they would otherwise have run.
-- **Hostile mix**: a server limited to 1,024 descriptors (``ulimit -n``) while 1,100 connections that never send a
-  byte are kept open (those the server closes are reopened every 15 s, as slowloris does by default, and in a second
-  run every second: 600-850 new connections a second), a chat with four 1.5 MB stop strings (6 MB), a question
-  with 16 16-bit 8000x8000 PNGs and a 4,096-character text without punctuation to speak are in flight. Reported:
-  the slowest ``/health`` and a normal chat's time meanwhile, each hostile request's status and time, and the
-  server's peak RSS.
-
-The server runs in a subprocess started by :class:`ServerProcess` (the tests use it too).
+"""``edgemm bench serve``: a live ``edgemm serve`` under load, clients that hang up, and a hostile mix of requests and
+idle connections; every request answered or cleanly refused, none hanging. The server runs in a subprocess started
+by :class:`ServerProcess` (the tests use it too). What is measured and how: docs/BENCHMARKS.md ("Server" and "The
+hostile mix").
 """
 
 from __future__ import annotations
