@@ -64,6 +64,11 @@ class _Camera:
     def grab(self) -> np.ndarray:
         raise NotImplementedError
 
+    def peek(self) -> np.ndarray:
+        """The frame ``grab`` would give now, without taking it: a file camera stays on its frame (a live camera's
+        latest frame is simply grabbed). The assistant looks at it while a question is still being spoken."""
+        return self.grab()
+
     def close(self) -> None:
         pass
 
@@ -126,6 +131,17 @@ class FileCamera(_Camera):
             self._next += 1
             return np.asarray(load_image(path))
         return self._grab_video()
+
+    def peek(self) -> np.ndarray:
+        if self._images:
+            return np.asarray(load_image(self._images[self._next % len(self._images)]))
+        if self._frame is None and self._capture is not None:  # a video: read the next frame and step back
+            cv2 = _cv2()
+            position = self._capture.get(cv2.CAP_PROP_POS_FRAMES)
+            frame = self._grab_video()
+            self._capture.set(cv2.CAP_PROP_POS_FRAMES, position)
+            return frame
+        return self.grab()
 
     def _grab_video(self) -> np.ndarray:
         cv2 = _cv2()

@@ -466,6 +466,8 @@ class Assistant:
         if seen is None and self.looks_ahead(camera):
             frame = camera.grab()
             seen = _Seen(frame, self.describe(frame))
+        if seen is not None and seen.error is not None:
+            raise seen.error
         if seen is not None:
             return self.images.ask(question, [seen.frame], chat=self.chat, facts=seen.facts).generation
         return self.images.ask(question, [camera.grab()], chat=self.chat).generation
@@ -493,10 +495,14 @@ class Assistant:
         return None
 
     def _see(self, question: str, camera) -> _Seen | None:
+        """The question's frame, grabbed now (once: a camera that fails here fails the answer, which says so)."""
         if not self.looks_ahead(camera):
             return None
-        frame = camera.grab()
-        facts = self.describe(frame)
+        try:
+            frame = camera.grab()
+            facts = self.describe(frame)
+        except Exception as e:
+            return _Seen(None, [], e)
         self.images.read_ahead(facts, self.chat, question)
         return _Seen(frame, facts)
 
@@ -617,10 +623,11 @@ class _Cut:
 
 @dataclass(frozen=True)
 class _Seen:
-    """A camera frame grabbed at the end of a question, and what the photo models found in it."""
+    """A camera frame grabbed at the end of a question, and what the photo models found in it (or why not)."""
 
     frame: object
     facts: list
+    error: Exception | None = None
 
 
 class _LookAhead:
@@ -637,7 +644,7 @@ class _LookAhead:
     def step(self) -> None:
         try:
             if self.facts is None:
-                self.facts = self.assistant.describe(self.camera.grab())
+                self.facts = self.assistant.describe(self.camera.peek())
             else:
                 self.done = self.assistant.images.read_ahead(
                     self.facts, self.assistant.chat, max_tokens=LOOK_AHEAD_TOKENS
@@ -662,7 +669,9 @@ class _Live:
         self.stream = assistant.transcriber.stream(every_s=self.o.partial_every_s, max_s=max_s)
         self.tools = assistant.tools if camera is not None else None  # as the answer will be asked
         self.camera = camera
-        self.look = _LookAhead(assistant, camera) if assistant.looks_ahead(camera) else None
+        # Only a camera that can show its frame without taking it: looking ahead must not skip a folder's frames.
+        peeks = callable(getattr(camera, "peek", None))
+        self.look = _LookAhead(assistant, camera) if peeks and assistant.looks_ahead(camera) else None
         self.seen: _Seen | None = None  # the frame at this pause, when its words (judged complete) ask to look
         self.fed = 0  # the endpointer's blocks given to the stream
         self.judged = False  # this pause's words were judged (early in it) ...

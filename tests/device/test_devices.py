@@ -298,6 +298,8 @@ def test_file_camera_folder_cycles_in_name_order(tmp_path):
     camera = open_camera(str(tmp_path))
     channels = [int(np.argmax(camera.grab().mean(axis=(0, 1)))) for _ in range(5)]
     assert channels == [0, 1, 2, 0, 1]
+    peeked = [int(np.argmax(camera.peek().mean(axis=(0, 1)))) for _ in range(3)]  # the next frame, not taken
+    assert peeked == [2, 2, 2] and int(np.argmax(camera.grab().mean(axis=(0, 1)))) == 2
 
 
 def test_file_camera_video_rewinds(tmp_path):
@@ -313,6 +315,8 @@ def test_file_camera_video_rewinds(tmp_path):
     frames = [camera.grab() for _ in range(7)]
     assert all(f.shape == (24, 32, 3) and f.dtype == np.uint8 for f in frames)
     assert [int(np.argmax(f.mean(axis=(0, 1)))) for f in frames] == [0, 1, 2, 0, 1, 2, 0]
+    assert int(np.argmax(camera.peek().mean(axis=(0, 1)))) == 1  # the next frame, still the next one after
+    assert int(np.argmax(camera.grab().mean(axis=(0, 1)))) == 1
     camera.close()
 
 

@@ -4,6 +4,7 @@ and exit status 2, or the correct answer -- within its time limit, never a trace
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import threading
 from types import SimpleNamespace
@@ -15,7 +16,7 @@ from edgemm.runtime import errors, limits, tts
 from edgemm.runtime.bundle import default_bundle
 from edgemm.runtime.speech import audio
 from edgemm.runtime.vision import image
-from tests.harness import edgemm
+from tests.harness import EDGEMM
 from tests.hostile.bad_inputs import API_CALLS, CASES, MAX_SPEECH_CHARS, MAX_WER, build_bundles, build_files, make_fifo
 
 skdata = pytest.importorskip("skimage.data")
@@ -84,17 +85,17 @@ def test_cli_case(case, corpus):
     argv = [_fill(a, corpus) for a in case.argv]
     if "fifo" in case.needs:
         _fifo_writer(make_fifo(corpus.d), (corpus.d / "clip.wav").read_bytes())
-    stdin = None
+    stdin, data = subprocess.DEVNULL, None
     if case.stdin and case.stdin.startswith("/dev/"):
         stdin = open(case.stdin, "rb")  # noqa: SIM115 - closed below
     elif case.stdin:
-        stdin = (corpus.d / case.stdin).read_bytes()
-    try:
-        out = edgemm(*argv, input=stdin, timeout=case.timeout)
+        stdin, data = None, (corpus.d / case.stdin).read_bytes()
+    try:  # a pipe, as a shell pipes into the command (the harness gives files): run here, not by tests.harness
+        out = subprocess.run([*EDGEMM, *argv], stdin=stdin, input=data, capture_output=True, timeout=case.timeout)
     finally:
         if hasattr(stdin, "close"):
             stdin.close()
-    stdout, stderr = out.stdout, out.stderr
+    stdout, stderr = out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
     assert "Traceback" not in stderr, stderr
     if case.error is not None:  # one error line, the last (after at most a banner such as chat's)
         lines = stderr.strip().splitlines()

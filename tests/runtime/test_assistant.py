@@ -434,19 +434,45 @@ def test_a_scene_question_is_answered_from_the_frame_at_its_end(parts, tmp_path,
     """The frame described while the question is spoken is not the one answered from when the camera shows
     something else at the question's end: the answer describes the later frame."""
     from edgemm.device.audio import FileMicrophone
-    from edgemm.device.camera import FileCamera
 
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    Image.fromarray(skdata.chelsea()).save(frames / "1.png")  # the first grab, while the question is spoken
-    Image.fromarray(skdata.coffee()).save(frames / "2.png")  # the next one, at its end
+    class Changing:
+        """A camera on a cat while the question is spoken (peek), on a cup of coffee when it ends (grab)."""
+
+        def peek(self):
+            return skdata.chelsea()
+
+        def grab(self):
+            return skdata.coffee()
+
     sf.write(
         tmp_path / "mic.wav", np.concatenate([_silence(0.3), parts["say"]("What do you see?"), _silence(1.5)]), RATE
     )
     assistant = _assistant(parts)
     _, described = _recorded(assistant, monkeypatch)
     with FileMicrophone(tmp_path / "mic.wav", realtime=True) as mic:
-        (turn,) = _turns(assistant.run(mic, None, FileCamera(frames)))
+        (turn,) = _turns(assistant.run(mic, None, Changing()))
     assert [("cat" in d, "cup" in d) for _, d in described] == [(True, False), (False, True)], described
     assert turn.looked and "cup" in assistant.chat.turns[-1][0], assistant.chat.turns[-1]
     assert any(w in turn.answer.lower() for w in ("cup", "coffee", "espresso")), turn.answer
+
+
+def test_looking_ahead_takes_no_frame_of_a_folder_camera(parts, tmp_path):
+    """A folder camera gives its next image per question: the frame looked at while a question is spoken is the
+    one its answer grabs, so each question still gets the next image (a broken one: that turn apologises)."""
+    from edgemm.device.audio import FileMicrophone
+    from edgemm.device.camera import FileCamera
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "1-broken.jpg").write_text("not a frame")
+    Image.fromarray(skdata.chelsea()).save(frames / "2.png")
+    Image.fromarray(skdata.coffee()).save(frames / "3.png")
+    question = parts["say"]("What do you see?")
+    audio = [_silence(0.3), question, _silence(2.0), question, _silence(2.0), question, _silence(1.5)]
+    sf.write(tmp_path / "mic.wav", np.concatenate(audio), RATE)
+    with FileMicrophone(tmp_path / "mic.wav", realtime=True) as mic:
+        turns = _turns(_assistant(parts).run(mic, None, FileCamera(frames)))
+    assert [t.looked for t in turns] == [True] * 3, turns
+    assert turns[0].answer.startswith("Sorry, I could not look"), turns[0].answer
+    assert "cat" in turns[1].answer.lower(), turns[1].answer
+    assert any(w in turns[2].answer.lower() for w in ("cup", "coffee", "espresso")), turns[2].answer
