@@ -1,5 +1,5 @@
-"""The Python examples of the README and of docs/ASSISTANT.md run as shown, on the default bundles, and say what
-they should."""
+"""The Python examples of the README, of the pages it links for each reader (docs/CLI.md, PYTHON.md, HTTP.md) and of
+docs/ASSISTANT.md run as shown, on the default bundles, and say what they should."""
 
 import re
 import subprocess
@@ -18,8 +18,11 @@ skdata = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
-ASSISTANT_DOC = README.parent / "docs" / "ASSISTANT.md"
+DOCS = README.parent / "docs"
+# The README and the pages it sends each reader to (docs/PYTHON.md: the API; docs/HTTP.md: the server's client).
+PAGES = [README, DOCS / "CLI.md", DOCS / "PYTHON.md", DOCS / "HTTP.md"]
+BLOCKS = [b for page in PAGES for b in re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)]
+ASSISTANT_DOC = DOCS / "ASSISTANT.md"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Every command in the README's ```bash blocks runs as shown and does what the table below says.
+"""Every command in the ```bash blocks of the README and of the pages it links for each reader (docs/CLI.md,
+PYTHON.md, HTTP.md) runs as shown and does what the table below says.
 
 ``edgemm ...`` commands run exactly as written (``shell=True``, the venv's ``edgemm`` first on PATH) in a work folder
 holding every file they name, with stdin closed or given the typed input of an interactive command. The
@@ -54,6 +55,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+# The README and the pages it sends each reader to: their commands are the README's too.
+PAGES = [README, *(ROOT / "docs" / name for name in ("CLI.md", "PYTHON.md", "HTTP.md"))]
 FULL_EXPORTS = os.environ.get("EDGEMM_README_FULL_EXPORTS") == "1"
 BIN = Path(sys.executable).parent  # the venv's bin: its edgemm
 
@@ -73,7 +76,7 @@ def _commands_of_line(line: str) -> list[str]:
 
 
 def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL)
+    blocks = [b for page in PAGES for b in re.findall(r"```bash\n(.*?)```", page.read_text(), re.DOTALL)]
     return [command for block in blocks for line in block.splitlines() for command in _commands_of_line(line)]
 
 
