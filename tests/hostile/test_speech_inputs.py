@@ -127,7 +127,7 @@ def test_assistant_speaks_its_answers_in_bounded_pieces(voice):
             pytest.skip(f"the default {kind} bundle is missing at {default_bundle(kind)}: run `make setup`")
     assistant = Assistant.load(vision=False, speak=False)
     assistant.synthesizer = voice
-    assistant._start = lambda turn, camera: "... The cat is on the mat."
+    assistant._start = lambda turn, camera, seen=None: "... The cat is on the mat."
     events = list(assistant.respond("Where is the cat?"))
     audio = [e.speech for e in events if isinstance(e, AnswerAudio)]
     assert len(audio) == 1 and audio[0].seconds > 0.5
@@ -145,7 +145,7 @@ def test_assistant_speaks_its_answers_in_bounded_pieces(voice):
 
     answer = _words(5 * tts.MAX_PIECE_CHARS)
     assistant.synthesizer = recorder = Recorder()
-    assistant._start = lambda turn, camera: iter(answer[i : i + 4] for i in range(0, len(answer), 4))
+    assistant._start = lambda turn, camera, seen=None: iter(answer[i : i + 4] for i in range(0, len(answer), 4))
     list(assistant.respond("Say something long."))
     assert len(recorder.texts) >= 5 and max(map(len, recorder.texts)) <= tts.MAX_PIECE_CHARS
     assert " ".join(recorder.texts) == answer
