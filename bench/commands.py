@@ -269,12 +269,11 @@ def register(sub, parents: list, fmt) -> None:
     targets = p.add_subparsers(dest="target", required=True, metavar="TARGET")
     for name, target in TARGETS.items():
         t = targets.add_parser(name, parents=parents, help=target.help, formatter_class=fmt)
-        names = {f.name for f in fields(target.options)}
-        if "model" in names:
-            t.add_argument("--model", type=Path, default=None, help=target.model)
-        for flag in (f.name for f in fields(target.options)):
-            if flag in FLAGS:
-                flags, kwargs = FLAGS[flag]
+        for field in fields(target.options):  # --threads and --json last, each target's own flags first
+            if field.name == "model":
+                t.add_argument("--model", type=Path, default=None, help=target.model)
+            elif field.name in FLAGS:
+                flags, kwargs = FLAGS[field.name]
                 t.add_argument(*flags, **kwargs)
         t.add_argument("--threads", type=_threads, default=2, help="CPU threads")
         t.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -464,13 +464,12 @@ class Assistant:
             return NO_CAMERA
         turn.looked = True
         if seen is None and self.looks_ahead(camera):
-            frame = camera.grab()
-            seen = _Seen(frame, self.describe(frame))
-        if seen is not None and seen.error is not None:
+            seen = self._grabbed(camera)
+        if seen is None:
+            return self.images.ask(question, [camera.grab()], chat=self.chat).generation
+        if seen.error is not None:
             raise seen.error
-        if seen is not None:
-            return self.images.ask(question, [seen.frame], chat=self.chat, facts=seen.facts).generation
-        return self.images.ask(question, [camera.grab()], chat=self.chat).generation
+        return self.images.ask(question, [seen.frame], chat=self.chat, facts=seen.facts).generation
 
     def looks_ahead(self, camera) -> bool:
         """Whether the camera's frame is described while a question is spoken (:class:`_LookAhead`)."""
@@ -498,13 +497,18 @@ class Assistant:
         """The question's frame, grabbed now (once: a camera that fails here fails the answer, which says so)."""
         if not self.looks_ahead(camera):
             return None
+        seen = self._grabbed(camera)
+        if seen.error is None:
+            self.images.read_ahead(seen.facts, self.chat, question)
+        return seen
+
+    def _grabbed(self, camera) -> _Seen:
+        """The camera's frame now and its facts, or the error that kept them."""
         try:
             frame = camera.grab()
-            facts = self.describe(frame)
+            return _Seen(frame, self.describe(frame))
         except Exception as e:
             return _Seen(None, [], e)
-        self.images.read_ahead(facts, self.chat, question)
-        return _Seen(frame, facts)
 
     def describe(self, frame) -> list:
         """The facts of the camera's ``frame`` (the offline route's): described once per distinct frame, so a still

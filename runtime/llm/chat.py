@@ -576,10 +576,9 @@ class Chat:
         self._check_idle()
         question = clean_text(text).rstrip(UNFINISHED)
         prompt = self._fit(question, self.options, tools if tools else None)
-        ends = [i for i, t in enumerate(prompt) if t in self.lm.eos_ids]
-        if not question or not ends or ends[-1] < 1:
+        end = self._user_end(prompt)
+        if not question or end is None:
             return None
-        end = ends[-1]  # the user message's end-of-turn token: only the answer's header follows it
         cache = self._cache_for(prompt[:end])
         common = cache.keep_prefix(prompt[:end])
         logits = self.lm.prefill_tokens(prompt[common:end], cache).astype(np.float64)
@@ -604,10 +603,10 @@ class Chat:
         except ContextError:  # send() will say
             return True
         if not answer:
-            ends = [i for i, t in enumerate(prompt) if t in self.lm.eos_ids]
-            if not ends or ends[-1] < 1:
+            end = self._user_end(prompt)
+            if end is None:
                 return True
-            prompt = prompt[: ends[-1]]
+            prompt = prompt[:end]
         cache = self._cache_for(prompt)
         if cache.shared(prompt) >= len(prompt) and (not answer or cache.next_logits is not None):
             return True
@@ -618,6 +617,12 @@ class Chat:
         if answer and done:
             cache.next_logits = logits
         return done
+
+    def _user_end(self, prompt: list[int]) -> int | None:
+        """Where the user's message ends in ``prompt``: its end-of-turn token, which only the answer's header
+        follows; None when the template marks no such end."""
+        ends = [i for i, t in enumerate(prompt) if t in self.lm.eos_ids]
+        return ends[-1] if ends and ends[-1] >= 1 else None
 
     def _sentence_ends(self) -> set[int]:
         """The model's tokens that end a sentence (".", "?", "!", with or without a line break after them)."""
