@@ -277,7 +277,7 @@ class OnDemandDescriber:
             return describe_in_stages(
                 images,
                 lambda: ImageClassifier(bundle, self.threads),
-                (lambda: TextReader(self.threads)) if self.ocr else None,
+                (lambda: TextReader(self.threads, on_demand=True)) if self.ocr else None,
                 (lambda: ObjectDetector(bundle, self.threads)) if self.detector else None,
                 release=True,
                 unread=self.unread or OCR_OFF,

@@ -50,17 +50,30 @@ SAME_LINE_PX = 10  # boxes whose tops differ by less than this read left to righ
 class TextReader:
     """Reads the text in a photo: ``read(image)`` gives (text, confidence) per line found, top to bottom.
 
+    ``on_demand``: each model is loaded for its step and dropped after it (the recogniser and direction classifier
+    only when the detector found text): a photo without text then costs the detector's memory alone, and one with
+    text the largest model's, not the three together's (machine profile ``pi``).
     Safe to share between threads (its sessions are; each read keeps its own arrays)."""
 
-    def __init__(self, threads: int | None = None):
-        paths = {name: package_file(PACKAGE, "models", file) for name, file in MODELS.items()}
-        if missing := [MODELS[name] for name, path in paths.items() if path is None]:
+    def __init__(self, threads: int | None = None, on_demand: bool = False):
+        self.paths = {name: package_file(PACKAGE, "models", file) for name, file in MODELS.items()}
+        if missing := [MODELS[name] for name, path in self.paths.items() if path is None]:
             raise EdgemmError(f"OCR models missing ({', '.join(missing)}): pip install 'edgemm[ocr]'")
-        self.det, self.cls, self.rec = (create_session(Path(paths[name]), threads) for name in ("det", "cls", "rec"))
-        characters = self.rec.get_modelmeta().custom_metadata_map.get("character")
-        if not characters:
-            raise EdgemmError(f"{MODELS['rec']} has no character list in its metadata")
-        self.characters = ["", *characters.splitlines(), " "]  # CTC blank first, space last
+        self.threads, self.characters = threads, None
+        self.sessions = {} if on_demand else {name: self._load(name) for name in MODELS}
+
+    def _load(self, name: str):
+        session = create_session(Path(self.paths[name]), self.threads)
+        if name == "rec" and self.characters is None:
+            characters = session.get_modelmeta().custom_metadata_map.get("character")
+            if not characters:
+                raise EdgemmError(f"{MODELS['rec']} has no character list in its metadata")
+            self.characters = ["", *characters.splitlines(), " "]  # CTC blank first, space last
+        return session
+
+    def _session(self, name: str):
+        """The model of step ``name``: the one loaded with the reader, or one loaded for this step."""
+        return self.sessions.get(name) or self._load(name)
 
     @staticmethod
     def available() -> bool:
@@ -70,6 +83,8 @@ class TextReader:
         photo = _within_limits(load_image(image).convert("RGB"))
         photo = _letterboxed(photo)
         boxes = self._detect(photo)
+        if not boxes:
+            return []
         cuts = self._upright([_cut(photo, box) for box in boxes])
         return self._recognise(cuts)
 
@@ -78,14 +93,16 @@ class TextReader:
         size = (round(w / 32) * 32, round(h / 32) * 32)
         if min(size) <= 0:
             return []
-        probability = self.det.run(None, {self.det.get_inputs()[0].name: _normalised(photo.resize(size))})[0][0, 0]
+        det = self._session("det")
+        probability = det.run(None, {det.get_inputs()[0].name: _normalised(photo.resize(size))})[0][0, 0]
         return _sorted(_boxes(probability, (w, h)))
 
     def _upright(self, cuts: list[Image.Image]) -> list[Image.Image]:
         height, width = CLS_SHAPE
+        cls = self._session("cls")
         for batch in _batches(cuts):
             pixels = np.stack([_padded(cuts[i], height, width) for i in batch])
-            probabilities = self.cls.run(None, {self.cls.get_inputs()[0].name: pixels})[0]
+            probabilities = cls.run(None, {cls.get_inputs()[0].name: pixels})[0]
             for i, p in zip(batch, probabilities, strict=True):
                 if int(p.argmax()) == 1 and p[1] > CLS_THRESHOLD:  # labels "0", "180"
                     cuts[i] = cuts[i].transpose(Image.Transpose.ROTATE_180)
@@ -93,10 +110,11 @@ class TextReader:
 
     def _recognise(self, cuts: list[Image.Image]) -> list[tuple[str, float]]:
         lines: list[tuple[str, float]] = [("", 0.0)] * len(cuts)
+        rec = self._session("rec")
         for batch in _batches(cuts):
             ratio = max(REC_MIN_WIDTH / REC_HEIGHT, *(cuts[i].width / cuts[i].height for i in batch))
             pixels = np.stack([_padded(cuts[i], REC_HEIGHT, int(REC_HEIGHT * ratio)) for i in batch])
-            probabilities = self.rec.run(None, {self.rec.get_inputs()[0].name: pixels})[0]
+            probabilities = rec.run(None, {rec.get_inputs()[0].name: pixels})[0]
             for i, p in zip(batch, probabilities, strict=True):
                 lines[i] = self._ctc(p)
         return lines

@@ -77,6 +77,23 @@ def test_nothing_to_read(reader):
 
 
 @needs_models
+def test_models_loaded_on_demand_only_for_the_steps_a_photo_needs(reader, monkeypatch):
+    """A photo without text loads the detector alone; one with text loads each model for its step, and reads as
+    the reader that keeps them loaded."""
+    loaded = []
+    create = ocr.create_session
+    monkeypatch.setattr(ocr, "create_session", lambda path, threads: loaded.append(path.name) or create(path, threads))
+    on_demand = TextReader(threads=1, on_demand=True)
+    assert loaded == [] and on_demand.sessions == {}
+    assert on_demand.read(np.full((300, 400, 3), 200, np.uint8)) == []
+    assert loaded == [ocr.MODELS["det"]]
+    page = _rendered("Hello edge world", turn=180)
+    assert on_demand.read(page) == reader.read(page)
+    assert loaded[1:] == [ocr.MODELS[name] for name in ("det", "cls", "rec")]
+    assert on_demand.sessions == {}
+
+
+@needs_models
 def test_sessions_are_ours_and_opencv_stays_out():
     """Our session options (threads, no spin-waiting), and reading a photo never imports OpenCV: its library mapped
     into the assistant cost more memory than the OCR models (docs/BENCHMARKS.md)."""
@@ -84,7 +101,7 @@ def test_sessions_are_ours_and_opencv_stays_out():
         "import sys, numpy as np\n"
         "from edgemm.runtime.vision.ocr import TextReader\n"
         "r = TextReader(threads=1)\n"
-        "o = r.det.get_session_options()\n"
+        "o = r.sessions['det'].get_session_options()\n"
         "assert o.intra_op_num_threads == 1, o.intra_op_num_threads\n"
         "assert o.get_session_config_entry('session.intra_op.allow_spinning') == '0'\n"
         "r.read(np.zeros((64, 64, 3), np.uint8))\n"
