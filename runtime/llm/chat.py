@@ -29,7 +29,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from edgemm.runtime.errors import EdgemmError, OptionsError
-from edgemm.runtime.limits import check_text
+from edgemm.runtime.limits import check_int, check_text
 from edgemm.runtime.llm.choose import first_tool
 from edgemm.runtime.llm.constrain import Constraint
 from edgemm.runtime.llm.generate import Generation, GenerationOptions
@@ -526,8 +526,16 @@ class Chat:
         system: str | None = DEFAULT_SYSTEM,
         options: GenerationOptions | None = None,
         cache_slots: int = CACHE_SLOTS,
+        history: int | None = None,
     ):
+        """``history``: the tokens earlier turns may take in a prompt (None: as many as the context window leaves
+        room for). Past it the oldest turns are dropped down to half of it, so that the shortened conversation is
+        run again now and then rather than at every turn; every KV cache then stays within the system prompt, the
+        history, the message and the answer."""
         self.lm = lm
+        if history is not None:
+            check_int(history, "history", 0, lm.context)
+        self.history = history
         self.template = ChatTemplate(lm.chat_template, lm.special)
         self.options = _checked(options) or GenerationOptions()
         self.system = clean_text(system) if system else None
@@ -560,6 +568,7 @@ class Chat:
         self._check_idle()
         if tools:
             Constraint(self.lm, call_grammar(tools))
+        self._drop_past_history(None, tools)
         ids = self.encode(self.messages(self.turns, None), tools)
         if len(ids) < 2 or len(ids) >= self.lm.context:  # nothing worth running, or too long: send() will say
             return
@@ -644,7 +653,9 @@ class Chat:
         return self.template.encode(self.lm.tokenizer, messages, tools=specs)
 
     def _fit(self, question: str, options: GenerationOptions, tools=None) -> list[int]:
-        """Prompt ids for the conversation + question, dropping oldest turns to leave room for an answer."""
+        """Prompt ids for the conversation + question, dropping oldest turns past the history or to leave room for
+        an answer."""
+        self._drop_past_history(question, tools)
         room = self.lm.context
         reserve = min(options.max_new_tokens, room // 4)
         turns = list(self.turns)
@@ -665,6 +676,19 @@ class Chat:
             log.debug("dropped %d oldest turns", dropped)
             self.turns = turns
         return ids
+
+    def _drop_past_history(self, question: str | None, tools=None) -> None:
+        """When the turns take more than ``history`` tokens of the prompt, keep the latest that take half of it."""
+        if self.history is None or not self.turns:
+            return
+        bare = len(self.encode(self.messages([], question), tools))
+        turns, limit = list(self.turns), self.history
+        while turns and len(self.encode(self.messages(turns, question), tools)) - bare > limit:
+            turns.pop(0)
+            limit = self.history // 2
+        if len(turns) < len(self.turns):
+            log.debug("history: dropped the %d oldest turns", len(self.turns) - len(turns))
+            self.turns = turns
 
     def remember(self, question: str, answer: str) -> None:
         """Add a turn answered without the model (e.g. by a skill): later answers see it like any other."""

@@ -131,3 +131,32 @@ def test_a_prompt_read_ahead_starts_its_answer_at_once(llm_bundle):
     chat.anticipate("What is two plus")  # the same cache, another prompt: the kept logits are gone
     again = chat.send("What is the capital of France?")
     assert again.result() == cold.text and again.stats.prefilled_tokens > 0, again.stats
+
+
+def test_a_bounded_history_keeps_the_latest_turns_and_its_caches_small(llm_bundle):
+    """Past ``history`` tokens of earlier turns the oldest go, down to half of it: a conversation of any length
+    keeps its KV cache within the system prompt, the history, one message and its answer. ``prepare`` (between
+    turns) does the dropping and runs what is left, so the next question runs only its own tokens."""
+    from edgemm.runtime.errors import OptionsError
+    from edgemm.runtime.llm import Chat
+
+    lm = LanguageModel.load(llm_bundle, threads=2)
+    options = GenerationOptions(max_new_tokens=8)
+    bare = len(Chat(lm).encode(Chat(lm).messages([], None)))
+    chat = Chat(lm, options=options, history=120)
+    longest = 0
+    for i in range(14):
+        chat.remember(f"Question number {i}: what is {i} plus {i}?", f"{i} plus {i} is {2 * i}.")
+        chat.prepare()
+        held = len(chat.encode(chat.messages(chat.turns, None))) - bare
+        assert held <= 120, (i, held)
+        answer = chat.send(f"What is {i} times two?")
+        answer.result()
+        assert answer.stats.prefilled_tokens <= 20, (i, answer.stats)  # the question only: the turns were in
+        longest = max(longest, chat.cache.length)
+        chat.forget_last()
+    assert chat.turns[-1][0].startswith("Question number 13")
+    assert 2 <= len(chat.turns) < 14
+    assert longest <= bare + 120 + 20 + 8, longest
+    with pytest.raises(OptionsError, match="history"):
+        Chat(lm, history=-1)
