@@ -30,6 +30,7 @@ from edgemm.runtime.limits import release_memory
 from edgemm.runtime.llm import Chat, ContextError, GenerationOptions, LanguageModel, PromptError, system_prompt
 from edgemm.runtime.llm.model import CacheBusyError
 from edgemm.runtime.llm.tools import CallStream, ToolCall, parse_tools
+from edgemm.runtime.profiles import active_profile
 from edgemm.runtime.skills import Clock, SkillCall, SkillError, Skills, SystemClock, Timer
 from edgemm.runtime.speech import Transcriber
 from edgemm.runtime.speech.audio import load_audio
@@ -55,6 +56,7 @@ LOOK_AHEAD_TOKENS = 32
 # With a wake word: a question is answered when it starts within this many seconds of the wake word, and a follow-up
 # when it starts within this many seconds of the end of the answer.
 FOLLOW_UP_S = 5.0
+KEEP_TURNS = 100  # the latest turns kept in Assistant.turns (the chat's own history is bounded separately)
 # The question's audio starts this long before the wake word's detection, which may fire in the next word's first
 # syllable; what is left of the phrase is taken off the transcript (:func:`without_phrase`).
 WAKE_MARGIN_S = 0.16
@@ -195,6 +197,7 @@ class Assistant:
         clock: Clock | None = None,
         wake: WakeWord | None = None,
         follow_up_s: float = FOLLOW_UP_S,
+        history: int | None = None,
     ):
         """``images``: an ImageQuestion for scene questions (None: the assistant cannot look); ``synthesizer``: a
         tts.Synthesizer for spoken answers (None: text only); ``clock``: the time the skills read (tests inject a
@@ -206,7 +209,8 @@ class Assistant:
         if not 0 < follow_up_s <= 3600:
             raise ValueError(f"follow_up_s must be in (0, 3600], not {follow_up_s}")
         self.wake, self.follow_up_s = wake, follow_up_s
-        self.chat = Chat(lm, system=system_prompt(), options=options or GenerationOptions(max_new_tokens=96))
+        options = options or GenerationOptions(max_new_tokens=96)
+        self.chat = Chat(lm, system=system_prompt(), options=options, history=history)
         self.speaking_until = 0.0  # microphone time when the current spoken answer ends
         self.turns: list[Turn] = []
         self._busy = threading.Lock()
@@ -258,6 +262,7 @@ class Assistant:
             endpoint=endpoint,
             wake=wake,
             follow_up_s=follow_up_s,
+            history=active_profile().history,
         )
 
     @contextmanager
@@ -330,10 +335,12 @@ class Assistant:
                     heard = (utterance.start, utterance.end)
                     final = None if live is None else (lambda live=live, utterance=utterance: live.final(utterance))
                     seen, live = None if live is None else live.seen, None
-                    turns, remembered = len(self.turns), len(self.chat.turns)
+                    last, remembered = self._last(self.turns), self._last(self.chat.turns)
                     spoken = yield from self._hear(utterance.samples, SAMPLE_RATE, speaker, camera, heard, final, seen)
-                    if judged and len(self.turns) > turns and self.turns[-1].skill is None:
-                        cut = _Cut(utterance, self.turns[-1], remembered, len(self.chat.turns))
+                    turn = self._last(self.turns)
+                    if judged and turn is not last and turn.skill is None:
+                        exchange = self._last(self.chat.turns)
+                        cut = _Cut(utterance, turn, None if exchange is remembered else exchange)
                     # The answer plays from the end of the utterance on (in microphone time).
                     self.speaking_until = utterance.end + spoken
                     gate.answered(self.speaking_until)
@@ -386,6 +393,10 @@ class Assistant:
             log.debug("cannot anticipate the answer: %s", _first_line(e))
             return None
 
+    @staticmethod
+    def _last(items: list):
+        return items[-1] if items else None
+
     def _continues(self, cut: _Cut | None, endpointer: Endpointer) -> _Cut | None:
         """``cut`` when the speech starting now continues it: it began before an unjudged pause (``hold_silence_ms``
         of silence) would have ended that question, so the judged pause was not its end."""
@@ -403,7 +414,7 @@ class Assistant:
         cut.turn.superseded = True
         if cut.turn in self.turns:
             self.turns.remove(cut.turn)
-        if cut.remembered + 1 == cut.remembered_after == len(self.chat.turns):  # its exchange is still the last one
+        if cut.exchange is not None and self._last(self.chat.turns) is cut.exchange:  # still the last one
             self.chat.forget_last()
         return Utterance(np.concatenate([before, utterance.samples]), cut.utterance.start, utterance.end,
                          utterance.silent_tail)  # fmt: skip
@@ -577,6 +588,7 @@ class Assistant:
             spoken += yield from self._speak(sentence, turn, t0, speaker)
         turn.answer = turn.answer.strip()
         self.turns.append(turn)
+        del self.turns[:-KEEP_TURNS]  # an assistant left running for days keeps the latest only
         release_memory()  # the turn's freed activations: not kept resident under the next turn's
         yield TurnEnd(turn)
         return spoken
@@ -612,12 +624,12 @@ class Assistant:
 
 @dataclass
 class _Cut:
-    """A question ended at a judged pause, and what its answer added: the turn, and the chat's turns before/after."""
+    """A question ended at a judged pause, and what its answer added: the turn, and the chat's exchange (None: the
+    answer added none)."""
 
     utterance: Utterance
     turn: Turn
-    remembered: int
-    remembered_after: int
+    exchange: tuple[str, str] | None
 
     def audio_until(self, start: float) -> np.ndarray:
         """Its audio and the silence after it up to microphone second ``start`` (where its continuation starts)."""

@@ -2,9 +2,10 @@
 
 - ``desktop``: laptops and boards with 4 GB or more. The presets' defaults (models/presets.json): the LLM that
   answers best within 1.5 s to first audio on 2 cores (docs/EVAL.md).
-- ``pi``: Raspberry Pi class boards (2-4 GB, slow memory). The smallest LLM, a shorter context window (a smaller KV
-  cache), the photo models loaded for each scene question and dropped after it, and freed buffers handed back to the
-  system at once (``limits.map_large_allocations``), so that the whole assistant stays under 450 MB.
+- ``pi``: Raspberry Pi class boards (2-4 GB, slow memory). The smallest LLM, a shorter context window and a bounded
+  conversation history (smaller KV caches), the photo models loaded for each scene question and dropped after it,
+  freed buffers handed back to the system at once (``limits.map_large_allocations``), and no optimization that holds
+  a second copy of weights, so that the whole assistant stays under 450 MB however long it runs.
 
 The profile is ``$EDGEMM_PROFILE`` (``edgemm --profile`` sets it, so workers started by a command inherit it) or,
 when that is unset or ``auto``, guessed: ``pi`` on a Raspberry Pi or with under 3 GiB of memory, else ``desktop``.
@@ -35,18 +36,30 @@ class Profile:
     # Large buffers mapped and unmapped one by one (limits.map_large_allocations): freed activations leave the
     # process at once, for page faults on every new one (here: transcription 0.50 instead of 0.33 s).
     map_large_allocations: bool = False
+    # onnxruntime's layout optimizations (blocked NCHWc convolutions): loading a graph then holds its weights in both
+    # layouts at once (the object detector: 34 instead of 18 MB more while it loads); on 2 cores, no faster here.
+    layout_optimizations: bool = True
+    # llguidance's "slices" of the vocabulary, which speed up masks of large JSON schemas: 13 MB for a 49k-token
+    # vocabulary; the assistant's tool grammar masks as fast without them (0.04 ms a token).
+    grammar_slices: bool = True
+    # Tokens the assistant's earlier turns may take in its prompts (None: what the context window leaves): every KV
+    # cache then stays within the system prompt, these turns, one message and its answer (runtime/llm/chat.py).
+    history: int | None = None
 
 
 PROFILES = {
     "desktop": Profile("desktop", "laptops and boards with 4+ GB: the presets' defaults", presets={}),
     "pi": Profile(
         "pi",
-        "Raspberry Pi class boards (2-4 GB): the smallest LLM, a 1024-token context, photo models loaded per question, "
-        "freed memory handed back at once",
+        "Raspberry Pi class boards (2-4 GB): the smallest LLM, a 1024-token context, a 128-token history, photo models "
+        "loaded per question, freed memory handed back at once",
         presets={"llm": "smollm2-135m-instruct-int4"},
         context=1024,
         photo_models_on_demand=True,
         map_large_allocations=True,
+        layout_optimizations=False,
+        grammar_slices=False,
+        history=128,
     ),
 }
 CHOICES = ("auto", *PROFILES)

@@ -24,7 +24,8 @@ def create_session(
     instead of 750 MB with arenas on, for ~10% slower speech decoding and no measurable LLM difference. A graph that
     needs more memory than is available is refused first (MemoryLimitError, with both figures)."""
     check_memory_for(path)  # refused before onnxruntime starts reading it
-    one_by_one = active_profile().map_large_allocations
+    profile = active_profile()
+    one_by_one = profile.map_large_allocations
     if one_by_one:
         map_large_allocations()  # freed activations go back to the system at once, not into the heap
     options = ort.SessionOptions()
@@ -36,7 +37,11 @@ def create_session(
     options.intra_op_num_threads = check_threads(threads) or default_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if profile.layout_optimizations
+        else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    )
     options.log_severity_level = 3  # errors only
     # Spin-waiting off by default: encoder, decoder and VAD sessions share few cores and spinning pools steal
     # them from each other (5 s clip on 2 cores: 0.19 s instead of 0.24 s idle, 0.32 s instead of 0.52 s under

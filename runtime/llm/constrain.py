@@ -109,14 +109,18 @@ _tokenizers_lock = threading.Lock()
 
 
 def tokenizer_of(lm):
-    """llguidance's view of ``lm``'s tokenizer (built once per model: about a second for a 150k vocabulary)."""
+    """llguidance's view of ``lm``'s tokenizer (built once per model: about a second for a 150k vocabulary), with
+    its vocabulary slices unless the machine profile leaves them out (runtime/profiles.py)."""
     with _tokenizers_lock:
         table = _tokenizers.get(lm)
         if table is None:
             import llguidance
 
             table = llguidance.LLTokenizer(
-                lm.tokenizer.to_str(), n_vocab=lm.config.vocab_size, eos_token=sorted(lm.eos_ids)
+                lm.tokenizer.to_str(),
+                n_vocab=lm.config.vocab_size,
+                eos_token=sorted(lm.eos_ids),
+                slices=None if lm.grammar_slices else [],  # None: llguidance's default slices
             )
             _tokenizers[lm] = table
         return table

@@ -147,10 +147,12 @@ class LanguageModel:
         self.bundle = bundle
         self.config = LLMConfig.from_manifest(m["model"])
         limit = self.config.max_positions
+        profile = active_profile()
         if context is None:  # the machine profile's window (a smaller KV cache on small boards), else the default
-            self.context = min(active_profile().context or DEFAULT_CONTEXT, limit)
+            self.context = min(profile.context or DEFAULT_CONTEXT, limit)
         else:  # checked before the graphs load
             self.context = check_int(context, "context", MIN_CONTEXT, limit)
+        self.grammar_slices = profile.grammar_slices  # for llguidance's view of the tokenizer (llm/constrain.py)
         check_memory_for(*bundle.graph_files())
         graphs = m["graphs"]
         self.embed_session = create_session(bundle.file(graphs["embed"]), threads=1)

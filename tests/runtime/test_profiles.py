@@ -3,6 +3,7 @@ question), and the one-line errors for an unknown one."""
 
 import os
 
+import numpy as np
 import pytest
 import skimage.data
 
@@ -80,6 +81,30 @@ def test_the_pi_profile_shortens_the_context_window_unless_one_is_given(monkeypa
     assert LanguageModel.load(path, context=4096).context == 4096
     monkeypatch.setenv(PROFILE_ENV, "desktop")
     assert LanguageModel.load(path).context == 2048
+
+
+def test_the_pi_profile_keeps_one_copy_of_weights_and_a_bounded_history(monkeypatch):
+    """Sessions without layout optimizations, llguidance without vocabulary slices, the assistant's chat with a
+    history: the same grammar masks and the same answers, for less memory (docs/BENCHMARKS.md)."""
+    import onnxruntime as ort
+
+    from edgemm.runtime.llm import LanguageModel
+    from edgemm.runtime.llm.constrain import Constraint, Grammar
+    from edgemm.runtime.sessions import create_session
+
+    path = _built("llm", "smollm2-135m-instruct-int4")
+    levels, masks = {}, {}
+    for name in ("desktop", "pi"):
+        monkeypatch.setenv(PROFILE_ENV, name)
+        levels[name] = create_session(path / "embed.onnx", threads=1).get_session_options().graph_optimization_level
+        lm = LanguageModel.load(path, threads=1)
+        assert lm.grammar_slices is PROFILES[name].grammar_slices
+        constraint = Constraint(lm, Grammar.json_schema({"type": "object", "properties": {"a": {"type": "string"}}}))
+        masks[name] = constraint.mask(np.zeros(lm.config.vocab_size, np.float32))
+    assert levels == {"desktop": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                      "pi": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}  # fmt: skip
+    assert np.array_equal(masks["desktop"], masks["pi"])
+    assert PROFILES["pi"].history == 128 and PROFILES["desktop"].history is None
 
 
 def test_photo_models_on_demand_describe_as_the_loaded_ones(monkeypatch):
