@@ -89,6 +89,50 @@ def stages(turn: dict, speech_ends: list[float]) -> dict:
     return out
 
 
+class RecordingMicrophone:
+    """The bench's 16 kHz recording as a real-time microphone, read from its file block by block as it plays: the
+    process whose memory is measured holds no more of it than a sound card's buffer (edgemm.device's
+    FileMicrophone holds the whole file: 11 MB for 40 questions)."""
+
+    def __init__(self, path: Path):
+        self.path, self.started_at, self._closed = path, None, False
+
+    def blocks(self):
+        import numpy as np
+        import soundfile as sf
+
+        from edgemm.device.audio import BLOCK, SAMPLE_RATE
+
+        tail = np.zeros(
+            -(-SAMPLE_RATE // BLOCK) * BLOCK, np.float32
+        )  # a second of silence at the end, as FileMicrophone
+        start = self.started_at = time.monotonic()
+        reading = sf.blocks(str(self.path), blocksize=BLOCK, dtype="float32", fill_value=0.0)
+        for n, block in enumerate(_chain(reading, tail, BLOCK), start=1):
+            if self._closed:
+                return
+            delay = start + n * BLOCK / SAMPLE_RATE - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            yield block
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _chain(blocks, tail, size: int):
+    """``blocks`` then ``tail`` cut into blocks of ``size``."""
+    yield from blocks
+    for offset in range(0, tail.size, size):
+        yield tail[offset : offset + size]
+
+
 def measure(job: dict) -> dict:
     """The whole assistant's turns; the job: {"runs": turns, "threads": n or None, "model": llm bundle or None,
     "speech_model": speech bundle or None, "endpoint": "judged" or "plain"}."""
@@ -96,7 +140,7 @@ def measure(job: dict) -> dict:
     import soundfile as sf
     import soxr
 
-    from edgemm.device.audio import FileMicrophone, WavSpeaker
+    from edgemm.device.audio import WavSpeaker
     from edgemm.device.camera import FileCamera
     from edgemm.runtime import tts
     from edgemm.runtime.assistant import Assistant, TurnEnd
@@ -114,18 +158,18 @@ def measure(job: dict) -> dict:
     synth = assistant.synthesizer
     loaded_mb = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
-        pieces, speech_ends, answers_config = [], [], synth.config
+        speech_ends, answers_config = [], synth.config
         synth.config = replace(synth.config, noise_scale=0.0, noise_w_scale=0.0)  # the same questions every run
         offset = 0
-        for i in range(job["runs"]):
-            speech = synth.synthesize(QUESTIONS[i % len(QUESTIONS)])
-            question = soxr.resample(speech.samples, speech.sample_rate, 16000)
-            speech_ends.append(offset / 16000 + voiced_end(question, 16000))
-            pieces += [question, np.zeros(int(16000 * SILENCE_S))]
-            offset += question.size + pieces[-1].size
+        with sf.SoundFile(Path(tmp) / "mic.wav", "w", 16000, 1, "FLOAT") as recording:  # written as it is made
+            for i in range(job["runs"]):
+                speech = synth.synthesize(QUESTIONS[i % len(QUESTIONS)])
+                question = soxr.resample(speech.samples, speech.sample_rate, 16000).astype(np.float32)
+                speech_ends.append(offset / 16000 + voiced_end(question, 16000))
+                recording.write(np.concatenate([question, np.zeros(int(16000 * SILENCE_S), np.float32)]))
+                offset += question.size + int(16000 * SILENCE_S)
         synth.config = answers_config
-        sf.write(Path(tmp) / "mic.wav", np.concatenate(pieces).astype(np.float32), 16000)
-        mic = FileMicrophone(Path(tmp) / "mic.wav", realtime=True)
+        mic = RecordingMicrophone(Path(tmp) / "mic.wav")
 
         class Speaker(WavSpeaker):
             """The file speaker, noting when a turn's first audio reaches it: seconds into the microphone's
