@@ -256,7 +256,8 @@ class SceneDescriber:
 class OnDemandDescriber:
     """The photo models loaded for each photo question and dropped after it, one model at a time: the assistant
     between scene questions does without the classifier's, detector's and OCR's ~65 MB, and during one holds the
-    largest of them only (the OCR's ~30 MB), for ~0.3 s more per photo question (a 451x300 photo on 2 cores:
+    largest of them only (the OCR's models too are loaded one step at a time, and only the detector for a photo
+    without text), for ~0.3 s more per photo question (a 451x300 photo on 2 cores:
     0.49 instead of 0.20 s; machine profile ``pi``). The vision
     bundle is checked once, here, so that a missing one fails at start-up. Safe to share between threads: questions
     are described one at a time (two would hold two copies of the models)."""
