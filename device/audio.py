@@ -312,8 +312,9 @@ class WavSpeaker(_Device):
     .flac/.ogg/.mp3) at the rate of the first chunk; later chunks at other rates are resampled.
 
     Playing a file is instant, so ``busy`` is always False and ``wait()`` returns at once; ``stop()`` only marks
-    the position (in ``stops``). The file is written on ``close()`` to a temporary name beside it and then renamed,
-    so an interrupted run never leaves a half-written file. ``played`` lists (start_seconds, seconds) per chunk.
+    the position (in ``stops``). Chunks are written as they come to a temporary file beside it (the memory stays
+    the same however long the run), renamed into place on ``close()``: the file asked for is never half-written.
+    ``played`` lists (start_seconds, seconds) per chunk.
     """
 
     busy = False
@@ -325,7 +326,8 @@ class WavSpeaker(_Device):
         self.sample_rate: int | None = None
         self.played: list[tuple[float, float]] = []
         self.stops: list[float] = []
-        self._chunks: list[np.ndarray] = []
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._file: sf.SoundFile | None = None
         self._frames = 0
         self._closed = False
         self._resample = _Resampler(None)  # to the first chunk's rate
@@ -340,9 +342,29 @@ class WavSpeaker(_Device):
         chunk = self._resample(samples, sample_rate, more)
         if not chunk.size:
             return
+        self._write(chunk)
         self.played.append((self._frames / self.sample_rate, chunk.size / self.sample_rate))
-        self._chunks.append(chunk)
         self._frames += chunk.size
+
+    def _write(self, chunk: np.ndarray) -> None:
+        try:
+            if self._file is None:
+                fmt, subtype = SPEAKER_FORMATS.get(self.path.suffix.lower(), ("WAV", "PCM_16"))
+                self._file = sf.SoundFile(self._tmp, "w", self.sample_rate or SAMPLE_RATE, 1, subtype, format=fmt)
+            self._file.write(np.clip(chunk, -1.0, 1.0))
+        except (OSError, sf.LibsndfileError, RuntimeError) as e:
+            self._abandon()
+            raise DeviceError(f"cannot write {self.path}: {_one_line(e)}") from None
+
+    def _abandon(self) -> None:
+        """Drop the temporary file (after an error)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except (OSError, sf.LibsndfileError, RuntimeError):
+                pass
+            self._file = None
+        self._tmp.unlink(missing_ok=True)
 
     def wait(self) -> None:
         """Nothing to wait for: file playback ends as it starts."""
@@ -356,16 +378,15 @@ class WavSpeaker(_Device):
         if self._closed:
             return
         self._closed = True
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        fmt, subtype = SPEAKER_FORMATS.get(self.path.suffix.lower(), ("WAV", "PCM_16"))
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            sf.write(tmp, np.clip(audio, -1.0, 1.0), self.sample_rate or SAMPLE_RATE, format=fmt, subtype=subtype)
-            os.replace(tmp, self.path)
+            if self._file is None:  # nothing was played: an empty file
+                self._write(np.zeros(0, np.float32))
+            self._file.close()
+            self._file = None
+            os.replace(self._tmp, self.path)
         except (OSError, sf.LibsndfileError, RuntimeError) as e:
-            tmp.unlink(missing_ok=True)
+            self._abandon()
             raise DeviceError(f"cannot write {self.path}: {_one_line(e)}") from None
-        self._chunks = []
 
 
 class Speaker(_Device):

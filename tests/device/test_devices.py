@@ -103,6 +103,20 @@ def test_wav_speaker_appends_resampled_chunks_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]  # no temporary file left
 
 
+def test_wav_speaker_writes_as_it_plays_not_into_memory(tmp_path):
+    """An hour of answers must not be an hour of audio in memory: each chunk goes to the temporary file at once."""
+    path = tmp_path / "out.wav"
+    with WavSpeaker(path) as speaker:
+        sizes = []
+        for _ in range(3):
+            speaker.play(tone(2.0, 22050), 22050)
+            (tmp,) = tmp_path.iterdir()
+            sizes.append(tmp.stat().st_size)
+        assert tmp.name.startswith(".out.wav.") and not path.exists()
+        assert sizes[1] - sizes[0] == sizes[2] - sizes[1] == 2 * 44100  # 2 s of 16-bit samples each
+    assert sf.info(path).frames == 3 * 44100 and [p.name for p in tmp_path.iterdir()] == ["out.wav"]
+
+
 def test_wav_speaker_empty_and_other_formats(tmp_path):
     WavSpeaker(tmp_path / "silent.wav").close()
     assert sf.info(tmp_path / "silent.wav").frames == 0
