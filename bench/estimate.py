@@ -389,7 +389,7 @@ def _vision_stages(describer, photo, runs: int) -> dict:
     stages = {"vision": stage("classifier + detector", "photo", vision_s, flops, nbytes, None)}
     if reader is not None:
         ocr_s = median_seconds(lambda: reader.read(photo), runs)
-        sessions = [reader.det, reader.cls, reader.rec]
+        sessions = [reader.sessions[name] for name in ("det", "cls", "rec")]
         recorders = [FeedRecorder(s) for s in sessions]
         reader.read(photo)
         flops, nbytes = {}, 0
