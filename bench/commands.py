@@ -279,8 +279,7 @@ def register(sub, parents: list, fmt) -> None:
         t.add_argument("--json", action="store_true", help="print the results as JSON")
         t.set_defaults(func=cmd_bench)
 
-    from edgemm.bench.eval import GROUNDED, MAX_TOKENS
-    from edgemm.bench.eval_questions import CATEGORIES
+    from edgemm.bench.eval_questions import CATEGORIES, GROUNDED, MAX_TOKENS  # data only: bench.eval loads at run
 
     p = sub.add_parser(
         "eval", parents=parents, help="answer quality per llm bundle on a fixed question set", formatter_class=fmt

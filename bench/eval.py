@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from edgemm.bench.eval_questions import CATEGORIES, QUESTIONS, Question, load_questions, select
+from edgemm.bench.eval_questions import CATEGORIES, GROUNDED, QUESTIONS, Question, load_questions, select
 from edgemm.bench.worker import package_versions, peak_rss_mb, run_worker, serve
 from edgemm.models import record_eval
 from edgemm.runtime.bundle import models_dir
@@ -22,9 +22,6 @@ from edgemm.runtime.errors import EdgemmError
 
 log = logging.getLogger("edgemm.bench.eval")
 
-GROUNDED = ("skills", "tools", "memory")  # bench/grounded.py: not in the question file
-
-MAX_TOKENS = 48  # per answer: every accepted answer fits in a sentence; a rambling answer is cut here
 WARM_UP = "Hello!"
 PROGRESS = "eval-progress "  # the worker's stderr line after each answer: the parent's progress bar counts them
 

@@ -18,6 +18,8 @@ from edgemm.runtime.errors import EdgemmError
 
 QUESTIONS = Path(__file__).resolve().with_name("eval_questions.json")
 CATEGORIES = ("facts", "arithmetic", "instructions", "photos")
+GROUNDED = ("skills", "tools", "memory")  # bench/grounded.py: not in the question file
+MAX_TOKENS = 48  # per answer: every accepted answer fits in a sentence; a rambling answer is cut here
 # scikit-image sample photos the questions may name (skimage.data.NAME(); a stereo pair gives its left image).
 PHOTOS = ("chelsea", "coffee", "astronaut", "stereo_motorcycle", "rocket", "page", "text", "camera")
 

@@ -2,6 +2,8 @@
 
 import io
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -137,3 +139,17 @@ def test_every_area_registers_its_own_commands():
     names = list(build_parser()._subparsers._group_actions[0].choices)
     assert names[-5:] == ["listen", "export", "distill", "bench", "eval"], names
     assert {"transcribe", "ask", "chat", "say", "models", "doctor", "serve", "wyoming", "pull", "bundle"} <= set(names)
+
+
+def test_building_the_parser_loads_no_bench_or_export_module():
+    """Each area's commands module only declares arguments: what a command runs is imported when it runs."""
+    code = (
+        "import sys\n"
+        "from edgemm.runtime.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = {'edgemm.bench.commands', 'edgemm.export.commands', 'edgemm.device.commands', 'edgemm.bench.eval_questions'}\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('edgemm.bench.', 'edgemm.export.')) and m not in heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
