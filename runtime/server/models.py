@@ -162,6 +162,7 @@ class ServerModels:
         ASSISTANT_SESSIONS one is forgotten, see :func:`fair_victim`, and any idle for SESSION_IDLE_S). Its models
         are the server's own: nothing is loaded again. ``voice=False``: its answers are text only (when created)."""
         from edgemm.runtime.assistant import Assistant
+        from edgemm.runtime.profiles import active_profile
 
         now = time.monotonic()
         key = (owner, session)
@@ -170,7 +171,10 @@ class ServerModels:
                 del self._sessions[k]
             entry = self._sessions.pop(key, None)
             synthesizer = self.synthesizer if voice else None
-            assistant = entry[0] if entry else Assistant(self.transcriber, self.lm, self.images, synthesizer)
+            if entry is None:  # the machine profile's history, as `edgemm listen` has it
+                history = active_profile().history
+                entry = (Assistant(self.transcriber, self.lm, self.images, synthesizer, history=history), now)
+            assistant = entry[0]
             if len(self._sessions) >= ASSISTANT_SESSIONS:
                 keys = list(self._sessions)  # least recently used first
                 del self._sessions[keys[fair_victim([o for o, _ in keys])]]
