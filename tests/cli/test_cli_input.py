@@ -2,14 +2,13 @@
 
 import io
 import os
-import subprocess
 import sys
 
 import pytest
 
 from edgemm.runtime import tts
 from edgemm.runtime.cli import build_parser
-from tests.harness import edgemm
+from tests.harness import bounded, edgemm
 
 
 def _cli(*args, env=None):
@@ -150,6 +149,6 @@ def test_building_the_parser_loads_no_bench_or_export_module():
         "heavy = {'edgemm.bench.commands', 'edgemm.export.commands', 'edgemm.device.commands', 'edgemm.bench.eval_questions'}\n"
         "print(sorted(m for m in sys.modules if m.startswith(('edgemm.bench.', 'edgemm.export.')) and m not in heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = bounded([sys.executable, "-c", code])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
