@@ -103,9 +103,8 @@ class RecordingMicrophone:
 
         from edgemm.device.audio import BLOCK, SAMPLE_RATE
 
-        tail = np.zeros(
-            -(-SAMPLE_RATE // BLOCK) * BLOCK, np.float32
-        )  # a second of silence at the end, as FileMicrophone
+        # A second of silence after the last question (whole blocks), as FileMicrophone gives.
+        tail = np.zeros(-(-SAMPLE_RATE // BLOCK) * BLOCK, np.float32)
         start = self.started_at = time.monotonic()
         reading = sf.blocks(str(self.path), blocksize=BLOCK, dtype="float32", fill_value=0.0)
         for n, block in enumerate(_chain(reading, tail, BLOCK), start=1):
